@@ -1,0 +1,481 @@
+"""Simulated Clump Scout survey: SDSS-like g, r, i images of clumpy disc galaxies drawn with GalSim.
+
+Physical model (all distributions are set in the configuration, defaults in config/config.yaml):
+
+* Redshift 0.02 < z < 0.25 with p(z) ~ z^2 exp(-(z/z0)^1.5) (a magnitude-limited survey), absolute
+  magnitude M_r ~ N(-21, 0.6), SDSS main-sample limit r < 17.77, disc scale length from a
+  size-luminosity relation (log R_d = log R_0 - 0.1 (M_r + 21) +- 0.15 dex), angular sizes from the
+  Planck18 cosmology; only resolved galaxies (half-light radius above a limit) enter, as Clump Scout
+  selected galaxies large enough to see structure.
+* Host = inclined exponential disc + de Vaucouleurs bulge (B/T 0-0.4), discs bluer than bulges.
+* Giant clumps: 0.1-0.5 kpc Gaussians (unresolved, so PSF-sized after convolution), blue
+  (g - r ~ 0.1), placed in the disc with the disc's light-weighted radial distribution, flux
+  fraction (g-band clump/galaxy) from a power law dN/df ~ f^-2 (the HII-region luminosity function),
+  spanning the 3-8 % u/g thresholds of Adams et al. 2022 and above.
+* "Odd" objects: red foreground stars and small red background galaxies seen through the disc.
+* PSF: Moffat (beta 3) with per-galaxy seeing drawn around SDSS's median r-band FWHM; sky noise per
+  band from SDSS 5-sigma point-source depths at the median seeing (sky-dominated Gaussian noise).
+* Images in nanomaggies on a per-galaxy pixel scale (field of view scales with the galaxy, as in
+  Clump Scout); FITS per subject with a celestial TAN WCS; colour PNG with ``make_lupton_rgb``.
+
+Pixel convention for everything downstream (truth, clicks, boxes): PNG/display coordinates,
+origin at the top-left corner of the top-left pixel, x to the right, y downwards, pixel centres at
+half-integers. The FITS arrays are stored bottom row first (FITS convention); ``png_to_fits_pixel``
+converts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import galsim
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from astropy.cosmology import Planck18
+from astropy.io import fits
+from astropy.visualization import make_lupton_rgb
+from astropy.wcs import WCS
+from PIL import Image
+
+from clumpfinder.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+BANDS = ("g", "r", "i")
+#: seeing ratio to r-band per band (atmospheric seeing ~ lambda^-0.2)
+PSF_BAND_RATIO = {"g": 1.06, "r": 1.0, "i": 0.96}
+#: colours (mean, sigma) of the components: discs of star-forming spirals, red bulges,
+#: young blue clumps, red foreground stars (K/M dwarfs), red background galaxies at higher z
+COLOURS = {
+    "disc": {"g-r": (0.45, 0.08), "r-i": (0.22, 0.05)},
+    "bulge": {"g-r": (0.78, 0.05), "r-i": (0.40, 0.04)},
+    "clump": {"g-r": (0.10, 0.15), "r-i": (0.00, 0.10)},
+    "star": {"g-r": (1.00, 0.30), "r-i": (0.50, 0.25)},
+    "background": {"g-r": (1.20, 0.20), "r-i": (0.50, 0.10)},
+}
+NANOMAGGY_ZP = 22.5
+
+
+@dataclass(frozen=True)
+class SurveySpec:
+    """The ``simulate`` section of the configuration."""
+
+    seed: int
+    n_galaxies: int
+    image_size: int
+    redshift: dict[str, float]
+    abs_mag_r: dict[str, float]
+    mag_limit_r: float
+    disc_scale_kpc: dict[str, float]
+    min_half_light_arcsec: float
+    fov: dict[str, float]
+    max_inclination_deg: float
+    psf: dict[str, float]
+    depth_5sigma: dict[str, float]
+    clumps: dict[str, Any]
+    odd: dict[str, Any]
+    png: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "SurveySpec":
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+
+
+# --------------------------------------------------------------------------------------------
+# catalogue: galaxy and object parameters (cheap, vectorised, single process)
+# --------------------------------------------------------------------------------------------
+
+
+def _moffat_nea_arcsec2(fwhm: np.ndarray | float, beta: float) -> np.ndarray | float:
+    """Noise-equivalent area 1/int(p^2) of a normalised Moffat profile."""
+    alpha = np.asarray(fwhm) / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    return np.pi * alpha**2 * (2.0 * beta - 1.0) / (beta - 1.0) ** 2
+
+
+def _mag_to_nmgy(mag: np.ndarray | float) -> np.ndarray | float:
+    return 10.0 ** (-0.4 * (np.asarray(mag) - NANOMAGGY_ZP))
+
+
+def _draw_hosts(spec: SurveySpec, rng: np.random.Generator) -> pd.DataFrame:
+    n = spec.n_galaxies
+    zr, mr, dr = spec.redshift, spec.abs_mag_r, spec.disc_scale_kpc
+    accepted: list[pd.DataFrame] = []
+    n_acc = 0
+    for _ in range(200):
+        m = 8 * n + 100
+        # p(z) ~ z^2 exp(-(z/z0)^1.5): rejection from uniform with envelope at the mode
+        z = rng.uniform(zr["min"], zr["max"], m)
+        pz = z**2 * np.exp(-((z / zr["z0"]) ** 1.5))
+        zgrid = np.linspace(zr["min"], zr["max"], 512)
+        pmax = np.max(zgrid**2 * np.exp(-((zgrid / zr["z0"]) ** 1.5)))
+        z = z[rng.uniform(0, pmax, m) < pz]
+        abs_mag = rng.normal(mr["mean"], mr["sigma"], z.size)
+        log_rd = np.log10(dr["median"]) - 0.1 * (abs_mag + 21.0) + rng.normal(0, dr["sigma_dex"], z.size)
+        rd_kpc = 10**log_rd
+        kpc_per_arcsec = Planck18.kpc_proper_per_arcmin(z).value / 60.0
+        mag_r = abs_mag + Planck18.distmod(z).value
+        rd_arcsec = rd_kpc / kpc_per_arcsec
+        r_half = 1.678 * rd_arcsec
+        ok = (mag_r < spec.mag_limit_r) & (r_half >= spec.min_half_light_arcsec)
+        accepted.append(
+            pd.DataFrame(
+                {
+                    "redshift": z[ok], "abs_mag_r": abs_mag[ok], "mag_r": mag_r[ok],
+                    "disc_scale_kpc": rd_kpc[ok], "disc_scale_arcsec": rd_arcsec[ok],
+                    "kpc_per_arcsec": kpc_per_arcsec[ok],
+                }
+            )
+        )
+        n_acc += int(ok.sum())
+        if n_acc >= n:
+            break
+    else:  # pragma: no cover - only with absurd configurations
+        raise ValueError(
+            "simulate: fewer than n_galaxies galaxies pass mag_limit_r and min_half_light_arcsec; "
+            "relax them"
+        )
+    hosts = pd.concat(accepted, ignore_index=True).iloc[:n].reset_index(drop=True)
+
+    cos_i = rng.uniform(np.cos(np.radians(spec.max_inclination_deg)), 1.0, n)
+    hosts["inclination_deg"] = np.degrees(np.arccos(cos_i))
+    hosts["position_angle_deg"] = rng.uniform(0, 180, n)
+    hosts["bulge_to_total"] = rng.uniform(0.0, 0.4, n)
+    hosts["bulge_half_light_arcsec"] = np.maximum(
+        0.3, hosts["disc_scale_arcsec"] * rng.uniform(0.15, 0.35, n)
+    )
+    hosts["bulge_axis_ratio"] = rng.uniform(0.7, 1.0, n)
+    for comp in ("disc", "bulge"):
+        for colour, (mu, sig) in COLOURS[comp].items():
+            hosts[f"{comp}_{colour}"] = rng.normal(mu, sig, n)
+
+    psf = spec.psf
+    fwhm = 10 ** rng.normal(np.log10(psf["fwhm_median_arcsec"]), psf["sigma_dex"], n)
+    hosts["psf_fwhm_arcsec"] = np.clip(fwhm, psf["min_arcsec"], psf["max_arcsec"])
+    r_half = 1.678 * hosts["disc_scale_arcsec"]
+    fov = np.clip(spec.fov["factor"] * r_half, spec.fov["min_arcsec"], spec.fov["max_arcsec"])
+    hosts["arcsec_per_side"] = fov
+    hosts["pixel_scale_arcsec"] = fov / spec.image_size
+    hosts["psf_fwhm_pixels"] = hosts["psf_fwhm_arcsec"] / hosts["pixel_scale_arcsec"]
+    # sky positions in the SDSS Legacy footprint (uniform on the sphere within it)
+    hosts["ra"] = rng.uniform(120.0, 250.0, n)
+    hosts["dec"] = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-2.0)), np.sin(np.radians(62.0)), n)))
+    # sky noise per pixel from the 5-sigma point-source depth at the median seeing; the pixel
+    # noise scales with the pixel side, and the depth of each field scatters by 0.1 mag
+    nea_ref = _moffat_nea_arcsec2(psf["fwhm_median_arcsec"], psf["beta"])
+    for band in BANDS:
+        depth = spec.depth_5sigma[band] + rng.normal(0.0, 0.1, n)
+        sigma_arcsec = _mag_to_nmgy(depth) / (5.0 * np.sqrt(nea_ref))
+        hosts[f"sky_sigma_{band}"] = sigma_arcsec * hosts["pixel_scale_arcsec"]
+    # total host fluxes per band (nanomaggies), split bulge/disc with their own colours
+    flux_r = _mag_to_nmgy(hosts["mag_r"])
+    bt = hosts["bulge_to_total"]
+    for comp, share in (("disc", 1 - bt), ("bulge", bt)):
+        fr = flux_r * share
+        hosts[f"{comp}_flux_r"] = fr
+        hosts[f"{comp}_flux_g"] = fr * 10 ** (0.4 * -hosts[f"{comp}_g-r"])
+        hosts[f"{comp}_flux_i"] = fr * 10 ** (0.4 * hosts[f"{comp}_r-i"])
+    for band in BANDS:
+        hosts[f"host_flux_{band}"] = hosts[f"disc_flux_{band}"] + hosts[f"bulge_flux_{band}"]
+    return hosts
+
+
+def _power_law(rng: np.random.Generator, lo: float, hi: float, slope: float, size: int) -> np.ndarray:
+    """Draw from dN/df ~ f^slope on [lo, hi] by inverting the CDF."""
+    u = rng.uniform(0, 1, size)
+    if abs(slope + 1.0) < 1e-9:
+        return lo * (hi / lo) ** u
+    a = slope + 1.0
+    return (lo**a + u * (hi**a - lo**a)) ** (1.0 / a)
+
+
+def _disc_position(rng, host, r_min_arcsec: float, r_max_arcsec: float) -> tuple[float, float]:
+    """A point of the inclined disc (arcsec offsets, x right / y up), radius ~ r exp(-r/R_d)."""
+    rd = host["disc_scale_arcsec"]
+    for _ in range(100):
+        r = rng.gamma(2.0, rd)
+        if r_min_arcsec <= r <= r_max_arcsec:
+            break
+    else:
+        r = rng.uniform(r_min_arcsec, max(r_max_arcsec, r_min_arcsec * 1.01))
+    theta = rng.uniform(0, 2 * np.pi)
+    x, y = r * np.cos(theta), r * np.sin(theta) * np.cos(np.radians(host["inclination_deg"]))
+    pa = np.radians(host["position_angle_deg"])
+    return x * np.cos(pa) - y * np.sin(pa), x * np.sin(pa) + y * np.cos(pa)
+
+
+def _draw_objects(spec: SurveySpec, hosts: pd.DataFrame, seeds: list[np.random.SeedSequence]) -> pd.DataFrame:
+    """Clumps and odd objects for every host (one independent generator per galaxy)."""
+    rows: list[dict[str, Any]] = []
+    cl, odd = spec.clumps, spec.odd
+    for gi, host in hosts.iterrows():
+        rng = np.random.default_rng(seeds[gi].spawn(1)[0])
+        fwhm = host["psf_fwhm_arcsec"]
+        half_fov = host["arcsec_per_side"] / 2
+        rd = host["disc_scale_arcsec"]
+        # keep objects clear of the bulge (indistinguishable from it there) and of the border
+        r_min = max(cl["min_radius_scale"] * rd, cl["min_radius_fwhm"] * fwhm)
+        r_max = min(cl["max_radius_scale"] * rd, half_fov - 2 * fwhm)
+        placed: list[tuple[float, float]] = []
+
+        def place(min_sep: float) -> tuple[float, float] | None:
+            for _ in range(50):
+                x, y = _disc_position(rng, host, r_min, r_max)
+                if all(math.hypot(x - px, y - py) >= min_sep for px, py in placed):
+                    placed.append((x, y))
+                    return x, y
+            return None
+
+        n_clumps = 0
+        if rng.uniform() < cl["clumpy_fraction"]:
+            n_clumps = min(1 + rng.poisson(cl["mean_extra"]), cl["max_per_galaxy"])
+        ff = _power_law(rng, cl["flux_fraction"]["min"], cl["flux_fraction"]["max"],
+                        cl["flux_fraction"]["slope"], n_clumps)
+        for k in range(n_clumps):
+            pos = place(cl["min_separation_fwhm"] * fwhm)
+            if pos is None:
+                continue
+            gr = rng.normal(*COLOURS["clump"]["g-r"])
+            ri = rng.normal(*COLOURS["clump"]["r-i"])
+            flux_g = ff[k] * host["host_flux_g"]
+            flux_r = flux_g * 10 ** (0.4 * gr)
+            size_kpc = rng.uniform(cl["size_kpc"]["min"], cl["size_kpc"]["max"])
+            rows.append(
+                {
+                    "galaxy_index": gi, "kind": "clump", "subclass": "clump", "dx_arcsec": pos[0],
+                    "dy_arcsec": pos[1], "sigma_arcsec": size_kpc / host["kpc_per_arcsec"],
+                    "flux_g": flux_g, "flux_r": flux_r, "flux_i": flux_r * 10 ** (0.4 * ri),
+                }
+            )
+        if rng.uniform() < odd["fraction"]:
+            is_star = rng.uniform() < odd["star_share"]
+            sub = "star" if is_star else "background"
+            pos = place(cl["min_separation_fwhm"] * fwhm)
+            if pos is not None:
+                fr = _power_law(rng, odd["flux_fraction"]["min"], odd["flux_fraction"]["max"], -1.0, 1)[0]
+                flux_r = fr * host["host_flux_r"]
+                gr = rng.normal(*COLOURS[sub]["g-r"])
+                ri = rng.normal(*COLOURS[sub]["r-i"])
+                rows.append(
+                    {
+                        "galaxy_index": gi, "kind": "odd", "subclass": sub, "dx_arcsec": pos[0],
+                        "dy_arcsec": pos[1],
+                        "sigma_arcsec": 0.0 if is_star else rng.uniform(0.3, 0.7),
+                        "flux_g": flux_r * 10 ** (-0.4 * gr), "flux_r": flux_r,
+                        "flux_i": flux_r * 10 ** (0.4 * ri),
+                    }
+                )
+    cols = ["galaxy_index", "kind", "subclass", "dx_arcsec", "dy_arcsec", "sigma_arcsec",
+            "flux_g", "flux_r", "flux_i"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------------------------
+
+
+def make_wcs(ra: float, dec: float, pixel_scale_arcsec: float, size: int) -> WCS:
+    """North-up, east-left gnomonic WCS centred on (ra, dec) at the image centre."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [size / 2 + 0.5, size / 2 + 0.5]
+    w.wcs.cdelt = [-pixel_scale_arcsec / 3600.0, pixel_scale_arcsec / 3600.0]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    return w
+
+
+def png_to_fits_pixel(x: np.ndarray, y: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """PNG coordinates (corner origin, y down) -> 0-based FITS pixel coordinates (y up)."""
+    return np.asarray(x) - 0.5, height - np.asarray(y) - 0.5
+
+
+def fits_pixel_to_png(px: np.ndarray, py: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(px) + 0.5, height - np.asarray(py) - 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# rendering (parallel over galaxies)
+# --------------------------------------------------------------------------------------------
+
+
+def _render_one(task: dict[str, Any]) -> None:
+    host, objects, spec, seed, png_path, fits_path = (
+        task["host"], task["objects"], task["spec"], task["seed"], task["png"], task["fits"],
+    )
+    n = spec.image_size
+    scale = host["pixel_scale_arcsec"]
+    rng = galsim.BaseDeviate(seed)
+    incl = host["inclination_deg"] * galsim.degrees
+    pa = host["position_angle_deg"] * galsim.degrees
+    planes = {}
+    for band in BANDS:
+        comps = [
+            galsim.InclinedExponential(
+                incl, scale_radius=host["disc_scale_arcsec"], scale_h_over_r=0.1,
+                flux=host[f"disc_flux_{band}"],
+            ).rotate(pa),
+            galsim.DeVaucouleurs(
+                half_light_radius=host["bulge_half_light_arcsec"], flux=host[f"bulge_flux_{band}"]
+            ).shear(q=host["bulge_axis_ratio"], beta=pa),
+        ]
+        for obj in objects:
+            if obj["sigma_arcsec"] > 0:
+                prof = galsim.Gaussian(sigma=obj["sigma_arcsec"], flux=obj[f"flux_{band}"])
+            else:
+                prof = galsim.DeltaFunction(flux=obj[f"flux_{band}"])
+            comps.append(prof.shift(obj["dx_arcsec"], obj["dy_arcsec"]))
+        psf = galsim.Moffat(beta=spec.psf["beta"], fwhm=host["psf_fwhm_arcsec"] * PSF_BAND_RATIO[band])
+        img = galsim.Convolve(galsim.Add(comps), psf).drawImage(nx=n, ny=n, scale=scale)
+        img.addNoise(galsim.GaussianNoise(rng, sigma=host[f"sky_sigma_{band}"]))
+        planes[band] = img.array.astype(np.float32)
+
+    wcs = make_wcs(host["ra"], host["dec"], scale, n)
+    primary = fits.PrimaryHDU()
+    ph = primary.header
+    ph["SUBJECT"] = (int(host["subject_id"]), "subject id")
+    ph["RA"] = (host["ra"], "[deg] galaxy centre")
+    ph["DEC"] = (host["dec"], "[deg] galaxy centre")
+    ph["REDSHIFT"] = host["redshift"]
+    ph["ORIGIN"] = "clumpfinder simulated survey"
+    hdus = [primary]
+    for band in BANDS:
+        h = wcs.to_header()
+        h["BUNIT"] = "nanomaggy"
+        h["FILTER"] = band
+        h["PSFFWHM"] = (host["psf_fwhm_arcsec"] * PSF_BAND_RATIO[band], "[arcsec] Moffat PSF FWHM")
+        h["PSFBETA"] = (spec.psf["beta"], "Moffat beta")
+        h["SKYSIG"] = (host[f"sky_sigma_{band}"], "[nanomaggy] sky noise per pixel")
+        hdus.append(fits.ImageHDU(planes[band], header=h, name=band.upper()))
+    fits.HDUList(hdus).writeto(fits_path, output_verify="exception")
+    Image.fromarray(lupton_png(planes, scale, spec.png)).save(png_path)
+
+
+def lupton_png(planes: dict[str, np.ndarray], pixel_scale: float, png: dict[str, Any]) -> np.ndarray:
+    """Colour composite (i, r, g -> R, G, B) in display orientation, as the volunteers saw it.
+
+    Planes are converted to surface brightness (nanomaggy / arcsec^2) first so galaxies drawn on
+    different pixel scales look alike.
+    """
+    area = pixel_scale**2
+    s = png["band_scales"]
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on pixels of zero intensity
+        rgb = make_lupton_rgb(
+            planes["i"] / area * s["i"], planes["r"] / area * s["r"], planes["g"] / area * s["g"],
+            minimum=png["minimum"], stretch=png["stretch"], Q=png["Q"],
+        )
+    return np.ascontiguousarray(rgb[::-1])  # FITS row 0 is the bottom row
+
+
+def simulate_survey(
+    spec: SurveySpec, png_dir: str | Path, fits_dir: str | Path, workers: int = 1
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Draw the survey, render every subject, return (manifest, truth).
+
+    Images are written into ``png_dir`` and ``fits_dir`` atomically (each directory appears
+    only when complete). The result is a deterministic function of ``spec`` (not of ``workers``).
+    """
+    root = np.random.SeedSequence(spec.seed)
+    cat_seed, *galaxy_seeds = root.spawn(spec.n_galaxies + 1)
+    hosts = _draw_hosts(spec, np.random.default_rng(cat_seed))
+    hosts.insert(0, "subject_id", np.arange(spec.n_galaxies, dtype=np.int64) + 100000)
+    objects = _draw_objects(spec, hosts, galaxy_seeds)
+
+    n = spec.image_size
+    px = hosts.loc[objects["galaxy_index"], "pixel_scale_arcsec"].to_numpy()
+    objects["x"] = n / 2 + objects["dx_arcsec"].to_numpy() / px
+    objects["y"] = n / 2 - objects["dy_arcsec"].to_numpy() / px
+
+    by_galaxy = {gi: g.to_dict("records") for gi, g in objects.groupby("galaxy_index")}
+    with atomic_dir(png_dir) as tmp_png, atomic_dir(fits_dir) as tmp_fits:
+        tasks = [
+            {
+                "host": host.to_dict(), "objects": by_galaxy.get(gi, []), "spec": spec,
+                "seed": int(galaxy_seeds[gi].generate_state(1)[0]),
+                "png": str(tmp_png / f"{int(host['subject_id'])}.png"),
+                "fits": str(tmp_fits / f"{int(host['subject_id'])}.fits"),
+            }
+            for gi, host in hosts.iterrows()
+        ]
+        # loky workers are fresh processes: safe with GalSim's OpenMP (fork after OpenMP started
+        # deadlocks) and they need no __main__ guard in the calling script
+        Parallel(n_jobs=workers, backend="loky", batch_size=32)(delayed(_render_one)(t) for t in tasks)
+        log.info("rendered %d subjects with %d worker(s)", len(tasks), workers)
+
+    manifest = _manifest(hosts, objects, n)
+    truth = _truth(hosts, objects, n, spec.psf["beta"])
+    return manifest, truth
+
+
+def _manifest(hosts: pd.DataFrame, objects: pd.DataFrame, n: int) -> pd.DataFrame:
+    counts = objects.groupby(["galaxy_index", "kind"]).size().unstack(fill_value=0)
+    man = pd.DataFrame(
+        {
+            "subject_id": hosts["subject_id"],
+            "ra": hosts["ra"],
+            "dec": hosts["dec"],
+            "redshift": hosts["redshift"],
+            "psf_fwhm_arcsec": hosts["psf_fwhm_arcsec"],
+            "psf_fwhm_pixels": hosts["psf_fwhm_pixels"],
+            "pixel_scale_arcsec": hosts["pixel_scale_arcsec"],
+            "arcsec_per_side": hosts["arcsec_per_side"],
+            "width": n,
+            "height": n,
+            "mag_r": hosts["mag_r"],
+            "half_light_arcsec": 1.678 * hosts["disc_scale_arcsec"],
+            "inclination_deg": hosts["inclination_deg"],
+            "position_angle_deg": hosts["position_angle_deg"],
+            "bulge_to_total": hosts["bulge_to_total"],
+            "host_flux_g": hosts["host_flux_g"],
+            "host_flux_r": hosts["host_flux_r"],
+            "sky_sigma_g": hosts["sky_sigma_g"],
+            "n_clumps": counts.get("clump", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
+            "n_odd": counts.get("odd", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
+            "png": hosts["subject_id"].astype(str) + ".png",
+            "fits": hosts["subject_id"].astype(str) + ".fits",
+        }
+    )
+    return man
+
+
+def _truth(hosts: pd.DataFrame, objects: pd.DataFrame, n: int, beta: float) -> pd.DataFrame:
+    cols = ["subject_id", "object_id", "kind", "subclass", "x", "y", "ra", "dec", "flux_g", "flux_r",
+            "flux_i", "flux_fraction_g", "snr_g", "sigma_arcsec"]
+    if objects.empty:
+        return pd.DataFrame(columns=cols)
+    h = hosts.loc[objects["galaxy_index"]].reset_index(drop=True)
+    o = objects.reset_index(drop=True)
+    ra = np.empty(len(o))
+    dec = np.empty(len(o))
+    for gi, idx in o.groupby("galaxy_index").groups.items():
+        host = hosts.loc[gi]
+        w = make_wcs(host["ra"], host["dec"], host["pixel_scale_arcsec"], n)
+        fx, fy = png_to_fits_pixel(o.loc[idx, "x"], o.loc[idx, "y"], n)
+        ra[idx], dec[idx] = w.wcs_pix2world(fx, fy, 0)
+    fwhm_g = h["psf_fwhm_arcsec"] * PSF_BAND_RATIO["g"]
+    nea_pix = _moffat_nea_arcsec2(fwhm_g, beta) / h["pixel_scale_arcsec"] ** 2
+    t = pd.DataFrame(
+        {
+            "subject_id": h["subject_id"],
+            "object_id": o.groupby("galaxy_index").cumcount(),
+            "kind": o["kind"],
+            "subclass": o["subclass"],
+            "x": o["x"],
+            "y": o["y"],
+            "ra": ra,
+            "dec": dec,
+            "flux_g": o["flux_g"],
+            "flux_r": o["flux_r"],
+            "flux_i": o["flux_i"],
+            "flux_fraction_g": o["flux_g"] / h["host_flux_g"],
+            "snr_g": o["flux_g"] / (h["sky_sigma_g"] * np.sqrt(nea_pix)),
+            "sigma_arcsec": o["sigma_arcsec"],
+        }
+    )
+    return t[cols]

@@ -1,0 +1,132 @@
+"""Writing and reading Zooniverse classification exports, including the ways real rows break."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from clumpfinder.zooniverse import COLUMNS, ExportFormatError, classification_row, read_export, write_export
+
+WORKFLOW = {"id": 1, "name": "Clump Scout", "version": "1.2"}
+
+
+def row(cid, sid=10, user="alice", user_id=5, marks=((10.0, 20.0, 0),), width=100, height=100, fwhm=4.0):
+    meta = {"ra": 1.0, "dec": 2.0}
+    if fwhm is not None:
+        meta["#fwhm_pixels"] = fwhm
+    return classification_row(
+        classification_id=cid, user_name=user, user_id=user_id, user_ip="x", workflow=WORKFLOW,
+        created_at="2020-01-01 00:00:00 UTC", started_at="2020-01-01T00:00:00.000Z",
+        finished_at="2020-01-01T00:00:10.000Z", subject_id=sid, subject_meta=meta, width=width,
+        height=height, marks=marks,
+    )
+
+
+def test_round_trip(tmp_path):
+    rows = [
+        row(1, marks=[(10.0, 20.0, 0), (50.5, 60.25, 1)]),
+        row(2, user="not-logged-in-abc", user_id=None, marks=[]),
+        row(3, sid=11, user="bob", user_id=6, marks=[(1.0, 2.0, 0)], fwhm=None),
+    ]
+    path = tmp_path / "export.csv"
+    assert write_export(rows, path) == 3
+    with open(path) as fh:
+        assert next(csv.reader(fh)) == COLUMNS
+    parsed = read_export(path)
+    assert parsed.report["rows_read"] == 3 and parsed.report["rows_used"] == 3
+    assert parsed.report["rows_skipped"] == {} and parsed.report["clicks_dropped"] == {}
+    c = parsed.clicks
+    assert list(c["classification_id"]) == [1, 1, 3]
+    np.testing.assert_allclose(c[["x", "y"]].to_numpy(), [[10, 20], [50.5, 60.25], [1, 2]])
+    assert list(c["tool"]) == [0, 1, 0]
+    cl = parsed.classifications.set_index("classification_id")
+    assert cl.loc[2, "n_marks"] == 0 and not cl.loc[2, "logged_in"]  # empty classification kept
+    assert cl.loc[2, "user"] == "name:not-logged-in-abc" and cl.loc[1, "user"] == "id:5"
+    assert cl.loc[1, "fwhm_px"] == 4.0 and np.isnan(cl.loc[3, "fwhm_px"])
+    assert parsed.report["classifications_without_fwhm"] == 1
+    assert (cl["width"] == 100).all()
+
+
+def test_simulated_export_is_parsed(tiny_export, tiny_survey, tiny_config):
+    parsed = read_export(tiny_export["path"])
+    n_sub = len(tiny_survey["manifest"])
+    k = tiny_config["volunteers"]["classifications_per_subject"]
+    assert parsed.report["rows_read"] == n_sub * k
+    assert parsed.report["subjects"] == n_sub
+    assert parsed.report["rows_used"] + sum(parsed.report["rows_skipped"].values()) == n_sub * k
+    assert len(parsed.clicks) > 0
+    # the same volunteer never classifies a subject twice
+    assert not parsed.classifications.duplicated(["subject_id", "user"]).any()
+
+
+def _write_raw(path, rows):
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([r.get(c, "") for c in COLUMNS] if isinstance(r, dict) else r)
+
+
+def test_malformed_rows_are_skipped_and_counted(tmp_path):
+    good = row(1)
+    bad_json = dict(row(2, user="b", user_id=2), annotations='[{"task": "T0", "value": [{"x": 1')
+    no_dims = row(3, user="c", user_id=3)
+    meta = json.loads(no_dims["metadata"])
+    del meta["subject_dimensions"]
+    no_dims["metadata"] = json.dumps(meta)
+    bad_meta = dict(row(4, user="d", user_id=4), metadata="{not json")
+    bad_subject = dict(row(5, user="e", user_id=7), subject_ids="abc")
+    outside = row(6, user="f", user_id=8, marks=[(150.0, 20.0, 0), (-1.0, 5.0, 1), (30.0, 30.0, 0)])
+    tool_index = dict(row(7, user="g", user_id=9))
+    tool_index["annotations"] = json.dumps(
+        [{"task": "T0", "value": [{"x": 5.0, "y": 6.0, "toolIndex": 1}, {"x": 7.0, "y": 8.0}]}]
+    )
+    duplicate = row(8)  # alice on subject 10 again
+    other_task = dict(row(9, user="h", user_id=11))
+    other_task["annotations"] = json.dumps([{"task": "T1", "value": [{"x": 5.0, "y": 6.0, "tool": 0}]}])
+    nan_click = dict(row(10, user="i", user_id=12))
+    nan_click["annotations"] = json.dumps([{"task": "T0", "value": [{"x": "NaN", "y": 6.0, "tool": 0}]}])
+    no_user = dict(row(11), user_name="", user_id="")
+    short = ["12", "j"]  # truncated line
+    rows = [good, bad_json, no_dims, bad_meta, bad_subject, outside, tool_index, duplicate, other_task,
+            nan_click, no_user, short]
+    path = tmp_path / "export.csv"
+    _write_raw(path, rows)
+    parsed = read_export(path)
+    rep = parsed.report
+    assert rep["rows_read"] == 12
+    assert rep["rows_skipped"] == {
+        "bad_annotations_json": 1, "missing_subject_dimensions": 1, "bad_metadata_json": 1,
+        "bad_subject_id": 1, "duplicate_classification": 1, "missing_user": 1, "wrong_field_count": 1,
+    }
+    assert rep["clicks_dropped"] == {"click_outside_image": 2, "click_bad_tool": 1, "click_bad_coordinates": 1}
+    assert rep["rows_used"] == 5
+    lines = {e["line"]: e["reason"] for e in rep["examples"]}
+    assert lines[3] == "bad_annotations_json"  # header is line 1, row 2 is line 3
+    c = parsed.clicks.set_index("classification_id")
+    assert c.loc[7, "tool"] == 1  # toolIndex understood
+    assert c.loc[6, "x"] == 30.0
+    assert 9 not in c.index  # marks of another task are not clump marks
+
+
+def test_workflow_filter(tmp_path):
+    a = row(1)
+    b = dict(row(2, user="b", user_id=2), workflow_id="99")
+    path = tmp_path / "export.csv"
+    write_export([a, b], path)
+    parsed = read_export(path, workflow_id=1)
+    assert parsed.report["rows_used"] == 1 and parsed.report["rows_skipped"] == {"other_workflow": 1}
+
+
+def test_not_an_export_names_file_and_columns(tmp_path):
+    path = tmp_path / "subjects.csv"
+    path.write_text("subject_id,ra,dec\n1,2,3\n")
+    with pytest.raises(ExportFormatError, match=r"subjects\.csv.*missing column\(s\) classification_id"):
+        read_export(path)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ExportFormatError, match="empty.csv: empty file"):
+        read_export(empty)

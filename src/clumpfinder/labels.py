@@ -1,0 +1,152 @@
+"""Training labels: stratified train/val/test splits, nested training subsets, COCO JSON.
+
+Splits are stratified on what the consensus says about each subject (number of clump boxes,
+capped at 3, and whether it has an odd clump) with a fixed seed. The training pool is put in a
+fixed *nested* order, stratified as well: the subset of size n is the first n subjects of that
+order, so it lies inside every larger subset and has about the pool's mix of strata.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+CATEGORIES = [
+    {"id": 1, "name": "clump", "supercategory": "clump"},
+    {"id": 2, "name": "odd_clump", "supercategory": "clump"},
+]
+CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
+SPLITS = ("train", "val", "test")
+
+
+def strata(subjects: pd.DataFrame, boxes: pd.DataFrame, min_count: int = 4) -> pd.Series:
+    """Stratum label per subject: '<clump boxes, capped at 3>-<has odd>'; rare strata merged."""
+    per = boxes.groupby(["subject_id", "category"]).size().unstack(fill_value=0)
+    n_clump = subjects["subject_id"].map(per.get("clump", pd.Series(dtype=int))).fillna(0).astype(int)
+    n_odd = subjects["subject_id"].map(per.get("odd_clump", pd.Series(dtype=int))).fillna(0).astype(int)
+    key = n_clump.clip(upper=3).astype(str) + "-" + (n_odd > 0).astype(int).astype(str)
+    counts = key.value_counts()
+    rare = counts[counts < min_count].index
+    key = key.where(~key.isin(rare), "rare")
+    if (key == "rare").sum() < min_count and (key == "rare").any():
+        key = key.where(key != "rare", counts.index[0])  # fold into the largest stratum
+    return pd.Series(key.to_numpy(), index=subjects["subject_id"].to_numpy(), name="stratum")
+
+
+def make_splits(
+    subjects: pd.DataFrame, boxes: pd.DataFrame, fractions: dict[str, float], seed: int
+) -> pd.DataFrame:
+    """Assign each subject to train/val/test; returns subject_id, split, stratum."""
+    total = sum(fractions[s] for s in SPLITS)
+    if not np.isclose(total, 1.0):
+        raise ValueError(f"labels.split_fractions must sum to 1, got {total:g}")
+    key = strata(subjects, boxes)
+    ids = key.index.to_numpy()
+    n = len(ids)
+    n_test = int(round(fractions["test"] * n))
+    n_val = int(round(fractions["val"] * n))
+    if min(n_test, n_val, n - n_test - n_val) < 1:
+        raise ValueError(f"labels: {n} subjects are too few for split fractions {fractions}")
+
+    def split(x, y, size, rs):
+        try:
+            return train_test_split(x, y, test_size=size, random_state=rs, stratify=y)
+        except ValueError:  # a stratum too small for this split size: fall back to random
+            return train_test_split(x, y, test_size=size, random_state=rs)
+
+    rest, test, key_rest, _ = split(ids, key.to_numpy(), n_test, seed)
+    train, val, _, _ = split(rest, key_rest, n_val, seed + 1)
+    out = pd.DataFrame(
+        {"subject_id": np.concatenate([train, val, test]),
+         "split": ["train"] * len(train) + ["val"] * len(val) + ["test"] * len(test)}
+    )
+    out["stratum"] = out["subject_id"].map(key)
+    return out.sort_values("subject_id").reset_index(drop=True)
+
+
+def nested_order(splits: pd.DataFrame, seed: int) -> np.ndarray:
+    """Training subject ids in nested-subset order (stratified prefixes)."""
+    rng = np.random.default_rng(seed)
+    train = splits[splits["split"] == "train"].sort_values("subject_id")
+    keys = np.empty(len(train))
+    for _, idx in train.groupby("stratum").indices.items():
+        perm = rng.permutation(len(idx))
+        keys[idx[perm]] = (np.arange(len(idx)) + rng.uniform(size=len(idx))) / len(idx)
+    return train["subject_id"].to_numpy()[np.argsort(keys, kind="stable")]
+
+
+def coco_dataset(
+    images: pd.DataFrame, boxes: pd.DataFrame, description: str, extra_fields: Iterable[str] = ()
+) -> dict[str, Any]:
+    """COCO detection dataset. ``images``: subject_id, file_name, width, height (+ image scale
+    of the click frame: click_width/click_height, optional); ``boxes``: subject_id, x1, y1, x2,
+    y2, category (+ iscrowd and ``extra_fields`` kept per annotation)."""
+    imgs = []
+    scale: dict[int, tuple[float, float]] = {}
+    for r in images.itertuples(index=False):
+        sid = int(r.subject_id)
+        imgs.append({"id": sid, "file_name": r.file_name, "width": int(r.width), "height": int(r.height)})
+        cw = getattr(r, "click_width", np.nan)
+        ch = getattr(r, "click_height", np.nan)
+        scale[sid] = (r.width / cw if cw == cw else 1.0, r.height / ch if ch == ch else 1.0)
+    anns = []
+    sel = boxes[boxes["subject_id"].isin(scale)]
+    for k, b in enumerate(sel.itertuples(index=False), start=1):
+        sx, sy = scale[int(b.subject_id)]
+        x1, y1, x2, y2 = b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy
+        ann = {
+            "id": k, "image_id": int(b.subject_id), "category_id": CATEGORY_ID[b.category],
+            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+            "area": round((x2 - x1) * (y2 - y1), 3), "iscrowd": int(getattr(b, "iscrowd", 0)),
+        }
+        for f in extra_fields:
+            v = getattr(b, f)
+            ann[f] = v.item() if hasattr(v, "item") else v
+        anns.append(ann)
+    return {
+        "info": {"description": description},
+        "images": imgs,
+        "annotations": anns,
+        "categories": CATEGORIES,
+    }
+
+
+def subset(coco: dict[str, Any], image_ids: Iterable[int], description: str) -> dict[str, Any]:
+    keep = set(int(i) for i in image_ids)
+    missing = keep - {im["id"] for im in coco["images"]}
+    if missing:
+        raise ValueError(f"{len(missing)} requested images are not in the dataset, e.g. {sorted(missing)[:3]}")
+    return {
+        "info": {"description": description},
+        "images": [im for im in coco["images"] if im["id"] in keep],
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
+        "categories": coco["categories"],
+    }
+
+
+def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, min_flux_fraction: float) -> pd.DataFrame:
+    """Boxes around the simulated objects, sized like the consensus boxes (box_scale x FWHM).
+
+    Clumps fainter than ``min_flux_fraction`` (g-band clump/galaxy) are marked ``iscrowd=1``:
+    COCO evaluation then ignores them (a detection on one is neither a hit nor a false positive).
+    """
+    m = manifest.set_index("subject_id")
+    side = truth["subject_id"].map(m["psf_fwhm_pixels"]) * box_scale
+    w = truth["subject_id"].map(m["width"])
+    h = truth["subject_id"].map(m["height"])
+    out = pd.DataFrame(
+        {
+            "subject_id": truth["subject_id"],
+            "x1": (truth["x"] - side / 2).clip(lower=0),
+            "y1": (truth["y"] - side / 2).clip(lower=0),
+            "x2": np.minimum(truth["x"] + side / 2, w),
+            "y2": np.minimum(truth["y"] + side / 2, h),
+            "category": np.where(truth["kind"] == "odd", "odd_clump", "clump"),
+            "iscrowd": ((truth["kind"] == "clump") & (truth["flux_fraction_g"] < min_flux_fraction)).astype(int),
+            "flux_fraction_g": truth["flux_fraction_g"],
+        }
+    )
+    return out

@@ -1,0 +1,129 @@
+"""Consensus on hand-built click sets with known answers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from clumpfinder.consensus import ConsensusSpec, drop_duplicate_taps, run_consensus
+from clumpfinder.zooniverse import ParsedExport
+
+SPEC = ConsensusSpec(method="dbscan", box_scale=2.0, fallback_box_fraction=0.1, duplicate_tap_fraction=0.25,
+                     centre_radius_fraction=0.02, dbscan={"eps_fwhm": 0.5, "min_votes": 3, "min_vote_fraction": 0.2})
+
+
+def parsed(clicks, n_volunteers=5, subject=1, width=100, height=100, fwhm=4.0):
+    """clicks: list of (volunteer, x, y, tool); every volunteer classified the subject once."""
+    cls = pd.DataFrame(
+        {"classification_id": range(n_volunteers), "subject_id": subject, "user": [f"u{i}" for i in range(n_volunteers)],
+         "logged_in": True, "n_marks": 0, "width": width, "height": height, "fwhm_px": fwhm,
+         "workflow_version": "1", "created_at": ""}
+    )
+    c = pd.DataFrame(
+        [(v, subject, f"u{v}", x, y, t) for v, x, y, t in clicks],
+        columns=["classification_id", "subject_id", "user", "x", "y", "tool"],
+    )
+    return ParsedExport(cls, c, {})
+
+
+def test_three_agreeing_volunteers_make_one_box():
+    p = parsed([(0, 30.0, 40.0, 0), (1, 31.0, 40.5, 0), (2, 29.5, 39.5, 0)])
+    boxes, subjects, report = run_consensus(p, SPEC)
+    assert len(boxes) == 1
+    b = boxes.iloc[0]
+    assert b["x"] == pytest.approx(30.1667, abs=1e-3) and b["y"] == pytest.approx(40.0)
+    assert b["side"] == 8.0 and b["x2"] - b["x1"] == pytest.approx(8.0)
+    assert b["category"] == "clump" and b["n_votes"] == 3
+    assert subjects.iloc[0]["n_boxes"] == 1 and subjects.iloc[0]["n_classifications"] == 5
+
+
+def test_lone_and_scattered_clicks_make_no_box():
+    p = parsed([(0, 10.0, 10.0, 0), (1, 80.0, 20.0, 0), (2, 20.0, 80.0, 1)])
+    boxes, subjects, _ = run_consensus(p, SPEC)
+    assert boxes.empty and subjects.iloc[0]["n_boxes"] == 0
+
+
+def test_one_volunteer_clicking_three_times_is_not_a_consensus():
+    p = parsed([(0, 30.0, 40.0, 0), (0, 31.5, 40.0, 0), (0, 30.0, 41.5, 0)])
+    boxes, _, _ = run_consensus(p, SPEC)
+    assert boxes.empty
+
+
+def test_centre_marks_are_dropped():
+    p = parsed([(v, 50.2, 49.8, 0) for v in range(4)] + [(v, 20.0, 25.0, 0) for v in range(4)])
+    boxes, subjects, report = run_consensus(p, SPEC)
+    assert len(boxes) == 1 and boxes.iloc[0]["x"] == pytest.approx(20.0)
+    assert report["centre_clusters_dropped"] == 1 and subjects.iloc[0]["n_centre_dropped"] == 1
+
+
+def test_majority_tool_sets_class():
+    p = parsed([(0, 30.0, 40.0, 1), (1, 30.0, 40.0, 1), (2, 30.0, 40.0, 0), (3, 70.0, 70.0, 0),
+                (4, 70.0, 70.0, 0), (0, 70.0, 70.0, 1)])
+    boxes, _, _ = run_consensus(p, SPEC)
+    cat = boxes.set_index(boxes["x"].round())["category"]
+    assert cat[30.0] == "odd_clump" and cat[70.0] == "clump"
+    assert boxes.set_index(boxes["x"].round()).loc[30.0, "odd_fraction"] == pytest.approx(2 / 3)
+
+
+def test_min_votes_scale_with_classifications():
+    """3 of 20 volunteers agreeing is below a 20 % vote fraction (4 needed)."""
+    p = parsed([(v, 30.0, 40.0, 0) for v in range(3)], n_volunteers=20)
+    assert run_consensus(p, SPEC)[0].empty
+    p = parsed([(v, 30.0, 40.0, 0) for v in range(4)], n_volunteers=20)
+    assert len(run_consensus(p, SPEC)[0]) == 1
+
+
+def test_duplicate_taps_dropped_before_clustering():
+    # volunteer 0 double-taps (0.5 px apart): only one counts
+    p = parsed([(0, 30.0, 40.0, 0), (0, 30.5, 40.0, 0), (1, 30.0, 40.0, 0), (2, 30.0, 40.0, 0)])
+    side = pd.Series({1: 8.0})
+    kept, n = drop_duplicate_taps(p.clicks, side, 0.25)
+    assert n == 1 and len(kept) == 3
+    boxes, _, report = run_consensus(p, SPEC)
+    assert report["duplicate_taps_dropped"] == 1 and boxes.iloc[0]["n_votes"] == 3
+    # two marks of one volunteer 3 px apart are both kept (two clumps, not a double tap)
+    kept, n = drop_duplicate_taps(parsed([(0, 30.0, 40.0, 0), (0, 33.0, 40.0, 0)]).clicks, side, 0.25)
+    assert n == 0 and len(kept) == 2
+
+
+def test_fallback_box_side_without_fwhm():
+    p = parsed([(v, 30.0, 40.0, 0) for v in range(3)], fwhm=float("nan"), width=120, height=120)
+    boxes, subjects, report = run_consensus(p, SPEC)
+    assert boxes.iloc[0]["side"] == pytest.approx(12.0)  # 0.1 x 120 px
+    assert report["subjects_without_fwhm"] == 1
+
+
+def test_boxes_clipped_to_image():
+    p = parsed([(v, 1.0, 98.0, 0) for v in range(3)])
+    b = run_consensus(p, SPEC)[0].iloc[0]
+    assert b["x1"] == 0.0 and b["y2"] == 100.0
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ValueError, match="consensus.method 'em'"):
+        ConsensusSpec.from_config({"method": "em", "box_scale": 2, "fallback_box_fraction": 0.1,
+                                   "duplicate_tap_fraction": 0.2, "centre_radius_fraction": 0.02, "dbscan": {}})
+
+
+def test_consensus_recovers_bright_simulated_clumps(tiny_export, tiny_survey, tiny_config):
+    """On the simulated survey, bright clumps (>= 8 % flux) are nearly all found, and boxes sit on
+    real objects."""
+    import numpy as np
+
+    from clumpfinder.zooniverse import read_export
+
+    boxes, _, _ = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(tiny_config["consensus"]))
+    man = tiny_survey["manifest"].set_index("subject_id")
+    truth = tiny_survey["truth"]
+    bright = truth[(truth["kind"] == "clump") & (truth["flux_fraction_g"] >= 0.08)]
+    found = 0
+    for _, o in bright.iterrows():
+        b = boxes[boxes["subject_id"] == o["subject_id"]]
+        if len(b) and np.hypot(b["x"] - o["x"], b["y"] - o["y"]).min() < 0.5 * man.loc[o["subject_id"], "psf_fwhm_pixels"]:
+            found += 1
+    assert found / len(bright) >= 0.8
+    on_object = 0
+    for _, b in boxes.iterrows():
+        t = truth[truth["subject_id"] == b["subject_id"]]
+        on_object += len(t) > 0 and np.hypot(t["x"] - b["x"], t["y"] - b["y"]).min() < man.loc[b["subject_id"], "psf_fwhm_pixels"]
+    assert on_object / len(boxes) >= 0.9

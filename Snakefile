@@ -1,0 +1,26 @@
+# Giant star-forming clumps with Faster R-CNN, after Popp et al. 2024 (RASTI 3, 174).
+# DAG: simulated survey + volunteers -> consensus -> labels -> train (backbone x size)
+#      -> evaluate -> summary table and figure. See README.md.
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/consensus.smk"
+include: "rules/labels.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/summary.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,23 @@
+# Volunteer consensus: Zooniverse export -> one box per clump.
+
+
+rule consensus:
+    input:
+        export=rules.simulate_volunteers.output.export,
+    output:
+        boxes=f"{RESULTS}/consensus/boxes.csv",
+        subjects=f"{RESULTS}/consensus/subjects.csv",
+        report=f"{RESULTS}/consensus/report.json",
+    log:
+        f"{RESULTS}/logs/consensus.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/consensus.tsv"
+    conda:
+        "../envs/consensus.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        spec=config["consensus"],
+    script:
+        "../scripts/consensus.py"

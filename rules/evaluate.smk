@@ -1,0 +1,27 @@
+# Predictions on the test split and COCO-style metrics.
+
+
+rule evaluate:
+    input:
+        unpack(truth_inputs),
+        model=rules.train.output.model,
+        test=rules.split.output.test,
+        images=rules.simulate_survey.output.png,
+    output:
+        predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/predictions.json",
+        metrics=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/evaluate/{{backbone}}_n{{n_train}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{backbone}}_n{{n_train}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: config["threads"]["evaluate"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        iou=config["evaluation"]["iou"],
+        score=config["evaluation"]["score"],
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,54 @@
+# Splits, nested training subsets and COCO labels (consensus and, in simulation, truth).
+
+
+rule split:
+    input:
+        manifest=rules.simulate_survey.output.manifest,
+        boxes=rules.consensus.output.boxes,
+        subjects=rules.consensus.output.subjects,
+    output:
+        train=f"{RESULTS}/labels/train.json",
+        val=f"{RESULTS}/labels/val.json",
+        test=f"{RESULTS}/labels/test.json",
+        splits=f"{RESULTS}/labels/splits.csv",
+    log:
+        f"{RESULTS}/logs/split.log",
+    conda:
+        "../envs/consensus.yaml"
+    params:
+        fractions=config["labels"]["split_fractions"],
+        seed=config["labels"]["seed"],
+    script:
+        "../scripts/split.py"
+
+
+rule subset:
+    input:
+        train=rules.split.output.train,
+        splits=rules.split.output.splits,
+    output:
+        f"{RESULTS}/labels/train_n{{n_train}}.json",
+    log:
+        f"{RESULTS}/logs/subset_n{{n_train}}.log",
+    conda:
+        "../envs/consensus.yaml"
+    script:
+        "../scripts/subset.py"
+
+
+rule truth_labels:
+    input:
+        manifest=rules.simulate_survey.output.manifest,
+        truth=rules.simulate_survey.output.truth,
+        splits=rules.split.output.splits,
+    output:
+        f"{RESULTS}/labels/test_truth.json",
+    log:
+        f"{RESULTS}/logs/truth_labels.log",
+    conda:
+        "../envs/consensus.yaml"
+    params:
+        box_scale=config["consensus"]["box_scale"],
+        min_flux_fraction=config["evaluation"]["truth_min_flux_fraction"],
+    script:
+        "../scripts/truth_labels.py"

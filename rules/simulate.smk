@@ -1,0 +1,43 @@
+# Simulated Clump Scout survey (GalSim images) and simulated volunteers (Zooniverse export).
+
+
+rule simulate_survey:
+    output:
+        manifest=f"{RESULTS}/survey/manifest.csv",
+        truth=f"{RESULTS}/survey/truth.csv",
+        png=directory(f"{RESULTS}/survey/png"),
+        fits=directory(f"{RESULTS}/survey/fits"),
+    log:
+        f"{RESULTS}/logs/simulate_survey.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simulate_survey.tsv"
+    conda:
+        "../envs/simulate.yaml"
+    threads: config["threads"]["simulate"]
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        spec=config["simulate"],
+    script:
+        "../scripts/simulate_survey.py"
+
+
+rule simulate_volunteers:
+    input:
+        manifest=rules.simulate_survey.output.manifest,
+        truth=rules.simulate_survey.output.truth,
+    output:
+        export=f"{RESULTS}/survey/classifications.csv",
+        volunteers=f"{RESULTS}/survey/volunteers.csv",
+    log:
+        f"{RESULTS}/logs/simulate_volunteers.log",
+    conda:
+        "../envs/simulate.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        spec=config["volunteers"],
+    script:
+        "../scripts/simulate_volunteers.py"

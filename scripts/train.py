@@ -1,0 +1,19 @@
+"""Train one detector (backbone x training-set size)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
+
+from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
+from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
+from clumpfinder.train import TrainSpec, save_model, train_detector  # noqa: E402
+
+log = setup_logging(snakemake.log[0])
+p = snakemake.params
+backbone = BackboneSpec(**p.backbone)
+detector = DetectorSpec.from_config(p.detector)
+model, metrics = train_detector(read_json(snakemake.input.labels), snakemake.input.images, backbone, detector,
+                                TrainSpec.from_config(p.training), threads=snakemake.threads)
+metrics["name"] = snakemake.wildcards.backbone
+save_model(model, backbone, detector, snakemake.output.model)
+write_json(metrics, snakemake.output.metrics)

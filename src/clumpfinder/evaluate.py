@@ -1,0 +1,155 @@
+"""COCO-style evaluation of a trained detector: predictions, AP (pycocotools), completeness and
+purity at an IoU and a score threshold.
+
+Completeness (recall) and purity (precision) are read from pycocotools' own matching
+(``COCOeval.evalImgs``, greedy by score) with a single IoU threshold, one area range and no
+truncation, so they are consistent with the AP numbers: a detection with score >= s is a true
+positive if COCO matched it to a ground-truth box, a false positive if it matched nothing, and
+ignored if it matched an ignored ("crowd") ground truth such as a sub-threshold simulated clump.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from clumpfinder.detector import class_agnostic_nms
+from clumpfinder.train import load_images
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, coco: dict[str, Any], image_dir: str | Path, agnostic_nms: float | None = None,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """COCO results list (bbox in x, y, w, h) for every image of ``coco``; ``agnostic_nms`` (an
+    IoU) suppresses overlapping detections across classes."""
+    device = next(model.parameters()).device
+    model.eval()
+    images = load_images(coco, image_dir)
+    results = []
+    for b0 in range(0, len(images), batch_size):
+        batch = [im.to(device, torch.float32) / 255.0 for im in images[b0 : b0 + batch_size]]
+        outs = class_agnostic_nms(model(batch), agnostic_nms)
+        for info, out in zip(coco["images"][b0 : b0 + batch_size], outs):
+            for box, score, label in zip(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                                         out["labels"].cpu().numpy()):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                results.append(
+                    {"image_id": info["id"], "category_id": int(label),
+                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                     "score": round(float(score), 5)}
+                )
+    return results
+
+
+def _coco(dataset: dict[str, Any]) -> COCO:
+    gt = COCO()
+    gt.dataset = copy.deepcopy(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def _load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes(copy.deepcopy(results))
+
+
+def coco_ap(gt_dataset: dict[str, Any], results: list[dict[str, Any]], use_cats: bool = True) -> dict[str, float]:
+    """AP@[.5:.95], AP50, AP75 and AR@100 from pycocotools (0 when there are no detections)."""
+    keys = ("AP", "AP50", "AP75", "AR")
+    if not results or not gt_dataset["annotations"]:
+        return {k: 0.0 for k in keys}
+    gt = _coco(gt_dataset)
+    ev = COCOeval(gt, _load_results(gt, results), "bbox")
+    ev.params.useCats = int(use_cats)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [max(0.0, float(s)) for s in ev.stats]  # -1 means "no ground truth"
+    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR": stats[8]}
+
+
+def completeness_purity(
+    gt_dataset: dict[str, Any], results: list[dict[str, Any]], iou: float = 0.5, score: float = 0.5,
+    use_cats: bool = False, max_dets: int = 1000,
+) -> dict[str, Any]:
+    """Counts and ratios at one IoU and score threshold.
+
+    ``use_cats=False`` merges the classes (a detection matches any ground truth); with
+    ``use_cats=True`` the counts are also given per category name.
+    """
+    gt = _coco(gt_dataset)
+    n_gt_by_cat = {c["id"]: 0 for c in gt_dataset["categories"]}
+    for a in gt_dataset["annotations"]:
+        if not a.get("iscrowd", 0):
+            n_gt_by_cat[a["category_id"]] += 1
+    kept = [r for r in results if r["score"] >= score]
+    tp = {c: 0 for c in n_gt_by_cat}
+    fp = {c: 0 for c in n_gt_by_cat}
+    if results:
+        ev = COCOeval(gt, _load_results(gt, results), "bbox")
+        ev.params.iouThrs = np.array([iou])
+        ev.params.areaRng = [[0.0, 1e10]]
+        ev.params.areaRngLbl = ["all"]
+        ev.params.maxDets = [max_dets]
+        ev.params.useCats = int(use_cats)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.evaluate()
+        for e in ev.evalImgs:
+            if e is None:
+                continue
+            scores = np.asarray(e["dtScores"])
+            matched = np.asarray(e["dtMatches"])[0] > 0
+            ignored = np.asarray(e["dtIgnore"])[0].astype(bool)
+            sel = (scores >= score) & ~ignored
+            cat = e["category_id"] if use_cats else -1
+            if use_cats:
+                tp[cat] += int((sel & matched).sum())
+                fp[cat] += int((sel & ~matched).sum())
+            else:
+                tp.setdefault(-1, 0)
+                fp.setdefault(-1, 0)
+                tp[-1] += int((sel & matched).sum())
+                fp[-1] += int((sel & ~matched).sum())
+
+    def ratios(t: int, f: int, g: int) -> dict[str, Any]:
+        c = t / g if g else float("nan")
+        p = t / (t + f) if (t + f) else float("nan")
+        f1 = 2 * c * p / (c + p) if (c == c and p == p and c + p > 0) else float("nan")
+        return {"tp": t, "fp": f, "n_gt": g, "completeness": c, "purity": p, "f1": f1}
+
+    n_gt = sum(n_gt_by_cat.values())
+    out: dict[str, Any] = {"iou": iou, "score": score, "n_det": len(kept)}
+    if use_cats:
+        t, f = sum(tp.values()), sum(fp.values())
+        out.update(ratios(t, f, n_gt))
+        names = {c["id"]: c["name"] for c in gt_dataset["categories"]}
+        out["per_class"] = {names[c]: ratios(tp[c], fp[c], n_gt_by_cat[c]) for c in n_gt_by_cat}
+    else:
+        out.update(ratios(tp.get(-1, 0), fp.get(-1, 0), n_gt))
+    return out
+
+
+def evaluate_predictions(
+    gt_dataset: dict[str, Any], results: list[dict[str, Any]], iou: float, score: float
+) -> dict[str, Any]:
+    """AP numbers plus merged and per-class completeness/purity."""
+    out: dict[str, Any] = coco_ap(gt_dataset, results)
+    out["merged"] = completeness_purity(gt_dataset, results, iou, score, use_cats=False)
+    out["by_class"] = completeness_purity(gt_dataset, results, iou, score, use_cats=True)
+    out["n_images"] = len(gt_dataset["images"])
+    return out

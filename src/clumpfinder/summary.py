@@ -1,0 +1,68 @@
+"""Summary over the sweep: one table row per (backbone, n_train) and the headline figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from clumpfinder.io import atomic_path  # noqa: E402
+
+# Okabe & Ito (2008) colour-blind-safe palette
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+    """Flatten one evaluation (and its training record) into a table row."""
+    row: dict[str, Any] = {"backbone": backbone, "arch": train["backbone"]["arch"],
+                           "init": train["backbone"]["init"], "n_train": n_train}
+    for ref, m in metrics["references"].items():
+        for k in ("AP", "AP50", "AP75", "AR"):
+            row[f"{ref}_{k}"] = m[k]
+        for k in ("completeness", "purity", "f1", "tp", "fp", "n_gt"):
+            row[f"{ref}_{k}"] = m["merged"][k]
+        for cls, c in m["by_class"]["per_class"].items():
+            row[f"{ref}_{cls}_completeness"] = c["completeness"]
+            row[f"{ref}_{cls}_purity"] = c["purity"]
+    row["iou"] = metrics["iou"]
+    row["score"] = metrics["score"]
+    row["n_test_images"] = metrics["n_images"]
+    row["train_steps"] = train["steps"]
+    row["train_seconds"] = train["seconds"]
+    row["train_img_per_s"] = train["img_per_s"]
+    row["device"] = train["device"]
+    return row
+
+
+def summary_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows)).sort_values(["backbone", "n_train"]).reset_index(drop=True)
+
+
+def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
+    """Completeness and purity vs training-set size, a line per backbone; solid against the
+    consensus labels, dashed against the simulated truth where present."""
+    refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, constrained_layout=True)
+    for ax, measure in zip(axes, ("completeness", "purity")):
+        for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
+            g = g.sort_values("n_train")
+            for ref, style in zip(refs, ("-", "--")):
+                ax.plot(g["n_train"], g[f"{ref}_{measure}"], style, marker="o", color=PALETTE[k % len(PALETTE)],
+                        label=f"{backbone} vs {ref}")
+        ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("training-set size (images)")
+        ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, score >= {table['score'].iloc[0]:g})")
+        ax.set_ylim(0, 1)
+        ax.set_title(measure.capitalize())
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=8, loc="lower right")
+    for path in (png, pdf):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150)
+    plt.close(fig)

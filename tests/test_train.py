@@ -1,0 +1,113 @@
+"""Detector construction, augmentation geometry, a short real training run, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+from clumpfinder.evaluate import predict
+from clumpfinder.train import TrainSpec, dihedral, load_images, load_model, lr_at, save_model, train_detector
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("flip", [False, True])
+def test_dihedral_moves_boxes_with_pixels(k, flip):
+    h, w = 30, 40
+    img = torch.zeros(3, h, w)
+    img[:, 5:9, 20:26] = 1.0  # a 6 x 4 px block: x 20-26, y 5-9
+    boxes = torch.tensor([[20.0, 5.0, 26.0, 9.0]])
+    out, b = dihedral(img, boxes, k, flip)
+    ys, xs = torch.nonzero(out[0], as_tuple=True)
+    x1, y1, x2, y2 = b[0].tolist()
+    assert (xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1) == (x1, y1, x2, y2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_large"])
+def test_build_detector_forward(arch):
+    torch.manual_seed(0)
+    model = build_detector(BackboneSpec(arch=arch), DetectorSpec(image_size=64))
+    model.train()
+    imgs = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 18.0, 18.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # empty image
+    losses = model(imgs, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model(imgs)
+    assert len(out) == 2 and out[0]["boxes"].shape[1] == 4
+
+
+def test_trainable_layers_freeze_resnet_stem():
+    model = build_detector(BackboneSpec(arch="resnet18", trainable_layers=3), DetectorSpec())
+    body = model.backbone.body
+    assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer4.parameters())
+
+
+def test_bad_backbone_spec():
+    with pytest.raises(ValueError, match="arch 'vgg'"):
+        BackboneSpec(arch="vgg")
+    with pytest.raises(ValueError, match="init 'imagenet'"):
+        BackboneSpec(arch="resnet18", init="imagenet")
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+
+
+def _coco_for(tiny_survey, n=6):
+    from clumpfinder.labels import coco_dataset, truth_boxes
+
+    man, truth = tiny_survey["manifest"].iloc[:n], tiny_survey["truth"]
+    boxes = truth_boxes(tiny_survey["manifest"], truth, 2.0, 0.03)
+    return coco_dataset(man.rename(columns={"png": "file_name"}), boxes, "t")
+
+
+def test_short_training_run_and_round_trip(tiny_survey, tmp_path):
+    coco = _coco_for(tiny_survey)
+    bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
+    spec = TrainSpec(epochs=1, min_steps=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
+                     grad_clip=10.0, augment=True, seed=0)
+    model, metrics = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1)
+    assert metrics["steps"] == 2 and metrics["n_train"] == 6 and metrics["device"] == "cpu"
+    assert len(metrics["history"]) == 1 and np.isfinite(metrics["history"][0]["loss"])
+    path = tmp_path / "model.pt"
+    save_model(model, bb, det, path)
+    loaded, det2 = load_model(path)
+    assert det2 == det
+    a = predict(model.eval(), coco, tiny_survey["root"] / "png")
+    b = predict(loaded, coco, tiny_survey["root"] / "png")
+    assert json.dumps(a) == json.dumps(b)
+    # same seed, same result
+    model2, metrics2 = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1)
+    assert metrics2["history"][0]["loss"] == metrics["history"][0]["loss"]
+
+
+def test_missing_image_named(tiny_survey, tmp_path):
+    coco = _coco_for(tiny_survey, 2)
+    coco["images"][1]["file_name"] = "nope.png"
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_images(coco, tiny_survey["root"] / "png")
+    coco = _coco_for(tiny_survey, 1)
+    coco["images"][0]["width"] = 10
+    with pytest.raises(ValueError, match="labels say 10x"):
+        load_images(coco, tiny_survey["root"] / "png")
+
+
+def test_class_agnostic_nms():
+    from clumpfinder.detector import class_agnostic_nms
+
+    out = [{"boxes": torch.tensor([[10.0, 10, 18, 18], [10.5, 10, 18.5, 18], [40, 40, 48, 48]]),
+            "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 2, 1])}]
+    kept = class_agnostic_nms(out, 0.5)[0]
+    assert kept["labels"].tolist() == [1, 1] and kept["scores"].tolist() == pytest.approx([0.9, 0.7])
+    assert class_agnostic_nms(out, None)[0]["boxes"].shape[0] == 3

@@ -1,0 +1,146 @@
+"""The Snakemake workflow: lint, formatting, dry runs, config errors, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TEST_CONFIG = REPO / "tests" / "config" / "config.yaml"
+
+
+def smk(*args, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def test_lint(tmp_path):
+    proc = smk("--lint", cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakefmt():
+    exe = Path(sys.executable).with_name("snakefmt")  # the test environment's own snakefmt
+    proc = subprocess.run([str(exe) if exe.exists() else shutil.which("snakefmt") or "snakefmt", "--check",
+                           "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _jobs(dry_run_output: str) -> dict[str, int]:
+    """Job counts per rule from the dry run's 'Job stats' table."""
+    table = dry_run_output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m.group(1) != "total"}
+
+
+def test_default_dry_run(tmp_path, default_config):
+    proc = smk("-n", "--cores", "2", cwd=tmp_path)
+    jobs = _jobs(proc.stdout + proc.stderr)
+    n_b, n_n = len(default_config["backbones"]), len(default_config["labels"]["n_train"])
+    assert n_b >= 2 and n_n >= 3
+    assert jobs["train"] == n_b * n_n and jobs["evaluate"] == n_b * n_n and jobs["subset"] == n_n
+    for rule in ("simulate_survey", "simulate_volunteers", "consensus", "split", "truth_labels", "summary", "all"):
+        assert jobs[rule] == 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("simulate:\n  n_galaxies: lots\n", "n_galaxies"),
+        ("training:\n  batch_size: 0\n", "batch_size"),
+        ("backbones:\n  r18:\n    arch: resnet18\n", "'init' is a required property"),
+    ],
+)
+def test_config_error_names_the_key(tmp_path, override, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(override)
+    proc = smk("-n", "--cores", "1", "--configfile", str(bad), cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "validat" in out.lower() and message in out, out[-3000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole DAG on the tiny test configuration, once per module."""
+    work = tmp_path_factory.mktemp("tiny_run")
+    t0 = time.perf_counter()
+    proc = smk("--cores", "2", "--configfile", str(TEST_CONFIG), cwd=work)
+    return {"dir": work, "proc": proc, "seconds": time.perf_counter() - t0}
+
+
+def test_tiny_run_outputs(tiny_run, tiny_config):
+    res = tiny_run["dir"] / "results"
+    for rel in ("survey/manifest.csv", "survey/truth.csv", "survey/classifications.csv", "consensus/boxes.csv",
+                "consensus/report.json", "labels/train.json", "labels/val.json", "labels/test.json",
+                "labels/test_truth.json", "summary.csv", "plots/completeness_purity.png",
+                "plots/completeness_purity.pdf"):
+        assert (res / rel).stat().st_size > 0, rel
+    n_gal = tiny_config["simulate"]["n_galaxies"]
+    assert len(list((res / "survey" / "png").glob("*.png"))) == n_gal
+    assert len(list((res / "survey" / "fits").glob("*.fits"))) == n_gal
+    # no temporary files left behind by the atomic writers
+    assert not [p for p in res.rglob(".*") if p.name != ".snakemake_timestamp"]
+    for b in tiny_config["backbones"]:
+        for n in tiny_config["labels"]["n_train"]:
+            log = (res / "logs" / "train" / f"{b}_n{n}.log").read_text()
+            assert re.search(r"epoch 1/\d+ step \d+ loss [\d.]+ .* s [\d.]+ img/s", log), log
+            assert (res / "models" / b / f"n{n}" / "model.pt").exists()
+            sub = json.loads((res / "labels" / f"train_n{n}.json").read_text())
+            assert len(sub["images"]) == n
+
+
+def test_tiny_run_summary_in_range(tiny_run, tiny_config):
+    table = pd.read_csv(tiny_run["dir"] / "results" / "summary.csv")
+    n_cells = len(tiny_config["backbones"]) * len(tiny_config["labels"]["n_train"])
+    assert len(table) == n_cells
+    assert set(table["backbone"]) == set(tiny_config["backbones"])
+    for ref in ("consensus", "truth"):
+        for col in ("AP", "AP50", "AP75", "AR", "completeness"):
+            v = table[f"{ref}_{col}"]
+            assert ((v >= 0) & (v <= 1)).all(), (ref, col, v.tolist())
+        p = table[f"{ref}_purity"]
+        assert all(math.isnan(x) or 0 <= x <= 1 for x in p)
+        assert (table[f"{ref}_n_gt"] > 0).all()
+
+
+def test_tiny_run_subsets_nested(tiny_run):
+    lab = tiny_run["dir"] / "results" / "labels"
+    small, big = (json.loads((lab / f"train_n{n}.json").read_text()) for n in (8, 20))
+    train = json.loads((lab / "train.json").read_text())
+    ids = lambda c: {im["id"] for im in c["images"]}  # noqa: E731
+    assert ids(small) < ids(big) <= ids(train)
+    test = json.loads((lab / "test.json").read_text())
+    assert not ids(test) & ids(train)
+
+
+def test_rerun_does_nothing(tiny_run):
+    t0 = time.perf_counter()
+    proc = smk("--cores", "2", "--configfile", str(TEST_CONFIG), cwd=tiny_run["dir"])
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert time.perf_counter() - t0 < 30
+
+
+def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text("labels:\n  n_train: [5000]\n")
+    proc = smk("--cores", "1", "--configfile", str(TEST_CONFIG), str(cfg), cwd=tiny_run["dir"], check=False)
+    assert proc.returncode != 0
+    assert "training pool has only" in proc.stdout + proc.stderr + (
+        tiny_run["dir"] / "results" / "logs" / "subset_n5000.log").read_text()

@@ -137,3 +137,34 @@ def test_failed_render_leaves_no_directory(tmp_path, tiny_config, monkeypatch):
         simulate_survey(spec, tmp_path / "png", tmp_path / "fits")
     assert not (tmp_path / "png").exists() and not (tmp_path / "fits").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_host_surface_brightness_matches_galsim():
+    """The analytic host profile used for object contrast agrees with GalSim's rendering
+    (no PSF), in every direction: position angle and inclination conventions are the same."""
+    import galsim
+
+    from clumpfinder.simulate import host_surface_brightness
+
+    host = pd.DataFrame([{
+        "position_angle_deg": 30.0, "inclination_deg": 50.0, "disc_scale_arcsec": 3.0, "disc_flux_g": 100.0,
+        "bulge_flux_g": 20.0, "bulge_half_light_arcsec": 0.8, "bulge_axis_ratio": 0.8,
+    }])
+    h = host.iloc[0]
+    pa = h["position_angle_deg"] * galsim.degrees
+    prof = galsim.Add([
+        galsim.InclinedExponential(h["inclination_deg"] * galsim.degrees, scale_radius=h["disc_scale_arcsec"],
+                                   scale_h_over_r=0.1, flux=h["disc_flux_g"]).rotate(pa),
+        galsim.DeVaucouleurs(half_light_radius=h["bulge_half_light_arcsec"], flux=h["bulge_flux_g"]).shear(
+            q=h["bulge_axis_ratio"], beta=pa),
+    ])
+    scale = 0.1
+    img = prof.drawImage(nx=200, ny=200, scale=scale, method="no_pixel")
+    for angle in (0, 60, 120, 200, 290):
+        for r in (2.0, 4.0, 6.0):
+            dx, dy = r * np.cos(np.radians(angle)), r * np.sin(np.radians(angle))
+            ix, iy = int(round(100.5 + dx / scale)), int(round(100.5 + dy / scale))  # galsim 1-based, centre 100.5
+            rendered = img(ix, iy) / scale**2
+            expected = host_surface_brightness(host, np.array([(ix - 100.5) * scale]), np.array([(iy - 100.5) * scale]),
+                                               "g")[0]
+            assert rendered == pytest.approx(expected, rel=0.12), (angle, r)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.cluster import DBSCAN
 
 from clumpfinder.zooniverse import ParsedExport
@@ -91,7 +92,10 @@ def dbscan_subject(xy: np.ndarray, users: np.ndarray, eps: float, min_votes: int
     """Cluster labels (-1 = noise) requiring ``min_votes`` distinct volunteers per cluster."""
     if len(xy) < min_votes:
         return np.full(len(xy), -1)
-    labels = DBSCAN(eps=eps, min_samples=min_votes).fit_predict(xy)
+    # inputs are already validated arrays: skip sklearn's per-call checks (most of the time on
+    # subjects with a few dozen clicks)
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        labels = DBSCAN(eps=eps, min_samples=min_votes, algorithm="brute").fit_predict(xy)
     for lab in np.unique(labels[labels >= 0]):
         members = labels == lab
         if len(np.unique(users[members])) < min_votes:
@@ -106,37 +110,42 @@ def run_consensus(parsed: ParsedExport, spec: ConsensusSpec) -> tuple[pd.DataFra
     clicks, n_taps = drop_duplicate_taps(parsed.clicks, side, spec.duplicate_tap_fraction)
     geo = subjects.set_index("subject_id")
     boxes: list[dict[str, Any]] = []
-    n_clicks = clicks.groupby("subject_id").size()
     n_centre: dict[int, int] = {}
-    for sid, sc in clicks.groupby("subject_id", sort=True):
-        g = geo.loc[sid]
-        fwhm = g["box_side"] / spec.box_scale
-        min_votes = max(int(spec.dbscan["min_votes"]),
-                        math.ceil(spec.dbscan["min_vote_fraction"] * g["n_classifications"]))
-        xy = sc[["x", "y"]].to_numpy()
-        users = sc["user"].to_numpy()
+    clicks = clicks.sort_values("subject_id", kind="stable")
+    sid_all = clicks["subject_id"].to_numpy()
+    xy_all = clicks[["x", "y"]].to_numpy()
+    users_all = clicks["user"].to_numpy()
+    tools_all = clicks["tool"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sid_all[1:] != sid_all[:-1]]) if len(sid_all) else np.array([], int)
+    ends = np.r_[starts[1:], len(sid_all)]
+    width, height = geo["width"].to_dict(), geo["height"].to_dict()
+    box_side, n_cls = geo["box_side"].to_dict(), geo["n_classifications"].to_dict()
+    for s0, s1 in zip(starts, ends):
+        sid = int(sid_all[s0])
+        w, h, side, n_c = width[sid], height[sid], box_side[sid], n_cls[sid]
+        fwhm = side / spec.box_scale
+        min_votes = max(int(spec.dbscan["min_votes"]), math.ceil(spec.dbscan["min_vote_fraction"] * n_c))
+        xy, users, tools = xy_all[s0:s1], users_all[s0:s1], tools_all[s0:s1]
         labels = dbscan_subject(xy, users, spec.dbscan["eps_fwhm"] * fwhm, min_votes)
-        centre = np.array([g["width"] / 2, g["height"] / 2])
-        r_centre = spec.centre_radius_fraction * max(g["width"], g["height"])
+        r_centre = spec.centre_radius_fraction * max(w, h)
         for lab in np.unique(labels[labels >= 0]):
             m = labels == lab
             cx, cy = xy[m].mean(axis=0)
-            if math.hypot(cx - centre[0], cy - centre[1]) < r_centre:
+            if math.hypot(cx - w / 2, cy - h / 2) < r_centre:
                 n_centre[sid] = n_centre.get(sid, 0) + 1
                 continue
-            odd = float(sc["tool"].to_numpy()[m].mean())
-            s = g["box_side"]
+            odd = float(tools[m].mean())
             boxes.append(
                 {
-                    "subject_id": sid, "x": cx, "y": cy, "side": s,
-                    "x1": max(0.0, cx - s / 2), "y1": max(0.0, cy - s / 2),
-                    "x2": min(g["width"], cx + s / 2), "y2": min(g["height"], cy + s / 2),
+                    "subject_id": sid, "x": cx, "y": cy, "side": side,
+                    "x1": max(0.0, cx - side / 2), "y1": max(0.0, cy - side / 2),
+                    "x2": min(w, cx + side / 2), "y2": min(h, cy + side / 2),
                     "category": "odd_clump" if odd > 0.5 else "clump",
-                    "n_votes": int(len(np.unique(users[m]))),
-                    "n_classifications": int(g["n_classifications"]), "odd_fraction": odd,
-                    "width": g["width"], "height": g["height"],
+                    "n_votes": int(len(np.unique(users[m]))), "n_classifications": int(n_c),
+                    "odd_fraction": odd, "width": w, "height": h,
                 }
             )
+    n_clicks = clicks.groupby("subject_id").size()
     box_df = pd.DataFrame(boxes, columns=BOX_COLUMNS)
     subjects["n_clicks"] = subjects["subject_id"].map(n_clicks).fillna(0).astype(int)
     subjects["n_boxes"] = subjects["subject_id"].map(box_df.groupby("subject_id").size()).fillna(0).astype(int)

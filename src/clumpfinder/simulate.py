@@ -444,9 +444,35 @@ def _manifest(hosts: pd.DataFrame, objects: pd.DataFrame, n: int) -> pd.DataFram
     return man
 
 
+def host_surface_brightness(h: pd.DataFrame, dx: np.ndarray, dy: np.ndarray, band: str) -> np.ndarray:
+    """Host surface brightness (nanomaggy / arcsec^2, before the PSF) at offsets (dx, dy) arcsec:
+    thin inclined exponential disc plus elliptical de Vaucouleurs bulge, as rendered."""
+    pa = np.radians(h["position_angle_deg"].to_numpy())
+    # rotate into the frame of the major axis
+    u = dx * np.cos(pa) + dy * np.sin(pa)
+    v = -dx * np.sin(pa) + dy * np.cos(pa)
+    cos_i = np.cos(np.radians(h["inclination_deg"].to_numpy()))
+    rd = h["disc_scale_arcsec"].to_numpy()
+    r_disc = np.hypot(u, v / cos_i)
+    disc = h[f"disc_flux_{band}"].to_numpy() / (2 * np.pi * rd**2 * cos_i) * np.exp(-r_disc / rd)
+    q = h["bulge_axis_ratio"].to_numpy()
+    re = h["bulge_half_light_arcsec"].to_numpy()
+    r_bulge = np.hypot(u * np.sqrt(q), v / np.sqrt(q))  # GalSim's area-preserving shear
+    sigma_e = h[f"bulge_flux_{band}"].to_numpy() / (7.215 * np.pi * re**2)
+    bulge = sigma_e * np.exp(-7.669 * ((r_bulge / re) ** 0.25 - 1.0))
+    return disc + bulge
+
+
+def peak_surface_brightness(flux: np.ndarray, sigma: np.ndarray, fwhm: np.ndarray, beta: float) -> np.ndarray:
+    """Approximate central surface brightness of a Gaussian source seen through a Moffat PSF."""
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    area = np.pi * alpha**2 / (beta - 1.0) + 2 * np.pi * sigma**2
+    return flux / area
+
+
 def _truth(hosts: pd.DataFrame, objects: pd.DataFrame, n: int, beta: float) -> pd.DataFrame:
     cols = ["subject_id", "object_id", "kind", "subclass", "x", "y", "ra", "dec", "flux_g", "flux_r",
-            "flux_i", "flux_fraction_g", "snr_g", "sigma_arcsec"]
+            "flux_i", "flux_fraction_g", "snr_g", "contrast_g", "contrast_r", "sigma_arcsec"]
     if objects.empty:
         return pd.DataFrame(columns=cols)
     h = hosts.loc[objects["galaxy_index"]].reset_index(drop=True)
@@ -478,4 +504,12 @@ def _truth(hosts: pd.DataFrame, objects: pd.DataFrame, n: int, beta: float) -> p
             "sigma_arcsec": o["sigma_arcsec"],
         }
     )
+    # local contrast: the object's peak over the host's surface brightness where it sits, which is
+    # what makes a clump stand out to the eye (a faint clump in the outskirts shows, a brighter one
+    # on the bulge does not)
+    dx, dy = o["dx_arcsec"].to_numpy(), o["dy_arcsec"].to_numpy()
+    for band in ("g", "r"):
+        fwhm = h["psf_fwhm_arcsec"].to_numpy() * PSF_BAND_RATIO[band]
+        peak = peak_surface_brightness(o[f"flux_{band}"].to_numpy(), o["sigma_arcsec"].to_numpy(), fwhm, beta)
+        t[f"contrast_{band}"] = peak / host_surface_brightness(h, dx, dy, band)
     return t[cols]

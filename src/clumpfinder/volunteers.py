@@ -3,8 +3,10 @@
 Each volunteer has an individual skill drawn once:
 
 * ``miss``: chance to overlook even an obvious clump;
-* ``f50``: the clump/galaxy flux fraction they notice half of the time (fainter clumps are missed
-  more often; visibility also falls with the clump's signal-to-noise);
+* ``c50``: the local contrast (object peak over the host's surface brightness where it sits) they
+  notice half of the time: the eye picks out knots that stand out from the disc around them, so a
+  faint clump in the outskirts is seen and a brighter one on the bulge is missed; visibility also
+  falls with the object's signal-to-noise;
 * ``false_rate``: mean number of spurious clicks per subject, placed on the galaxy's light
   (bright disc patches, noise);
 * ``scatter``: positional scatter of their clicks in units of the PSF FWHM;
@@ -44,7 +46,7 @@ class CrowdSpec:
     spammer_fraction: float
     centre_clicker_fraction: float
     miss_prob: dict[str, float]
-    f50: dict[str, float]
+    c50: dict[str, float]
     snr50: float
     false_clicks_per_subject: float
     scatter_fwhm: dict[str, float]
@@ -76,7 +78,7 @@ def draw_population(spec: CrowdSpec, rng: np.random.Generator) -> pd.DataFrame:
             "logged_in": ~logged_out,
             "activity": rng.lognormal(0.0, spec.activity_sigma, n),
             "miss": rng.beta(spec.miss_prob["a"], spec.miss_prob["b"], n),
-            "f50": 10 ** rng.normal(np.log10(spec.f50["median"]), spec.f50["sigma_dex"], n),
+            "c50": 10 ** rng.normal(np.log10(spec.c50["median"]), spec.c50["sigma_dex"], n),
             "false_rate": rng.gamma(1.0, spec.false_clicks_per_subject, n),
             "scatter": 10 ** rng.normal(np.log10(spec.scatter_fwhm["median"]), spec.scatter_fwhm["sigma_dex"], n),
             "confusion": rng.beta(spec.odd_confusion["a"], spec.odd_confusion["b"], n),
@@ -89,11 +91,11 @@ def draw_population(spec: CrowdSpec, rng: np.random.Generator) -> pd.DataFrame:
     return pop
 
 
-def _visibility(frac: np.ndarray, snr: np.ndarray, f50: float, snr50: float) -> np.ndarray:
-    """Probability of noticing an object: logistic in log flux fraction and in S/N."""
-    frac = np.maximum(frac, 1e-6)
+def _visibility(contrast: np.ndarray, snr: np.ndarray, c50: float, snr50: float) -> np.ndarray:
+    """Probability of noticing an object: logistic in log contrast and in log S/N."""
+    contrast = np.maximum(contrast, 1e-6)
     snr = np.maximum(snr, 1e-6)
-    return 1.0 / (1.0 + (f50 / frac) ** 4) / (1.0 + (snr50 / snr) ** 2)
+    return 1.0 / (1.0 + (c50 / contrast) ** 3) / (1.0 + (snr50 / snr) ** 2)
 
 
 def _disc_points(rng, subj: dict[str, Any], k: int) -> np.ndarray:
@@ -113,7 +115,7 @@ def volunteer_marks(
 ) -> list[tuple[float, float, int]]:
     """The clicks (x, y, tool) one volunteer makes on one subject.
 
-    ``objects`` holds arrays ``x``, ``y``, ``odd`` (bool), ``vis_fraction`` and ``snr_g`` of the
+    ``objects`` holds arrays ``x``, ``y``, ``odd`` (bool), ``contrast`` and ``snr_g`` of the
     subject's true objects (None for a subject without any).
     """
     w, h, fwhm = subj["width"], subj["height"], subj["psf_fwhm_pixels"]
@@ -125,7 +127,7 @@ def volunteer_marks(
         return marks
     if objects is not None:
         n = len(objects["x"])
-        p = (1.0 - vol["miss"]) * _visibility(objects["vis_fraction"], objects["snr_g"], vol["f50"], snr50)
+        p = (1.0 - vol["miss"]) * _visibility(objects["contrast"], objects["snr_g"], vol["c50"], snr50)
         seen = np.flatnonzero(rng.uniform(size=n) < p)
         sigma = vol["scatter"] * fwhm
         tools = objects["odd"][seen].astype(int)
@@ -177,16 +179,12 @@ def simulate_classifications(
         )
     weights = pop["activity"].to_numpy() / pop["activity"].sum()
     truth = truth.copy()
-    hosts = manifest.set_index("subject_id")
-    host_r = hosts.loc[truth["subject_id"], "host_flux_r"].to_numpy()
-    # clumps are noticed by their (blue) g-band contrast, odd objects by their r-band brightness
-    truth["vis_fraction"] = np.where(
-        truth["kind"] == "odd", truth["flux_r"].to_numpy() / host_r, truth["flux_fraction_g"].to_numpy()
-    )
+    # blue clumps stand out in g (the blue channel), red odd objects in r
+    truth["contrast"] = np.where(truth["kind"] == "odd", truth["contrast_r"], truth["contrast_g"])
     by_subject = {
         sid: {
             "x": g["x"].to_numpy(), "y": g["y"].to_numpy(), "odd": (g["kind"] == "odd").to_numpy(),
-            "vis_fraction": g["vis_fraction"].to_numpy(), "snr_g": g["snr_g"].to_numpy(),
+            "contrast": g["contrast"].to_numpy(), "snr_g": g["snr_g"].to_numpy(),
         }
         for sid, g in truth.groupby("subject_id")
     }

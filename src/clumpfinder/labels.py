@@ -91,7 +91,7 @@ def coco_dataset(
         imgs.append({"id": sid, "file_name": r.file_name, "width": int(r.width), "height": int(r.height)})
         cw = getattr(r, "click_width", np.nan)
         ch = getattr(r, "click_height", np.nan)
-        scale[sid] = (r.width / cw if cw == cw else 1.0, r.height / ch if ch == ch else 1.0)
+        scale[sid] = (r.width / cw if pd.notna(cw) else 1.0, r.height / ch if pd.notna(ch) else 1.0)
     anns = []
     sel = boxes[boxes["subject_id"].isin(scale)]
     for k, b in enumerate(sel.itertuples(index=False), start=1):

@@ -106,14 +106,15 @@ def _draw_hosts(spec: SurveySpec, rng: np.random.Generator) -> pd.DataFrame:
     zr, mr, dr = spec.redshift, spec.abs_mag_r, spec.disc_scale_kpc
     accepted: list[pd.DataFrame] = []
     n_acc = 0
+
+    def pz(z):  # p(z) ~ z^2 exp(-(z/z0)^1.5), drawn by rejection from a uniform envelope
+        return z**2 * np.exp(-((z / zr["z0"]) ** 1.5))
+
+    pmax = pz(np.linspace(zr["min"], zr["max"], 512)).max()
     for _ in range(200):
         m = 8 * n + 100
-        # p(z) ~ z^2 exp(-(z/z0)^1.5): rejection from uniform with envelope at the mode
         z = rng.uniform(zr["min"], zr["max"], m)
-        pz = z**2 * np.exp(-((z / zr["z0"]) ** 1.5))
-        zgrid = np.linspace(zr["min"], zr["max"], 512)
-        pmax = np.max(zgrid**2 * np.exp(-((zgrid / zr["z0"]) ** 1.5)))
-        z = z[rng.uniform(0, pmax, m) < pz]
+        z = z[rng.uniform(0, pmax, m) < pz(z)]
         abs_mag = rng.normal(mr["mean"], mr["sigma"], z.size)
         log_rd = np.log10(dr["median"]) - 0.1 * (abs_mag + 21.0) + rng.normal(0, dr["sigma_dex"], z.size)
         rd_kpc = 10**log_rd

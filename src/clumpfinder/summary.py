@@ -51,14 +51,19 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
     for ax, measure in zip(axes, ("completeness", "purity")):
         for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
             g = g.sort_values("n_train")
-            for ref, style in zip(refs, ("-", "--")):
-                ax.plot(g["n_train"], g[f"{ref}_{measure}"], style, marker="o", color=PALETTE[k % len(PALETTE)],
-                        label=f"{backbone} vs {ref}")
+            for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
+                colour = PALETTE[k % len(PALETTE)]
+                ax.plot(g["n_train"], g[f"{ref}_{measure}"], style, marker=marker, color=colour,
+                        markerfacecolor=face or colour, label=f"{backbone} vs {ref}")
         ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
+        sizes = sorted(table["n_train"].unique())
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training-set size (images)")
         ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, score >= {table['score'].iloc[0]:g})")
         ax.set_ylim(0, 1)
+        ax.tick_params(labelleft=True)  # both panels carry their own scale
         ax.set_title(measure.capitalize())
         ax.grid(alpha=0.3, which="both")
     axes[1].legend(fontsize=8, loc="lower right")

@@ -159,7 +159,7 @@ def _corrupt(row: dict[str, str], rng: np.random.Generator) -> dict[str, str]:
         row["metadata"] = row["metadata"].replace('"subject_dimensions"', '"subject_dimensions_"')
     elif kind == 2:  # a click far outside the image
         row["annotations"] = row["annotations"].replace('"value":[', '"value":[{"x":-500.0,"y":9999.0,"tool":0,"frame":0,"details":[]},', 1)
-    else:  # a mobile double tap using the newer toolIndex key
+    else:  # a stray tap in the corner, recorded with the newer classifier's toolIndex key
         row["annotations"] = row["annotations"].replace(
             '"value":[', '"value":[{"x":10.0,"y":10.0,"toolIndex":0,"frame":0,"details":[]},', 1
         )

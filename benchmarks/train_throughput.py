@@ -1,0 +1,86 @@
+"""Training and inference throughput of the configured detectors on this machine.
+
+    python benchmarks/train_throughput.py [--threads 1 2] [--steps 20] [--configfile extra.yaml]
+
+Builds each backbone of the configuration (config/config.yaml, plus overrides) with the
+configured detector settings, and times optimiser steps and inference on images of the configured
+size carrying two clump-sized boxes each. Writes benchmarks/results/train_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def deep_update(base: dict, override: dict) -> dict:
+    for k, v in override.items():
+        base[k] = deep_update(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def measure(spec: BackboneSpec, det: DetectorSpec, batch: int, steps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_detector(spec, det)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+    s = det.image_size
+    imgs = [torch.rand(3, s, s) for _ in range(batch)]
+    side = s / 12
+    targets = [{"boxes": torch.tensor([[s * 0.3, s * 0.3, s * 0.3 + side, s * 0.3 + side],
+                                       [s * 0.6, s * 0.5, s * 0.6 + side, s * 0.5 + side]]),
+                "labels": torch.tensor([1, 2])} for _ in range(batch)]
+    model.train()
+    for i in range(steps + 3):
+        if i == 3:
+            t0 = time.perf_counter()
+        loss = sum(model(imgs, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    train = batch * steps / (time.perf_counter() - t0)
+    model.eval()
+    with torch.no_grad():
+        model(imgs)
+        t0 = time.perf_counter()
+        for _ in range(steps // 2 or 1):
+            model(imgs)
+    infer = batch * (steps // 2 or 1) / (time.perf_counter() - t0)
+    return {"train_img_per_s": round(train, 2), "eval_img_per_s": round(infer, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--configfile", action="append", default=[])
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_throughput.json")
+    a = ap.parse_args()
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for extra in a.configfile:
+        deep_update(cfg, yaml.safe_load(Path(extra).read_text()))
+    det = DetectorSpec.from_config(cfg["detector"])
+    batch = cfg["training"]["batch_size"]
+    rows = []
+    for name, entry in cfg["backbones"].items():
+        spec = BackboneSpec(**{k: v for k, v in entry.items() if k != "training"})
+        for threads in a.threads:
+            torch.set_num_threads(threads)
+            r = {"backbone": name, "arch": spec.arch, "threads": threads, "batch": batch,
+                 "image_size": det.image_size, **measure(spec, det, batch, a.steps)}
+            print(r, flush=True)
+            rows.append(r)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -48,7 +47,3 @@ def tiny_export(tmp_path_factory, tiny_survey, tiny_config):
     pop = simulate_export(CrowdSpec.from_config(tiny_config["volunteers"]), tiny_survey["manifest"],
                           tiny_survey["truth"], path)
     return {"path": path, "population": pop}
-
-
-def read_csv(path) -> pd.DataFrame:
-    return pd.read_csv(path)

@@ -14,6 +14,8 @@ import contextlib
 import copy
 import io
 import logging
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +100,8 @@ def completeness_purity(
         if not a.get("iscrowd", 0):
             n_gt_by_cat[a["category_id"]] += 1
     kept = [r for r in results if r["score"] >= score]
-    tp = {c: 0 for c in n_gt_by_cat}
-    fp = {c: 0 for c in n_gt_by_cat}
+    tp: Counter[int] = Counter()  # keyed by category id, or -1 when classes are merged
+    fp: Counter[int] = Counter()
     if results:
         ev = COCOeval(gt, _load_results(gt, results), "bbox")
         ev.params.iouThrs = np.array([iou])
@@ -116,31 +118,21 @@ def completeness_purity(
             matched = np.asarray(e["dtMatches"])[0] > 0
             ignored = np.asarray(e["dtIgnore"])[0].astype(bool)
             sel = (scores >= score) & ~ignored
-            cat = e["category_id"] if use_cats else -1
-            if use_cats:
-                tp[cat] += int((sel & matched).sum())
-                fp[cat] += int((sel & ~matched).sum())
-            else:
-                tp.setdefault(-1, 0)
-                fp.setdefault(-1, 0)
-                tp[-1] += int((sel & matched).sum())
-                fp[-1] += int((sel & ~matched).sum())
+            tp[e["category_id"]] += int((sel & matched).sum())
+            fp[e["category_id"]] += int((sel & ~matched).sum())
 
     def ratios(t: int, f: int, g: int) -> dict[str, Any]:
         c = t / g if g else float("nan")
         p = t / (t + f) if (t + f) else float("nan")
-        f1 = 2 * c * p / (c + p) if (c == c and p == p and c + p > 0) else float("nan")
+        f1 = 2 * c * p / (c + p) if not (math.isnan(c) or math.isnan(p)) and c + p > 0 else float("nan")
         return {"tp": t, "fp": f, "n_gt": g, "completeness": c, "purity": p, "f1": f1}
 
     n_gt = sum(n_gt_by_cat.values())
     out: dict[str, Any] = {"iou": iou, "score": score, "n_det": len(kept)}
+    out.update(ratios(sum(tp.values()), sum(fp.values()), n_gt))
     if use_cats:
-        t, f = sum(tp.values()), sum(fp.values())
-        out.update(ratios(t, f, n_gt))
         names = {c["id"]: c["name"] for c in gt_dataset["categories"]}
         out["per_class"] = {names[c]: ratios(tp[c], fp[c], n_gt_by_cat[c]) for c in n_gt_by_cat}
-    else:
-        out.update(ratios(tp.get(-1, 0), fp.get(-1, 0), n_gt))
     return out
 
 

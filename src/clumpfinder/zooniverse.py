@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
+import multiprocessing
+import re
 import sys
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -130,56 +134,59 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def _parse_row(row: dict[str, str], task: str | None, workflow_id: str | None):
-    if workflow_id is not None and row.get("workflow_id", "") != workflow_id:
-        raise _Skip("other_workflow")
+_DECODER = json.JSONDecoder()
+_DIMENSIONS = re.compile(r'"subject_dimensions"\s*:\s*')
+#: bytes per parse chunk: a chunk's text and its rows must fit comfortably in memory
+CHUNK_BYTES = 32 * 2**20
+
+
+def _dimensions(metadata: str) -> tuple[float, float]:
+    """Image size (naturalWidth, naturalHeight) from the metadata JSON.
+
+    Only the ``subject_dimensions`` value is decoded (the rest of the metadata is not used), which
+    keeps a multi-GB export fast to read; a value that does not look like a JSON object at all is
+    still reported as bad metadata.
+    """
+    s = metadata.strip()
+    if not (s.startswith("{") and s.endswith("}")):
+        raise _Skip("bad_metadata_json")
+    m = _DIMENSIONS.search(s)
+    if m is None:
+        raise _Skip("missing_subject_dimensions")
     try:
-        cid = int(row["classification_id"])
-    except (TypeError, ValueError):
-        raise _Skip("bad_classification_id") from None
-    try:
-        sid = int(str(row["subject_ids"]).split(";")[0])
-    except (TypeError, ValueError):
-        raise _Skip("bad_subject_id") from None
-    user_id = (row.get("user_id") or "").strip()
-    user_name = (row.get("user_name") or "").strip()
-    if not user_id and not user_name:
-        raise _Skip("missing_user")
-    user = f"id:{user_id}" if user_id else f"name:{user_name}"
-    try:
-        meta = json.loads(row["metadata"])
-    except (TypeError, ValueError):
-        raise _Skip("bad_metadata_json") from None
-    try:
-        dims = meta["subject_dimensions"][0]
+        dims = _DECODER.raw_decode(s, m.end())[0][0]
         width, height = float(dims["naturalWidth"]), float(dims["naturalHeight"])
-        if not (width > 0 and height > 0):
+        if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
             raise ValueError
     except (KeyError, IndexError, TypeError, ValueError):
         raise _Skip("missing_subject_dimensions") from None
+    return width, height
+
+
+def _fwhm(subject_data: str, sid: int) -> float:
     try:
-        annotations = json.loads(row["annotations"])
-        if not isinstance(annotations, list):
+        sdata = _DECODER.decode(subject_data) if subject_data else {}
+        smeta = sdata.get(str(sid)) or next(iter(sdata.values()), {})
+    except (TypeError, ValueError, AttributeError):
+        return math.nan  # box size falls back to the configured default; counted by the caller
+    return _fwhm_from_subject_data(smeta) if isinstance(smeta, dict) else math.nan
+
+
+def _marks(annotations: str, task: str | None) -> list[dict[str, Any]]:
+    try:
+        parsed = _DECODER.decode(annotations)
+        if not isinstance(parsed, list):
             raise ValueError
     except (TypeError, ValueError):
         raise _Skip("bad_annotations_json") from None
-    fwhm = math.nan
-    try:
-        sdata = json.loads(row["subject_data"]) if row["subject_data"] else {}
-        smeta = sdata.get(str(sid)) or next(iter(sdata.values()), {})
-        if isinstance(smeta, dict):
-            fwhm = _fwhm_from_subject_data(smeta)
-    except (TypeError, ValueError, AttributeError):
-        pass  # box size falls back to the configured default; counted by the caller
     marks = []
-    for ann in annotations:
+    for ann in parsed:
         if not isinstance(ann, dict) or (task is not None and ann.get("task") != task):
             continue
         value = ann.get("value")
-        if not isinstance(value, list):
-            continue
-        marks.extend(v for v in value if isinstance(v, dict))
-    return cid, sid, user, bool(user_id), width, height, fwhm, marks
+        if isinstance(value, list):
+            marks.extend(v for v in value if isinstance(v, dict))
+    return marks
 
 
 def _parse_mark(mark: dict[str, Any], width: float, height: float) -> tuple[float, float, int]:
@@ -201,105 +208,224 @@ def _parse_mark(mark: dict[str, Any], width: float, height: float) -> tuple[floa
     return x, y, tool
 
 
+@dataclass
+class _Chunk:
+    """What one byte range of the export yields: tables, counters and examples."""
+
+    cls: pd.DataFrame | None = None
+    clicks: pd.DataFrame | None = None
+    skipped: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    n_rows: int = 0
+    n_marks: int = 0
+
+
+def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[str], task: str | None,
+                 workflow_id: str | None, max_examples: int) -> _Chunk:
+    """Parse the rows in bytes [start, end) of the export (``start`` is a row boundary and
+    ``first_line`` its 1-based physical line number)."""
+    out = _Chunk()
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        text = fh.read(end - start).decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    del text
+    ix = {name: header.index(name) for name in header}
+    i_cid, i_sid, i_uid, i_uname = ix["classification_id"], ix["subject_ids"], ix["user_id"], ix["user_name"]
+    i_meta, i_ann, i_sdata = ix["metadata"], ix["annotations"], ix["subject_data"]
+    i_wf, i_ver, i_created = ix.get("workflow_id"), ix.get("workflow_version"), ix.get("created_at")
+    n_fields = len(header)
+    fwhm_cache: dict[int, float] = {}
+    cls_rows: list[tuple] = []
+    click_rows: list[tuple] = []
+
+    def note(line: int, reason: str) -> None:
+        if len(out.examples) < max_examples:
+            out.examples.append({"line": line, "reason": reason})
+
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:
+            out.n_rows += 1
+            out.skipped["unreadable_csv_row"] += 1
+            note(first_line + reader.line_num - 1, "unreadable_csv_row")
+            continue
+        out.n_rows += 1
+        line = first_line + reader.line_num - 1
+        try:
+            if len(values) != n_fields:
+                raise _Skip("wrong_field_count")
+            if workflow_id is not None and (i_wf is None or values[i_wf] != workflow_id):
+                raise _Skip("other_workflow")
+            try:
+                cid = int(values[i_cid])
+            except ValueError:
+                raise _Skip("bad_classification_id") from None
+            try:
+                sid = int(values[i_sid].split(";")[0])
+            except ValueError:
+                raise _Skip("bad_subject_id") from None
+            user_id, user_name = values[i_uid].strip(), values[i_uname].strip()
+            if not user_id and not user_name:
+                raise _Skip("missing_user")
+            width, height = _dimensions(values[i_meta])
+            marks = _marks(values[i_ann], task)
+        except _Skip as s:
+            out.skipped[s.reason] += 1
+            if s.reason != "other_workflow":
+                note(line, s.reason)
+            continue
+        fwhm = fwhm_cache.get(sid)
+        if fwhm is None:
+            fwhm = _fwhm(values[i_sdata], sid)
+            if not math.isnan(fwhm):  # subject metadata is fixed: parse it once per subject
+                fwhm_cache[sid] = fwhm
+        kept = 0
+        for mark in marks:
+            out.n_marks += 1
+            try:
+                x, y, tool = _parse_mark(mark, width, height)
+            except _Skip as s:
+                out.dropped[s.reason] += 1
+                continue
+            click_rows.append((cid, x, y, tool))
+            kept += 1
+        cls_rows.append((cid, sid, f"id:{user_id}" if user_id else f"name:{user_name}", bool(user_id), kept,
+                         width, height, fwhm, values[i_ver] if i_ver is not None else "",
+                         values[i_created] if i_created is not None else ""))
+    out.cls = pd.DataFrame(cls_rows, columns=CLASSIFICATION_COLUMNS).astype(
+        {"classification_id": np.int64, "subject_id": np.int64, "logged_in": bool, "n_marks": np.int64,
+         "width": float, "height": float, "fwhm_px": float})
+    out.clicks = pd.DataFrame(click_rows, columns=["classification_id", "x", "y", "tool"]).astype(
+        {"classification_id": np.int64, "x": float, "y": float, "tool": np.int64})
+    return out
+
+
+def _row_boundaries(path: Path, data_start: int, first_line: int, chunk_bytes: int) -> list[tuple[int, int, int]]:
+    """Split the data rows into (start, end, first_line) byte ranges that end on row boundaries.
+
+    A newline ends a row only outside a quoted field, i.e. where the number of quote characters
+    before it is even (an escaped quote is two quote characters, so parity is kept); the scan
+    reads the file once in blocks.
+    """
+    size = path.stat().st_size
+    if size - data_start <= chunk_bytes:
+        return [(data_start, size, first_line)]
+    bounds, start, line = [], data_start, first_line
+    quotes = newlines = 0  # counted from data_start
+    target = data_start + chunk_bytes
+    with open(path, "rb") as fh:
+        fh.seek(data_start)
+        pos = data_start
+        while True:
+            block = fh.read(64 * 2**20)
+            if not block:
+                break
+            i = 0
+            while target < pos + len(block):
+                j = max(i, target - pos)
+                k = block.find(b"\n", j)
+                while k >= 0 and (quotes + block.count(b'"', i, k)) % 2:
+                    k = block.find(b"\n", k + 1)
+                if k < 0:
+                    break
+                quotes += block.count(b'"', i, k)
+                newlines += block.count(b"\n", i, k + 1)
+                i = k + 1
+                bounds.append((start, pos + i, line))
+                start, line = pos + i, first_line + newlines
+                target = start + chunk_bytes
+            quotes += block.count(b'"', i)
+            newlines += block.count(b"\n", i)
+            pos += len(block)
+    if start < size:
+        bounds.append((start, size, line))
+    return bounds
+
+
 def read_export(
     path: str | Path, task: str | None = "T0", workflow_id: str | int | None = None,
-    max_examples: int = 20,
+    max_examples: int = 20, workers: int = 1, chunk_bytes: int = CHUNK_BYTES,
 ) -> ParsedExport:
     """Parse a classification export into clicks and classifications.
 
     Rows that cannot be used are skipped and counted by reason; clicks that cannot be used are
     dropped and counted (the classification still counts: the volunteer saw the subject). A
-    second classification of the same subject by the same volunteer is dropped (the first counts).
-    ``report['examples']`` lists the first few problems with their CSV line numbers.
+    second classification of the same subject by the same volunteer is dropped (the earliest by
+    ``created_at`` counts, so the result does not depend on row order). ``report['examples']``
+    lists the first few problems with their CSV line numbers. Large files are parsed in byte
+    ranges by ``workers`` processes.
     """
     path = Path(path)
     wf = None if workflow_id is None else str(workflow_id)
+    csv.field_size_limit(sys.maxsize)
+    with open(path, "rb") as fh:
+        head = fh.readline()
+        data_start = fh.tell()
+    header = next(csv.reader([head.decode("utf-8-sig")]), [])
+    if not header:
+        raise ExportFormatError(f"{path}: empty file, expected a Zooniverse classification export") from None
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise ExportFormatError(
+            f"{path}: not a Zooniverse classification export, missing column(s) {', '.join(missing)}"
+        )
+    ranges = _row_boundaries(path, data_start, 2, chunk_bytes)
+    args = [(str(path), s, e, line, header, task, wf, max_examples) for s, e, line in ranges]
+    if workers > 1 and len(ranges) > 1:
+        # fork: spawned workers would re-run the caller's main module (a Snakemake script cannot be
+        # re-run); call this before starting thread pools (numba, torch) in the process
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(ranges)), mp_context=ctx) as pool:
+            chunks = list(pool.map(_parse_chunk, *zip(*args)))
+    else:
+        chunks = [_parse_chunk(*a) for a in args]
+    return _assemble(path, chunks, max_examples)
+
+
+def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExport:
     skipped: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
-    examples: list[dict[str, Any]] = []
-    cls_rows: list[tuple] = []
-    click_rows: list[tuple] = []
-    seen: set[tuple[int, str]] = set()
-    n_rows = n_marks = 0
-    no_fwhm = 0
-    csv.field_size_limit(sys.maxsize)
-
-    def note(line: int, reason: str) -> None:
-        if len(examples) < max_examples:
-            examples.append({"line": line, "reason": reason})
-
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise ExportFormatError(f"{path}: empty file, expected a Zooniverse classification export") from None
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ExportFormatError(
-                f"{path}: not a Zooniverse classification export, missing column(s) {', '.join(missing)}"
-            )
-        index = {name: i for i, name in enumerate(header)}
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                break
-            except csv.Error:
-                n_rows += 1
-                skipped["unreadable_csv_row"] += 1
-                note(reader.line_num, "unreadable_csv_row")
-                continue
-            n_rows += 1
-            line = reader.line_num
-            if len(values) != len(header):
-                skipped["wrong_field_count"] += 1
-                note(line, "wrong_field_count")
-                continue
-            row = {name: values[i] for name, i in index.items()}
-            try:
-                cid, sid, user, logged_in, width, height, fwhm, marks = _parse_row(row, task, wf)
-            except _Skip as s:
-                skipped[s.reason] += 1
-                if s.reason != "other_workflow":
-                    note(line, s.reason)
-                continue
-            if (sid, user) in seen:
-                skipped["duplicate_classification"] += 1
-                continue
-            seen.add((sid, user))
-            if math.isnan(fwhm):
-                no_fwhm += 1
-            kept = 0
-            for mark in marks:
-                n_marks += 1
-                try:
-                    x, y, tool = _parse_mark(mark, width, height)
-                except _Skip as s:
-                    dropped[s.reason] += 1
-                    continue
-                click_rows.append((cid, sid, user, x, y, tool))
-                kept += 1
-            cls_rows.append((cid, sid, user, logged_in, kept, width, height, fwhm,
-                             row.get("workflow_version", ""), row.get("created_at", "")))
-
-    classifications = pd.DataFrame(cls_rows, columns=CLASSIFICATION_COLUMNS)
-    clicks = pd.DataFrame(click_rows, columns=CLICK_COLUMNS)
-    clicks = clicks.astype({"classification_id": np.int64, "subject_id": np.int64, "x": float,
-                            "y": float, "tool": np.int64})
+    for ch in chunks:
+        skipped.update(ch.skipped)
+        dropped.update(ch.dropped)
+    n_rows, n_marks = sum(ch.n_rows for ch in chunks), sum(ch.n_marks for ch in chunks)
+    examples = [e for ch in chunks for e in ch.examples][:max_examples]
+    cls = pd.concat([ch.cls for ch in chunks], ignore_index=True)
+    clicks = pd.concat([ch.clicks for ch in chunks], ignore_index=True)
+    del chunks
+    # the earliest classification of a subject by a volunteer counts; later repeats are dropped
+    cls = cls.sort_values(["created_at", "classification_id"], kind="stable").reset_index(drop=True)
+    for reason, key in (("duplicate_classification_id", ["classification_id"]),
+                        ("duplicate_classification", ["subject_id", "user"])):
+        repeat = cls.duplicated(key)
+        if repeat.any():
+            skipped[reason] += int(repeat.sum())
+            cls = cls[~repeat].reset_index(drop=True)
+    pos = pd.Index(cls["classification_id"]).get_indexer(clicks["classification_id"])
+    clicks = clicks[pos >= 0].reset_index(drop=True)
+    pos = pos[pos >= 0]
+    clicks.insert(1, "subject_id", cls["subject_id"].to_numpy()[pos])
+    clicks.insert(2, "user", cls["user"].to_numpy()[pos])
+    clicks = clicks.sort_values("classification_id", kind="stable").reset_index(drop=True)[CLICK_COLUMNS]
+    no_fwhm = int(cls["fwhm_px"].isna().sum())
     report = {
         "file": str(path),
         "rows_read": n_rows,
-        "rows_used": len(classifications),
+        "rows_used": len(cls),
         "rows_skipped": dict(sorted(skipped.items())),
         "marks_read": n_marks,
         "clicks_used": len(clicks),
         "clicks_dropped": dict(sorted(dropped.items())),
         "classifications_without_fwhm": no_fwhm,
-        "subjects": int(classifications["subject_id"].nunique()) if len(classifications) else 0,
-        "volunteers": int(classifications["user"].nunique()) if len(classifications) else 0,
+        "subjects": int(cls["subject_id"].nunique()),
+        "volunteers": int(cls["user"].nunique()),
         "examples": examples,
     }
     if skipped or dropped:
         log.warning("%s: skipped rows %s, dropped clicks %s", path, dict(skipped), dict(dropped))
-    return ParsedExport(classifications, clicks, report)
+    return ParsedExport(cls, clicks, report)

@@ -4,9 +4,11 @@
 rule consensus:
     input:
         export=rules.simulate_volunteers.output.export,
+        gold=rules.simulate_volunteers.output.gold,
     output:
         boxes=f"{RESULTS}/consensus/boxes.csv",
         subjects=f"{RESULTS}/consensus/subjects.csv",
+        volunteers=f"{RESULTS}/consensus/volunteers.csv",
         report=f"{RESULTS}/consensus/report.json",
     log:
         f"{RESULTS}/logs/consensus.log",
@@ -14,6 +16,7 @@ rule consensus:
         f"{RESULTS}/benchmarks/consensus.tsv"
     conda:
         "../envs/consensus.yaml"
+    threads: config["threads"]["consensus"]
     resources:
         mem_mb=4000,
         runtime=30,

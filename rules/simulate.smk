@@ -30,6 +30,7 @@ rule simulate_volunteers:
     output:
         export=f"{RESULTS}/survey/classifications.csv",
         volunteers=f"{RESULTS}/survey/volunteers.csv",
+        gold=f"{RESULTS}/survey/gold.csv",
     log:
         f"{RESULTS}/logs/simulate_volunteers.log",
     conda:

@@ -24,7 +24,7 @@ images = manifest.rename(columns={"png": "file_name"}).merge(
 for name in SPLITS:
     ids = splits.loc[splits["split"] == name, "subject_id"]
     coco = coco_dataset(images[images["subject_id"].isin(ids)], boxes, f"consensus labels, {name} split",
-                        extra_fields=("n_votes", "odd_fraction"))
+                        extra_fields=("n_votes", "odd_fraction", "false_pos_prob", "inaccurate_prob"))
     write_json(coco, snakemake.output[name])
     log.info("%s: %d images, %d boxes", name, len(coco["images"]), len(coco["annotations"]))
 write_csv(splits, snakemake.output.splits)

@@ -41,9 +41,10 @@ def tiny_survey(tmp_path_factory, tiny_config):
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_survey, tiny_config):
-    from clumpfinder.volunteers import CrowdSpec, simulate_export
+    from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export
 
     path = tmp_path_factory.mktemp("export") / "classifications.csv"
-    pop = simulate_export(CrowdSpec.from_config(tiny_config["volunteers"]), tiny_survey["manifest"],
-                          tiny_survey["truth"], path)
-    return {"path": path, "population": pop}
+    spec = CrowdSpec.from_config(tiny_config["volunteers"])
+    pop = simulate_export(spec, tiny_survey["manifest"], tiny_survey["truth"], path)
+    gold = gold_subjects(spec, tiny_survey["manifest"], tiny_survey["truth"])
+    return {"path": path, "population": pop, "gold": gold.set_index("subject_id")["has_clumps"]}

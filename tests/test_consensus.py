@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
 
-from clumpfinder.consensus import ConsensusSpec, drop_duplicate_taps, run_consensus
+from clumpfinder.consensus import ConsensusSpec, drop_duplicate_taps
+from clumpfinder.consensus import run_consensus as _run
 from clumpfinder.zooniverse import ParsedExport
 
-SPEC = ConsensusSpec(method="dbscan", box_scale=2.0, fallback_box_fraction=0.1, duplicate_tap_fraction=0.25,
-                     centre_radius_fraction=0.02, dbscan={"eps_fwhm": 0.5, "min_votes": 3, "min_vote_fraction": 0.2})
+
+def spec_for(default_config, method="dbscan", **over):
+    cfg = copy.deepcopy(default_config["consensus"])
+    cfg.update(method=method, fallback_box_fraction=0.1, **over)
+    cfg["swap"]["mode"] = "unsupervised"
+    return ConsensusSpec.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def SPEC(default_config):
+    return spec_for(default_config)
+
+
+def run_consensus(p, spec, gold=None):
+    r = _run(p, spec, gold)
+    return r.boxes, r.subjects, r.report
 
 
 def parsed(clicks, n_volunteers=5, subject=1, width=100, height=100, fwhm=4.0):
@@ -23,10 +40,11 @@ def parsed(clicks, n_volunteers=5, subject=1, width=100, height=100, fwhm=4.0):
         [(v, subject, f"u{v}", x, y, t) for v, x, y, t in clicks],
         columns=["classification_id", "subject_id", "user", "x", "y", "tool"],
     )
+    cls["n_marks"] = cls["classification_id"].map(c.groupby("classification_id").size()).fillna(0).astype(int)
     return ParsedExport(cls, c, {})
 
 
-def test_three_agreeing_volunteers_make_one_box():
+def test_three_agreeing_volunteers_make_one_box(SPEC):
     p = parsed([(0, 30.0, 40.0, 0), (1, 31.0, 40.5, 0), (2, 29.5, 39.5, 0)])
     boxes, subjects, report = run_consensus(p, SPEC)
     assert len(boxes) == 1
@@ -37,26 +55,26 @@ def test_three_agreeing_volunteers_make_one_box():
     assert subjects.iloc[0]["n_boxes"] == 1 and subjects.iloc[0]["n_classifications"] == 5
 
 
-def test_lone_and_scattered_clicks_make_no_box():
+def test_lone_and_scattered_clicks_make_no_box(SPEC):
     p = parsed([(0, 10.0, 10.0, 0), (1, 80.0, 20.0, 0), (2, 20.0, 80.0, 1)])
     boxes, subjects, _ = run_consensus(p, SPEC)
     assert boxes.empty and subjects.iloc[0]["n_boxes"] == 0
 
 
-def test_one_volunteer_clicking_three_times_is_not_a_consensus():
+def test_one_volunteer_clicking_three_times_is_not_a_consensus(SPEC):
     p = parsed([(0, 30.0, 40.0, 0), (0, 31.5, 40.0, 0), (0, 30.0, 41.5, 0)])
     boxes, _, _ = run_consensus(p, SPEC)
     assert boxes.empty
 
 
-def test_centre_marks_are_dropped():
+def test_centre_marks_are_dropped(SPEC):
     p = parsed([(v, 50.2, 49.8, 0) for v in range(4)] + [(v, 20.0, 25.0, 0) for v in range(4)])
     boxes, subjects, report = run_consensus(p, SPEC)
     assert len(boxes) == 1 and boxes.iloc[0]["x"] == pytest.approx(20.0)
     assert report["centre_clusters_dropped"] == 1 and subjects.iloc[0]["n_centre_dropped"] == 1
 
 
-def test_majority_tool_sets_class():
+def test_majority_tool_sets_class(SPEC):
     p = parsed([(0, 30.0, 40.0, 1), (1, 30.0, 40.0, 1), (2, 30.0, 40.0, 0), (3, 70.0, 70.0, 0),
                 (4, 70.0, 70.0, 0), (0, 70.0, 70.0, 1)])
     boxes, _, _ = run_consensus(p, SPEC)
@@ -65,7 +83,7 @@ def test_majority_tool_sets_class():
     assert boxes.set_index(boxes["x"].round()).loc[30.0, "odd_fraction"] == pytest.approx(2 / 3)
 
 
-def test_min_votes_scale_with_classifications():
+def test_min_votes_scale_with_classifications(SPEC):
     """3 of 20 volunteers agreeing is below a 20 % vote fraction (4 needed)."""
     p = parsed([(v, 30.0, 40.0, 0) for v in range(3)], n_volunteers=20)
     assert run_consensus(p, SPEC)[0].empty
@@ -73,7 +91,7 @@ def test_min_votes_scale_with_classifications():
     assert len(run_consensus(p, SPEC)[0]) == 1
 
 
-def test_duplicate_taps_dropped_before_clustering():
+def test_duplicate_taps_dropped_before_clustering(SPEC):
     # volunteer 0 double-taps (0.5 px apart): only one counts
     p = parsed([(0, 30.0, 40.0, 0), (0, 30.5, 40.0, 0), (1, 30.0, 40.0, 0), (2, 30.0, 40.0, 0)])
     side = pd.Series({1: 8.0})
@@ -86,33 +104,35 @@ def test_duplicate_taps_dropped_before_clustering():
     assert n == 0 and len(kept) == 2
 
 
-def test_fallback_box_side_without_fwhm():
+def test_fallback_box_side_without_fwhm(SPEC):
     p = parsed([(v, 30.0, 40.0, 0) for v in range(3)], fwhm=float("nan"), width=120, height=120)
     boxes, subjects, report = run_consensus(p, SPEC)
     assert boxes.iloc[0]["side"] == pytest.approx(12.0)  # 0.1 x 120 px
     assert report["subjects_without_fwhm"] == 1
 
 
-def test_boxes_clipped_to_image():
+def test_boxes_clipped_to_image(SPEC):
     p = parsed([(v, 1.0, 98.0, 0) for v in range(3)])
     b = run_consensus(p, SPEC)[0].iloc[0]
     assert b["x1"] == 0.0 and b["y2"] == 100.0
 
 
-def test_unknown_method_is_rejected():
-    with pytest.raises(ValueError, match="consensus.method 'em'"):
-        ConsensusSpec.from_config({"method": "em", "box_scale": 2, "fallback_box_fraction": 0.1,
-                                   "duplicate_tap_fraction": 0.2, "centre_radius_fraction": 0.02, "dbscan": {}})
+def test_unknown_method_is_rejected(default_config):
+    cfg = dict(default_config["consensus"], method="kmeans")
+    with pytest.raises(ValueError, match="consensus.method 'kmeans' is not one of em, dbscan, hdbscan"):
+        ConsensusSpec.from_config(cfg)
 
 
-def test_consensus_recovers_bright_simulated_clumps(tiny_export, tiny_survey, tiny_config):
+@pytest.mark.parametrize("method", ["em", "dbscan", "hdbscan"])
+def test_consensus_recovers_bright_simulated_clumps(tiny_export, tiny_survey, tiny_config, method):
     """On the simulated survey, clumps that stand out (local contrast >= 3) are nearly all found,
     and boxes sit on real objects."""
     import numpy as np
 
     from clumpfinder.zooniverse import read_export
 
-    boxes, _, _ = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(tiny_config["consensus"]))
+    cfg = dict(tiny_config["consensus"], method=method)
+    boxes, _, _ = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(cfg), tiny_export["gold"])
     man = tiny_survey["manifest"].set_index("subject_id")
     truth = tiny_survey["truth"]
     bright = truth[(truth["kind"] == "clump") & (truth["contrast_g"] >= 3)]

@@ -65,6 +65,8 @@ def test_default_dry_run(tmp_path, default_config):
         ("simulate:\n  n_galaxies: lots\n", "n_galaxies"),
         ("training:\n  batch_size: 0\n", "batch_size"),
         ("backbones:\n  r18:\n    arch: resnet18\n", "'init' is a required property"),
+        ("consensus:\n  method: kmeans\n", "kmeans"),
+        ("consensus:\n  swap:\n    mode: guess\n", "guess"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, override, message):
@@ -87,7 +89,8 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_run_outputs(tiny_run, tiny_config):
     res = tiny_run["dir"] / "results"
-    for rel in ("survey/manifest.csv", "survey/truth.csv", "survey/classifications.csv", "consensus/boxes.csv",
+    for rel in ("survey/manifest.csv", "survey/truth.csv", "survey/classifications.csv", "survey/gold.csv",
+                "consensus/boxes.csv", "consensus/subjects.csv", "consensus/volunteers.csv",
                 "consensus/report.json", "labels/train.json", "labels/val.json", "labels/test.json",
                 "labels/test_truth.json", "summary.csv", "plots/completeness_purity.png",
                 "plots/completeness_purity.pdf"):
@@ -95,6 +98,15 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
     n_gal = tiny_config["simulate"]["n_galaxies"]
     assert len(list((res / "survey" / "png").glob("*.png"))) == n_gal
     assert len(list((res / "survey" / "fits").glob("*.fits"))) == n_gal
+    # the EM consensus (default) keeps its attributes per annotation, SWAP and risk per subject
+    report = json.loads((res / "consensus" / "report.json").read_text())["consensus"]
+    assert report["method"] == "em" and report["swap"]["gold_subjects"] > 0
+    anns = json.loads((res / "labels" / "train.json").read_text())["annotations"]
+    assert anns and all(0 <= a["false_pos_prob"] <= 1 and a["n_votes"] >= 1 for a in anns)
+    subjects = pd.read_csv(res / "consensus" / "subjects.csv")
+    assert subjects["swap_prob"].between(0, 1).all() and (subjects["risk"] >= 0).all()
+    volunteers = pd.read_csv(res / "consensus" / "volunteers.csv")
+    assert volunteers["p_fp"].between(0, 1).all() and (volunteers["n_classifications"] > 0).all()
     # no temporary files left behind by the atomic writers
     assert not [p for p in res.rglob(".*") if p.name != ".snakemake_timestamp"]
     for b in tiny_config["backbones"]:

@@ -1,10 +1,19 @@
-"""Volunteer consensus: clicks -> boxes -> one box per clump.
+"""Volunteer consensus: clicks -> boxes -> one box per clump, plus SWAP per subject.
 
-Baseline method (``dbscan``): clicks become square boxes centred on the click whose side is the
-subject's PSF FWHM (image pixels) times ``box_scale``, as Clump Scout did; clicks of each subject
-are clustered with DBSCAN (radius in units of the FWHM, a minimum number of distinct volunteers
-that scales with how many classified the subject); a cluster's box is centred on the mean click;
-clusters on the galaxy centre (the bulge) are dropped; the class is the majority tool.
+Clicks become square boxes centred on the click whose side is the subject's PSF FWHM (image
+pixels) times ``box_scale``, as Clump Scout did. Three ways to turn them into clumps (``method``):
+
+* ``em`` (default): the Bayesian EM aggregation with volunteer skill (:mod:`clumpfinder.boxem`);
+* ``dbscan``: per subject, DBSCAN on the clicks (radius in units of the FWHM, a minimum number of
+  distinct volunteers that scales with how many classified the subject); the box is centred on the
+  mean click;
+* ``hdbscan``: per subject, HDBSCAN (``min_cluster_size``, ``min_samples``, excess-of-mass
+  selection) with probability-weighted centres, as Zooniverse's ``point_reducer_hdbscan``.
+
+The two clustering baselines weigh every click the same. For all three, clusters on the galaxy
+centre (the bulge) are dropped and the class is the majority tool (for ``em`` also "odd" when
+P(false positive) is high). Independently, SWAP (:mod:`clumpfinder.swap`) gives each subject a
+posterior probability of having clumps and each volunteer a PL/PD.
 """
 
 from __future__ import annotations
@@ -12,21 +21,28 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.cluster import DBSCAN
+from sklearn.cluster import DBSCAN, HDBSCAN
 
+from clumpfinder.boxem import EMSpec, aggregate
+from clumpfinder.swap import SwapSpec, run_swap
 from clumpfinder.zooniverse import ParsedExport
 
 log = logging.getLogger(__name__)
 
+METHODS = ("em", "dbscan", "hdbscan")
 BOX_COLUMNS = ["subject_id", "x", "y", "side", "x1", "y1", "x2", "y2", "category", "n_votes",
-               "n_classifications", "odd_fraction", "width", "height"]
+               "n_classifications", "odd_fraction", "false_pos_prob", "inaccurate_prob", "width", "height"]
 SUBJECT_COLUMNS = ["subject_id", "width", "height", "fwhm_px", "box_side", "n_classifications",
-                   "n_clicks", "n_boxes", "n_centre_dropped"]
+                   "n_clicks", "n_boxes", "n_centre_dropped", "swap_prob", "swap_n_used", "swap_retired",
+                   "swap_retired_as", "swap_retired_at", "gold", "expected_false_pos", "expected_inaccurate",
+                   "expected_missed", "risk", "finished"]
+VOLUNTEER_COLUMNS = ["user", "n_classifications", "n_clicks", "swap_pl", "swap_pd", "swap_n_trained",
+                     "p_fp", "p_fn", "variance"]
 
 
 @dataclass(frozen=True)
@@ -37,15 +53,30 @@ class ConsensusSpec:
     box_scale: float
     fallback_box_fraction: float
     duplicate_tap_fraction: float
-    centre_radius_fraction: float
+    centre_radius_fwhm: float
     dbscan: dict[str, float]
+    hdbscan: dict[str, float]
+    em: EMSpec
+    swap: SwapSpec
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "ConsensusSpec":
-        spec = cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
-        if spec.method != "dbscan":
-            raise ValueError(f"consensus.method {spec.method!r} is not implemented; use 'dbscan'")
-        return spec
+        if cfg["method"] not in METHODS:
+            raise ValueError(f"consensus.method {cfg['method']!r} is not one of {', '.join(METHODS)}")
+        kw = {k: cfg[k] for k in cls.__dataclass_fields__}
+        kw["em"] = EMSpec.from_config(cfg["em"])
+        kw["swap"] = SwapSpec.from_config(cfg["swap"])
+        return cls(**kw)
+
+
+@dataclass
+class ConsensusResult:
+    """Consensus boxes, per-subject and per-volunteer tables, and a report."""
+
+    boxes: pd.DataFrame
+    subjects: pd.DataFrame
+    volunteers: pd.DataFrame
+    report: dict[str, Any]
 
 
 def subject_geometry(classifications: pd.DataFrame, spec: ConsensusSpec) -> pd.DataFrame:
@@ -103,14 +134,21 @@ def dbscan_subject(xy: np.ndarray, users: np.ndarray, eps: float, min_votes: int
     return labels
 
 
-def run_consensus(parsed: ParsedExport, spec: ConsensusSpec) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Consensus boxes, per-subject table and a report."""
-    subjects = subject_geometry(parsed.classifications, spec)
-    side = subjects.set_index("subject_id")["box_side"]
-    clicks, n_taps = drop_duplicate_taps(parsed.clicks, side, spec.duplicate_tap_fraction)
+def hdbscan_subject(xy: np.ndarray, min_cluster_size: int, min_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """HDBSCAN labels (-1 = noise) and membership probabilities."""
+    if len(xy) < max(min_cluster_size, 2):
+        return np.full(len(xy), -1), np.zeros(len(xy))
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        model = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min(min_samples, len(xy)),
+                        cluster_selection_method="eom", copy=True).fit(xy)
+    return model.labels_, model.probabilities_
+
+
+def _cluster(clicks: pd.DataFrame, subjects: pd.DataFrame, spec: ConsensusSpec) -> tuple[pd.DataFrame, dict[int, int]]:
+    """Boxes from per-subject clustering (``dbscan`` or ``hdbscan``); returns (boxes, centre drops)."""
     geo = subjects.set_index("subject_id")
-    boxes: list[dict[str, Any]] = []
-    n_centre: dict[int, int] = {}
+    width, height = geo["width"].to_dict(), geo["height"].to_dict()
+    box_side, n_cls = geo["box_side"].to_dict(), geo["n_classifications"].to_dict()
     clicks = clicks.sort_values("subject_id", kind="stable")
     sid_all = clicks["subject_id"].to_numpy()
     xy_all = clicks[["x", "y"]].to_numpy()
@@ -118,19 +156,24 @@ def run_consensus(parsed: ParsedExport, spec: ConsensusSpec) -> tuple[pd.DataFra
     tools_all = clicks["tool"].to_numpy()
     starts = np.flatnonzero(np.r_[True, sid_all[1:] != sid_all[:-1]]) if len(sid_all) else np.array([], int)
     ends = np.r_[starts[1:], len(sid_all)]
-    width, height = geo["width"].to_dict(), geo["height"].to_dict()
-    box_side, n_cls = geo["box_side"].to_dict(), geo["n_classifications"].to_dict()
+    boxes: list[dict[str, Any]] = []
+    n_centre: dict[int, int] = {}
     for s0, s1 in zip(starts, ends):
         sid = int(sid_all[s0])
         w, h, side, n_c = width[sid], height[sid], box_side[sid], n_cls[sid]
-        fwhm = side / spec.box_scale
-        min_votes = max(int(spec.dbscan["min_votes"]), math.ceil(spec.dbscan["min_vote_fraction"] * n_c))
         xy, users, tools = xy_all[s0:s1], users_all[s0:s1], tools_all[s0:s1]
-        labels = dbscan_subject(xy, users, spec.dbscan["eps_fwhm"] * fwhm, min_votes)
-        r_centre = spec.centre_radius_fraction * max(w, h)
+        if spec.method == "dbscan":
+            min_votes = max(int(spec.dbscan["min_votes"]), math.ceil(spec.dbscan["min_vote_fraction"] * n_c))
+            labels = dbscan_subject(xy, users, spec.dbscan["eps_fwhm"] * side / spec.box_scale, min_votes)
+            weight = np.ones(len(xy))
+        else:
+            labels, weight = hdbscan_subject(xy, int(spec.hdbscan["min_cluster_size"]),
+                                             int(spec.hdbscan["min_samples"]))
+        r_centre = spec.centre_radius_fwhm * side / spec.box_scale
         for lab in np.unique(labels[labels >= 0]):
             m = labels == lab
-            cx, cy = xy[m].mean(axis=0)
+            wm = weight[m] if weight[m].sum() > 0 else np.ones(int(m.sum()))
+            cx, cy = np.average(xy[m], axis=0, weights=wm)
             if math.hypot(cx - w / 2, cy - h / 2) < r_centre:
                 n_centre[sid] = n_centre.get(sid, 0) + 1
                 continue
@@ -141,23 +184,80 @@ def run_consensus(parsed: ParsedExport, spec: ConsensusSpec) -> tuple[pd.DataFra
                     "x1": max(0.0, cx - side / 2), "y1": max(0.0, cy - side / 2),
                     "x2": min(w, cx + side / 2), "y2": min(h, cy + side / 2),
                     "category": "odd_clump" if odd > 0.5 else "clump",
-                    "n_votes": int(len(np.unique(users[m]))), "n_classifications": int(n_c),
-                    "odd_fraction": odd, "width": w, "height": h,
+                    "n_votes": int(len(np.unique(users[m]))), "odd_fraction": odd,
+                    "false_pos_prob": np.nan, "inaccurate_prob": np.nan, "width": w, "height": h,
                 }
             )
-    n_clicks = clicks.groupby("subject_id").size()
-    box_df = pd.DataFrame(boxes, columns=BOX_COLUMNS)
-    subjects["n_clicks"] = subjects["subject_id"].map(n_clicks).fillna(0).astype(int)
-    subjects["n_boxes"] = subjects["subject_id"].map(box_df.groupby("subject_id").size()).fillna(0).astype(int)
-    subjects["n_centre_dropped"] = subjects["subject_id"].map(n_centre).fillna(0).astype(int)
+    return pd.DataFrame(boxes, columns=[c for c in BOX_COLUMNS if c != "n_classifications"]), n_centre
+
+
+def run_consensus(parsed: ParsedExport, spec: ConsensusSpec, gold: pd.Series | None = None) -> ConsensusResult:
+    """Consensus boxes, subject and volunteer tables, and a report.
+
+    ``gold``: subjects of known truth for supervised SWAP (1 = has clumps, 0 = none), indexed by
+    subject_id; subjects not in the export are ignored.
+    """
+    cls = parsed.classifications
+    if cls.empty:
+        raise ValueError("the export has no usable classifications; see the parse report for why rows were skipped")
+    subjects = subject_geometry(cls, spec)
+    side = subjects.set_index("subject_id")["box_side"]
+    clicks, n_taps = drop_duplicate_taps(parsed.clicks, side, spec.duplicate_tap_fraction)
+    swap_subjects, swap_volunteers = run_swap(cls, spec.swap, gold)
+    subjects = subjects.merge(swap_subjects, on="subject_id", how="left")
+    volunteers = pd.DataFrame({
+        "user": cls.groupby("user").size().index,
+        "n_classifications": cls.groupby("user").size().to_numpy(),
+    })
+    volunteers["n_clicks"] = volunteers["user"].map(clicks.groupby("user").size()).fillna(0).astype(int)
+    volunteers = volunteers.merge(swap_volunteers, on="user", how="left")
+    extra: dict[str, Any] = {}
+    if spec.method == "em":
+        boxes, images, skills, info = aggregate(subjects, cls, clicks, spec.em, spec.centre_radius_fwhm, spec.box_scale)
+        subjects = subjects.merge(images.drop(columns=["n_volunteers", "n_clumps"]), on="subject_id", how="left")
+        volunteers = volunteers.merge(skills[["user", "p_fp", "p_fn", "variance"]], on="user", how="left")
+        extra = {"em": info, "subjects_finished": int(subjects["finished"].sum())}
+    else:
+        boxes, n_centre = _cluster(clicks, subjects, spec)
+        subjects["n_centre_dropped"] = subjects["subject_id"].map(n_centre).fillna(0).astype(int)
+    boxes["n_classifications"] = boxes["subject_id"].map(subjects.set_index("subject_id")["n_classifications"])
+    boxes = boxes[BOX_COLUMNS]
+    subjects["n_clicks"] = subjects["subject_id"].map(clicks.groupby("subject_id").size()).fillna(0).astype(int)
+    subjects["n_boxes"] = subjects["subject_id"].map(boxes.groupby("subject_id").size()).fillna(0).astype(int)
+    subjects = subjects.reindex(columns=SUBJECT_COLUMNS)
+    volunteers = volunteers.reindex(columns=VOLUNTEER_COLUMNS)
+    n_gold = int((subjects["gold"] >= 0).sum())
     report = {
         "method": spec.method,
         "subjects": len(subjects),
         "subjects_with_boxes": int((subjects["n_boxes"] > 0).sum()),
-        "boxes": len(box_df),
-        "boxes_by_category": box_df["category"].value_counts().to_dict(),
+        "boxes": len(boxes),
+        "boxes_by_category": boxes["category"].value_counts().to_dict(),
         "duplicate_taps_dropped": n_taps,
-        "centre_clusters_dropped": int(sum(n_centre.values())),
+        "centre_clusters_dropped": int(subjects["n_centre_dropped"].sum()),
         "subjects_without_fwhm": int(subjects["fwhm_px"].isna().sum()),
+        "volunteers": len(volunteers),
+        "swap": {
+            "mode": spec.swap.mode, "gold_subjects": n_gold,
+            "retired_yes": int((subjects["swap_retired_as"] == "yes").sum()),
+            "retired_no": int((subjects["swap_retired_as"] == "no").sum()),
+            "classifications_used": int(subjects["swap_n_used"].sum()),
+            "classifications": len(cls),
+        },
+        **extra,
     }
-    return box_df, subjects[SUBJECT_COLUMNS], report
+    return ConsensusResult(boxes.reset_index(drop=True), subjects, volunteers, report)
+
+
+def read_gold(path) -> pd.Series:
+    """Gold subjects (CSV with subject_id, has_clumps in {0, 1}) as a Series by subject_id."""
+    gold = pd.read_csv(path)
+    missing = {"subject_id", "has_clumps"} - set(gold.columns)
+    if missing:
+        raise ValueError(f"{path}: gold subject table lacks column(s) {', '.join(sorted(missing))}")
+    value = pd.to_numeric(gold["has_clumps"], errors="coerce")
+    bad = ~value.isin([0, 1])
+    if bad.any():
+        row = int(bad.to_numpy().argmax()) + 2
+        raise ValueError(f"{path}: line {row}: has_clumps must be 0 or 1, got {gold['has_clumps'][bad].iloc[0]!r}")
+    return pd.Series(value.to_numpy(int), index=gold["subject_id"].to_numpy(np.int64))

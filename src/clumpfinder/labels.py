@@ -104,7 +104,8 @@ def coco_dataset(
         }
         for f in extra_fields:
             v = getattr(b, f)
-            ann[f] = v.item() if hasattr(v, "item") else v
+            v = v.item() if hasattr(v, "item") else v
+            ann[f] = None if isinstance(v, float) and np.isnan(v) else v  # JSON has no NaN
         anns.append(ann)
     return {
         "info": {"description": description},

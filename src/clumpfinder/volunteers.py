@@ -54,6 +54,7 @@ class CrowdSpec:
     duplicate_tap_prob: float
     corrupt_fraction: float
     workflow: dict[str, Any]
+    gold: dict[str, float]
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "CrowdSpec":
@@ -242,3 +243,17 @@ def simulate_export(spec: CrowdSpec, manifest: pd.DataFrame, truth: pd.DataFrame
     rows, pop = simulate_classifications(spec, manifest, truth)
     write_export(rows, path)
     return pop
+
+
+def gold_subjects(spec: CrowdSpec, manifest: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """A random share of subjects with their truth, as SWAP's gold (training) subjects.
+
+    A subject has clumps when it has an odd object or a clump of at least
+    ``gold.min_flux_fraction`` of the galaxy's g flux (fainter ones few volunteers can see).
+    """
+    rng = np.random.default_rng([spec.seed, 2])
+    ids = np.sort(manifest["subject_id"].to_numpy())
+    chosen = np.sort(rng.choice(ids, size=int(round(spec.gold["fraction"] * len(ids))), replace=False))
+    target = (truth["kind"] == "odd") | (truth["flux_fraction_g"] >= spec.gold["min_flux_fraction"])
+    has = set(truth.loc[target, "subject_id"])
+    return pd.DataFrame({"subject_id": chosen, "has_clumps": [int(i in has) for i in chosen]})

@@ -150,3 +150,9 @@ def test_em_recovers_volunteer_skill_on_simulation(tiny_export, tiny_config):
     if (est["kind"] == "spammer").any():
         assert est.loc[est["kind"] == "spammer", "p_fp"].min() > est.loc[est["kind"] == "normal", "p_fp"].median()
     assert est["p_fp"].between(0, 1).all() and est["p_fn"].between(0, 1).all()
+
+
+def test_no_clump_after_the_first_pass_is_not_an_error(EM):
+    r = run_consensus(parsed([(0, 30.0, 40.0, 0)], n_volunteers=3), EM)
+    assert r.boxes.empty and r.subjects.iloc[0]["n_boxes"] == 0
+    assert r.subjects.iloc[0]["expected_missed"] > 0  # the lone click may be a clump the others missed

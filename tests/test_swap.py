@@ -106,3 +106,10 @@ def test_bad_gold_table_names_file_and_line(tmp_path):
         read_gold(p)
     p.write_text("subject_id,has_clumps\n5,1\n6,0\n")
     assert read_gold(p).to_dict() == {5: 1, 6: 0}
+
+
+def test_gold_subject_listed_twice_is_reported(tmp_path):
+    p = tmp_path / "gold.csv"
+    p.write_text("subject_id,has_clumps\n5,1\n6,0\n5,1\n")
+    with pytest.raises(ValueError, match="gold.csv: line 4: subject 5 is listed twice"):
+        read_gold(p)

@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from clumpfinder.zooniverse import COLUMNS, ExportFormatError, classification_row, read_export, write_export
@@ -130,3 +131,57 @@ def test_not_an_export_names_file_and_columns(tmp_path):
     empty.write_text("")
     with pytest.raises(ExportFormatError, match="empty.csv: empty file"):
         read_export(empty)
+
+
+def test_overflowing_values_are_skipped_not_fatal(tmp_path):
+    inf_tool = row(1)
+    inf_tool["annotations"] = json.dumps([{"task": "T0", "value": [{"x": 5.0, "y": 6.0, "tool": 0}]}]).replace(
+        '"tool": 0', '"tool": Infinity')
+    huge_x = row(2, user="b", user_id=2)
+    huge_x["annotations"] = '[{"task": "T0", "value": [{"x": ' + "9" * 400 + ', "y": 6.0, "tool": 0}]}]'
+    huge_width = row(3, user="c", user_id=3)
+    huge_width["metadata"] = huge_width["metadata"].replace('"naturalWidth":100', '"naturalWidth":' + "9" * 400)
+    huge_id = dict(row(4, user="d", user_id=4), classification_id="9" * 20)
+    path = tmp_path / "export.csv"
+    _write_raw(path, [inf_tool, huge_x, huge_width, huge_id])
+    rep = read_export(path).report
+    assert rep["rows_skipped"] == {"missing_subject_dimensions": 1, "bad_classification_id": 1}
+    assert rep["clicks_dropped"] == {"click_bad_tool": 1, "click_bad_coordinates": 1}
+
+
+def test_repeated_classification_id_drops_its_clicks(tmp_path):
+    first = row(7, marks=[(10.0, 20.0, 0)])
+    again = dict(row(7, sid=11, user="b", user_id=2, marks=[(30.0, 40.0, 0), (50.0, 60.0, 1)]),
+                 created_at="2020-01-02 00:00:00 UTC")
+    path = tmp_path / "export.csv"
+    write_export([first, again], path)
+    parsed = read_export(path)
+    assert parsed.report["rows_skipped"] == {"duplicate_classification_id": 1}
+    assert parsed.clicks[["x", "y"]].values.tolist() == [[10.0, 20.0]]
+    assert parsed.classifications["n_marks"].tolist() == [1]
+
+
+def test_chunked_parse_matches_one_piece_with_multiline_fields_and_stray_quotes(tmp_path):
+    """Quoted fields holding newlines and a bare quote inside an unquoted field: splitting the
+    file into byte ranges must not change what is read, nor the line numbers reported."""
+    rows = []
+    for k in range(40):
+        r = row(k + 1, sid=10 + k % 7, user=f"u{k}", user_id=100 + k, marks=[(5.0 + k, 6.0, k % 2)])
+        r["workflow_name"] = "Clump\nScout" if k % 3 == 0 else "Clump Scout"
+        if k == 5:
+            r["user_ip"] = 'bob"s'  # a bare quote: csv keeps it as a character
+        if k == 20:
+            r["annotations"] = r["annotations"][:10]  # one damaged row, two lines long
+        rows.append(r)
+    path = tmp_path / "export.csv"
+    _write_raw(path, rows)
+    whole = read_export(path, chunk_bytes=10**9)
+    for chunk_bytes in (700, 1500, 4000):
+        for workers in (1, 2):
+            part = read_export(path, chunk_bytes=chunk_bytes, workers=workers)
+            assert part.report == dict(whole.report)
+            pd.testing.assert_frame_equal(part.clicks, whole.clicks)
+            pd.testing.assert_frame_equal(part.classifications, whole.classifications)
+    assert whole.report["rows_used"] == 39
+    # row k starts on line 2 + k + (number of earlier two-line rows)
+    assert whole.report["examples"] == [{"line": 2 + 20 + 7, "reason": "bad_annotations_json"}]

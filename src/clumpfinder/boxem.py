@@ -275,7 +275,8 @@ def aggregate(
         var_box = 0.5 * (var_vol[pb.box_vol] + var_img[pb.box_img])
         fid, f_img, fx, fy = _centres(pb, fac, var_box)
         centre = np.hypot(fx - pb.width[f_img] / 2, fy - pb.height[f_img] / 2) < r_centre[f_img]
-        real = (fid >= 0) & ~centre[np.maximum(fid, 0)]
+        real = fid >= 0
+        real[real] = ~centre[fid[real]]
         d = _distance_to(pb, fid, f_img, fx, fy)
         n_boxes = np.bincount(pb.box_vol, minlength=n_vol)
         n_real = np.bincount(pb.box_vol, real.astype(float), n_vol)

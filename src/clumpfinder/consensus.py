@@ -255,6 +255,10 @@ def read_gold(path) -> pd.Series:
     missing = {"subject_id", "has_clumps"} - set(gold.columns)
     if missing:
         raise ValueError(f"{path}: gold subject table lacks column(s) {', '.join(sorted(missing))}")
+    repeated = gold["subject_id"].duplicated()
+    if repeated.any():
+        row = int(repeated.to_numpy().argmax()) + 2
+        raise ValueError(f"{path}: line {row}: subject {gold['subject_id'][repeated].iloc[0]} is listed twice")
     value = pd.to_numeric(gold["has_clumps"], errors="coerce")
     bad = ~value.isin([0, 1])
     if bad.any():

@@ -123,7 +123,7 @@ def _fwhm_from_subject_data(meta: dict[str, Any]) -> float:
         if key.lstrip("#!") in FWHM_KEYS:
             try:
                 f = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return math.nan
             return f if f > 0 and math.isfinite(f) else math.nan
     return math.nan
@@ -135,6 +135,7 @@ class _Skip(Exception):
 
 
 _DECODER = json.JSONDecoder()
+INT64_MAX = 2**63 - 1
 _DIMENSIONS = re.compile(r'"subject_dimensions"\s*:\s*')
 #: bytes per parse chunk: a chunk's text and its rows must fit comfortably in memory
 CHUNK_BYTES = 32 * 2**20
@@ -158,7 +159,7 @@ def _dimensions(metadata: str) -> tuple[float, float]:
         width, height = float(dims["naturalWidth"]), float(dims["naturalHeight"])
         if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
             raise ValueError
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
         raise _Skip("missing_subject_dimensions") from None
     return width, height
 
@@ -192,14 +193,14 @@ def _marks(annotations: str, task: str | None) -> list[dict[str, Any]]:
 def _parse_mark(mark: dict[str, Any], width: float, height: float) -> tuple[float, float, int]:
     try:
         x, y = float(mark["x"]), float(mark["y"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise _Skip("click_bad_coordinates") from None
     if not (math.isfinite(x) and math.isfinite(y)):
         raise _Skip("click_bad_coordinates")
     tool = mark.get("tool", mark.get("toolIndex"))
     try:
         tool = int(tool)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _Skip("click_bad_tool") from None
     if tool not in (0, 1):
         raise _Skip("click_bad_tool")
@@ -219,6 +220,7 @@ class _Chunk:
     examples: list[dict[str, Any]] = field(default_factory=list)
     n_rows: int = 0
     n_marks: int = 0
+    first_row_broken: bool = False  # a split inside a quoted field shows here
 
 
 def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[str], task: str | None,
@@ -229,7 +231,7 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
     with open(path, "rb") as fh:
         fh.seek(start)
         text = fh.read(end - start).decode("utf-8", errors="replace")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline="\n"))  # rows end at \n, as _row_boundaries counts
     del text
     ix = {name: header.index(name) for name in header}
     i_cid, i_sid, i_uid, i_uname = ix["classification_id"], ix["subject_ids"], ix["user_id"], ix["user_name"]
@@ -245,28 +247,34 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
             out.examples.append({"line": line, "reason": reason})
 
     while True:
+        line = first_line + reader.line_num  # where the next row starts
         try:
             values = next(reader)
         except StopIteration:
             break
         except csv.Error:
+            out.first_row_broken |= out.n_rows == 0
             out.n_rows += 1
             out.skipped["unreadable_csv_row"] += 1
-            note(first_line + reader.line_num - 1, "unreadable_csv_row")
+            note(line, "unreadable_csv_row")
             continue
         out.n_rows += 1
-        line = first_line + reader.line_num - 1
         try:
             if len(values) != n_fields:
+                out.first_row_broken |= out.n_rows == 1
                 raise _Skip("wrong_field_count")
             if workflow_id is not None and (i_wf is None or values[i_wf] != workflow_id):
                 raise _Skip("other_workflow")
             try:
                 cid = int(values[i_cid])
+                if not 0 <= cid < INT64_MAX:
+                    raise ValueError
             except ValueError:
                 raise _Skip("bad_classification_id") from None
             try:
                 sid = int(values[i_sid].split(";")[0])
+                if not 0 <= sid < INT64_MAX:
+                    raise ValueError
             except ValueError:
                 raise _Skip("bad_subject_id") from None
             user_id, user_name = values[i_uid].strip(), values[i_uname].strip()
@@ -292,7 +300,7 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
             except _Skip as s:
                 out.dropped[s.reason] += 1
                 continue
-            click_rows.append((cid, x, y, tool))
+            click_rows.append((len(cls_rows), x, y, tool))  # clicks point at their row
             kept += 1
         cls_rows.append((cid, sid, f"id:{user_id}" if user_id else f"name:{user_name}", bool(user_id), kept,
                          width, height, fwhm, values[i_ver] if i_ver is not None else "",
@@ -300,8 +308,8 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
     out.cls = pd.DataFrame(cls_rows, columns=CLASSIFICATION_COLUMNS).astype(
         {"classification_id": np.int64, "subject_id": np.int64, "logged_in": bool, "n_marks": np.int64,
          "width": float, "height": float, "fwhm_px": float})
-    out.clicks = pd.DataFrame(click_rows, columns=["classification_id", "x", "y", "tool"]).astype(
-        {"classification_id": np.int64, "x": float, "y": float, "tool": np.int64})
+    out.clicks = pd.DataFrame(click_rows, columns=["row", "x", "y", "tool"]).astype(
+        {"row": np.int64, "x": float, "y": float, "tool": np.int64})
     return out
 
 
@@ -376,15 +384,22 @@ def read_export(
         )
     ranges = _row_boundaries(path, data_start, 2, chunk_bytes)
     args = [(str(path), s, e, line, header, task, wf, max_examples) for s, e, line in ranges]
-    if workers > 1 and len(ranges) > 1:
+    chunks = _parse_ranges(args, workers)
+    if any(ch.first_row_broken for ch in chunks[1:]):
+        # a stray quote outside a quoted field can fool the quote-parity split: parse in one piece
+        log.warning("%s: malformed CSV structure, parsing the file in one piece", path)
+        chunks = _parse_ranges([(str(path), data_start, path.stat().st_size, 2, header, task, wf, max_examples)], 1)
+    return _assemble(path, chunks, max_examples)
+
+
+def _parse_ranges(args: list[tuple], workers: int) -> list[_Chunk]:
+    if workers > 1 and len(args) > 1:
         # fork: spawned workers would re-run the caller's main module (a Snakemake script cannot be
         # re-run); call this before starting thread pools (numba, torch) in the process
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(min(workers, len(ranges)), mp_context=ctx) as pool:
-            chunks = list(pool.map(_parse_chunk, *zip(*args)))
-    else:
-        chunks = [_parse_chunk(*a) for a in args]
-    return _assemble(path, chunks, max_examples)
+        with ProcessPoolExecutor(min(workers, len(args)), mp_context=ctx) as pool:
+            return list(pool.map(_parse_chunk, *zip(*args)))
+    return [_parse_chunk(*a) for a in args]
 
 
 def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExport:
@@ -395,8 +410,11 @@ def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExpo
         dropped.update(ch.dropped)
     n_rows, n_marks = sum(ch.n_rows for ch in chunks), sum(ch.n_marks for ch in chunks)
     examples = [e for ch in chunks for e in ch.examples][:max_examples]
+    offsets = np.cumsum([0] + [len(ch.cls) for ch in chunks])
     cls = pd.concat([ch.cls for ch in chunks], ignore_index=True)
-    clicks = pd.concat([ch.clicks for ch in chunks], ignore_index=True)
+    cls["row"] = np.arange(len(cls))
+    clicks = pd.concat([ch.clicks.assign(row=ch.clicks["row"] + off) for ch, off in zip(chunks, offsets)],
+                       ignore_index=True)
     del chunks
     # the earliest classification of a subject by a volunteer counts; later repeats are dropped
     cls = cls.sort_values(["created_at", "classification_id"], kind="stable").reset_index(drop=True)
@@ -406,11 +424,13 @@ def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExpo
         if repeat.any():
             skipped[reason] += int(repeat.sum())
             cls = cls[~repeat].reset_index(drop=True)
-    pos = pd.Index(cls["classification_id"]).get_indexer(clicks["classification_id"])
+    pos = pd.Index(cls["row"]).get_indexer(clicks["row"])  # clicks of dropped rows go with them
     clicks = clicks[pos >= 0].reset_index(drop=True)
     pos = pos[pos >= 0]
+    clicks.insert(0, "classification_id", cls["classification_id"].to_numpy()[pos])
     clicks.insert(1, "subject_id", cls["subject_id"].to_numpy()[pos])
     clicks.insert(2, "user", cls["user"].to_numpy()[pos])
+    cls = cls.drop(columns="row")
     clicks = clicks.sort_values("classification_id", kind="stable").reset_index(drop=True)[CLICK_COLUMNS]
     no_fwhm = int(cls["fwhm_px"].isna().sum())
     report = {

@@ -14,7 +14,7 @@ manifest = pd.read_csv(snakemake.input.manifest)
 boxes = pd.read_csv(snakemake.input.boxes)
 subjects = pd.read_csv(snakemake.input.subjects)
 p = snakemake.params
-splits = make_splits(subjects, boxes, p.fractions, p.seed)
+splits = make_splits(subjects, p.fractions, p.seed)
 order = nested_order(splits, p.seed)
 splits["train_rank"] = splits["subject_id"].map({sid: k for k, sid in enumerate(order)})
 images = manifest.rename(columns={"png": "file_name"}).merge(

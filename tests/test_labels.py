@@ -13,7 +13,9 @@ FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
 
 def fake(n=300, seed=0):
     rng = np.random.default_rng(seed)
-    subjects = pd.DataFrame({"subject_id": np.arange(n) + 1000})
+    subjects = pd.DataFrame({"subject_id": np.arange(n) + 1000, "n_classifications": 20,
+                             "swap_prob": rng.choice([0.001, 0.5, 0.999], n, p=[0.4, 0.2, 0.4])})
+    subjects["n_clicks"] = np.where(subjects["swap_prob"] > 0.1, rng.poisson(20, n), rng.poisson(2, n))
     rows = []
     for sid in subjects["subject_id"]:
         for _ in range(rng.poisson(1.2)):
@@ -25,49 +27,59 @@ def fake(n=300, seed=0):
 
 def test_splits_partition_and_are_deterministic():
     subjects, boxes = fake()
-    a = make_splits(subjects, boxes, FRACTIONS, seed=3)
-    b = make_splits(subjects, boxes, FRACTIONS, seed=3)
+    a = make_splits(subjects, FRACTIONS, seed=3)
+    b = make_splits(subjects, FRACTIONS, seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert set(a["subject_id"]) == set(subjects["subject_id"]) and a["subject_id"].is_unique
     counts = a["split"].value_counts()
     assert counts["train"] == 210 and counts["val"] == 60 and counts["test"] == 30
-    c = make_splits(subjects, boxes, FRACTIONS, seed=4)
+    c = make_splits(subjects, FRACTIONS, seed=4)
     assert not (a["split"] == c["split"]).all()
 
 
 def test_splits_are_stratified():
     subjects, boxes = fake(600)
-    s = make_splits(subjects, boxes, FRACTIONS, seed=0)
-    share = s.groupby("split")["stratum"].apply(lambda x: (x == "0-0").mean())
+    s = make_splits(subjects, FRACTIONS, seed=0)
+    share = s.groupby("split")["stratum"].apply(lambda x: (x == "no-1").mean())
+    assert 0.2 < share.mean() < 0.6
     assert share.max() - share.min() < 0.05
 
 
 def test_bad_fractions_rejected():
     subjects, boxes = fake(50)
     with pytest.raises(ValueError, match="sum to 1"):
-        make_splits(subjects, boxes, {"train": 0.7, "val": 0.2, "test": 0.2}, 0)
+        make_splits(subjects, {"train": 0.7, "val": 0.2, "test": 0.2}, 0)
     with pytest.raises(ValueError, match="too few"):
-        make_splits(subjects.iloc[:5], boxes, FRACTIONS, 0)
+        make_splits(subjects.iloc[:5], FRACTIONS, 0)
 
 
 def test_rare_strata_merged():
-    subjects, boxes = fake(100)
-    boxes = pd.concat([boxes, pd.DataFrame([(1000, 1, 1, 5, 5, "clump")] * 6, columns=boxes.columns)])
-    key = strata(subjects, boxes)
-    assert key.value_counts().min() >= 4
+    subjects, _ = fake(100)
+    subjects.loc[:1, "n_clicks"] = 0  # two subjects in strata of their own
+    subjects.loc[:1, "swap_prob"] = 0.5
+    key = strata(subjects)
+    assert key.value_counts().min() >= 4 and "unsure-0" not in set(key)
+
+
+def test_strata_ignore_the_consensus_boxes():
+    """Same volunteers, any consensus method: the same split."""
+    subjects, _ = fake(200)
+    a = make_splits(subjects, FRACTIONS, seed=2)
+    b = make_splits(subjects.assign(n_boxes=0), FRACTIONS, seed=2)
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_nested_subsets_are_nested_and_stratified():
     subjects, boxes = fake(1000)
-    s = make_splits(subjects, boxes, FRACTIONS, seed=0)
+    s = make_splits(subjects, FRACTIONS, seed=0)
     order = nested_order(s, seed=1)
     train = set(s.loc[s["split"] == "train", "subject_id"])
     assert set(order) == train and len(order) == len(train)
     np.testing.assert_array_equal(order, nested_order(s, seed=1))
     # prefixes keep the pool's mix: the empty-galaxy share of the first 100 matches the pool's
     key = s.set_index("subject_id")["stratum"]
-    pool_share = (key[list(train)] == "0-0").mean()
-    assert abs((key[order[:100]] == "0-0").mean() - pool_share) < 0.03
+    pool_share = (key[list(train)] == "no-1").mean()
+    assert abs((key[order[:100]] == "no-1").mean() - pool_share) < 0.03
 
 
 def test_coco_dataset_and_subset():

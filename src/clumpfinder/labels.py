@@ -1,7 +1,7 @@
 """Training labels: stratified train/val/test splits, nested training subsets, COCO JSON.
 
-Splits are stratified on what the consensus says about each subject (number of clump boxes,
-capped at 3, and whether it has an odd clump) with a fixed seed. The training pool is put in a
+Splits are stratified on what the volunteers did with each subject (SWAP's verdict and clicks per
+classification, which do not depend on the consensus method) with a fixed seed. The training pool is put in a
 fixed *nested* order, stratified as well: the subset of size n is the first n subjects of that
 order, so it lies inside every larger subset and has about the pool's mix of strata.
 """
@@ -22,12 +22,18 @@ CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
 SPLITS = ("train", "val", "test")
 
 
-def strata(subjects: pd.DataFrame, boxes: pd.DataFrame, min_count: int = 4) -> pd.Series:
-    """Stratum label per subject: '<clump boxes, capped at 3>-<has odd>'; rare strata merged."""
-    per = boxes.groupby(["subject_id", "category"]).size().unstack(fill_value=0)
-    n_clump = subjects["subject_id"].map(per.get("clump", pd.Series(dtype=int))).fillna(0).astype(int)
-    n_odd = subjects["subject_id"].map(per.get("odd_clump", pd.Series(dtype=int))).fillna(0).astype(int)
-    key = n_clump.clip(upper=3).astype(str) + "-" + (n_odd > 0).astype(int).astype(str)
+def strata(subjects: pd.DataFrame, min_count: int = 4) -> pd.Series:
+    """Stratum label per subject from what the volunteers did, whatever the consensus method:
+    '<SWAP verdict>-<clicks per classification bin>'; rare strata merged.
+
+    Strata do not depend on ``consensus.method``, so every method gets the same train/val/test
+    galaxies and the same nested subsets, and their detectors can be compared on one test set.
+    """
+    p = subjects["swap_prob"].to_numpy()
+    verdict = np.select([p <= 0.1, p >= 0.9], ["no", "yes"], "unsure")
+    rate = subjects["n_clicks"].to_numpy() / np.maximum(subjects["n_classifications"].to_numpy(), 1)
+    clicks = np.digitize(rate, [1e-9, 0.5, 1.5])  # none, < 0.5, 0.5-1.5, more per classification
+    key = pd.Series(verdict, dtype=object) + "-" + pd.Series(clicks).astype(str)
     counts = key.value_counts()
     rare = counts[counts < min_count].index
     key = key.where(~key.isin(rare), "rare")
@@ -36,14 +42,13 @@ def strata(subjects: pd.DataFrame, boxes: pd.DataFrame, min_count: int = 4) -> p
     return pd.Series(key.to_numpy(), index=subjects["subject_id"].to_numpy(), name="stratum")
 
 
-def make_splits(
-    subjects: pd.DataFrame, boxes: pd.DataFrame, fractions: dict[str, float], seed: int
-) -> pd.DataFrame:
-    """Assign each subject to train/val/test; returns subject_id, split, stratum."""
+def make_splits(subjects: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
+    """Assign each subject to train/val/test; returns subject_id, split, stratum. ``subjects``
+    needs swap_prob, n_clicks and n_classifications (the consensus subject table)."""
     total = sum(fractions[s] for s in SPLITS)
     if not np.isclose(total, 1.0):
         raise ValueError(f"labels.split_fractions must sum to 1, got {total:g}")
-    key = strata(subjects, boxes)
+    key = strata(subjects)
     ids = key.index.to_numpy()
     n = len(ids)
     n_test = int(round(fractions["test"] * n))

@@ -22,5 +22,6 @@ rule train:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),
         detector=config["detector"],
         training=lambda wildcards: training_spec(wildcards.backbone),
+        checkpoint=f"{RESULTS}/checkpoints/{{backbone}}/n{{n_train}}/last.pt",
     script:
         "../scripts/train.py"

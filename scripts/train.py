@@ -12,8 +12,11 @@ log = setup_logging(snakemake.log[0])
 p = snakemake.params
 backbone = BackboneSpec(**p.backbone)
 detector = DetectorSpec.from_config(p.detector)
+# the per-epoch checkpoint lies outside the declared outputs, so a killed job resumes from it
 model, metrics = train_detector(read_json(snakemake.input.labels), snakemake.input.images, backbone, detector,
-                                TrainSpec.from_config(p.training), threads=snakemake.threads)
+                                TrainSpec.from_config(p.training), threads=snakemake.threads,
+                                checkpoint=p.checkpoint)
 metrics["name"] = snakemake.wildcards.backbone
 save_model(model, backbone, detector, snakemake.output.model)
 write_json(metrics, snakemake.output.metrics)
+Path(p.checkpoint).unlink(missing_ok=True)

@@ -111,3 +111,66 @@ def test_class_agnostic_nms():
     kept = class_agnostic_nms(out, 0.5)[0]
     assert kept["labels"].tolist() == [1, 1] and kept["scores"].tolist() == pytest.approx([0.9, 0.7])
     assert class_agnostic_nms(out, None)[0]["boxes"].shape[0] == 3
+
+
+_RESUME_SCRIPT = """
+import json, sys
+from clumpfinder.detector import BackboneSpec, DetectorSpec
+from clumpfinder.train import TrainSpec, train_detector
+a = json.loads(sys.argv[1])
+train_detector(json.load(open(a["coco"])), a["images"], BackboneSpec(arch="resnet18"),
+               DetectorSpec(image_size=a["size"]), TrainSpec(**a["spec"]), threads=1, checkpoint=a["checkpoint"])
+"""
+
+
+def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, tmp_path):
+    """SIGKILL after the first epoch's checkpoint; the rerun continues from it and ends with the
+    same losses and weights as a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    coco = _coco_for(tiny_survey, 8)
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    spec = dict(epochs=4, min_steps=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
+                augment=True, seed=3)
+    ckpt = tmp_path / "ckpt" / "last.pt"
+    args = {"coco": str(tmp_path / "coco.json"), "images": str(tiny_survey["root"] / "png"),
+            "size": tiny_survey["spec"].image_size, "spec": spec, "checkpoint": str(ckpt)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", _RESUME_SCRIPT, json.dumps(args)], env=env)
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    done = torch.load(ckpt, weights_only=False)["epoch"]
+    assert done < 3  # killed part-way
+
+    bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
+    resumed, m_resumed = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1,
+                                        checkpoint=ckpt)
+    assert m_resumed["resumed_after_epoch"] == done + 1
+    whole, m_whole = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1)
+    assert [h["loss"] for h in m_resumed["history"]] == [h["loss"] for h in m_whole["history"]]
+    assert m_resumed["steps"] == m_whole["steps"] and m_whole["resumed_after_epoch"] is None
+    for (k, a), b in zip(resumed.state_dict().items(), whole.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tiny_survey, tmp_path, caplog):
+    coco = _coco_for(tiny_survey, 4)
+    bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
+    spec = TrainSpec(epochs=1, min_steps=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
+                     grad_clip=10.0, augment=False, seed=0)
+    ckpt = tmp_path / "last.pt"
+    train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, checkpoint=ckpt)
+    assert ckpt.exists()
+    other = TrainSpec(**{**spec.__dict__, "lr": 5e-4})
+    _, m = train_detector(coco, tiny_survey["root"] / "png", bb, det, other, threads=1, checkpoint=ckpt)
+    assert m["resumed_after_epoch"] is None and "other settings or data" in caplog.text
+    ckpt.write_bytes(b"not a checkpoint")
+    _, m = train_detector(coco, tiny_survey["root"] / "png", bb, det, other, threads=1, checkpoint=ckpt)
+    assert m["resumed_after_epoch"] is None and "unreadable" in caplog.text

@@ -107,6 +107,8 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
     assert subjects["swap_prob"].between(0, 1).all() and (subjects["risk"] >= 0).all()
     volunteers = pd.read_csv(res / "consensus" / "volunteers.csv")
     assert volunteers["p_fp"].between(0, 1).all() and (volunteers["n_classifications"] > 0).all()
+    # finished training jobs delete their resume checkpoints
+    assert not [p for p in (res / "checkpoints").rglob("*") if p.is_file()]
     # no temporary files left behind by the atomic writers
     assert not [p for p in res.rglob(".*") if p.name != ".snakemake_timestamp"]
     for b in tiny_config["backbones"]:

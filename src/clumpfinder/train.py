@@ -5,10 +5,17 @@ augmented with a random element of the dihedral group (90-degree rotations and f
 image has no preferred orientation). The schedule is linear warm-up then cosine decay over
 ``max(epochs x n / batch, min_steps)`` optimiser steps, so the smallest subsets still get enough
 updates to converge. One log line per epoch.
+
+With a ``checkpoint`` path, the model, optimiser, step, history and every random-number state are
+saved there (atomically) after each epoch; a run that finds a checkpoint of the same job (same
+settings and training images) continues after its last epoch and ends exactly as an uninterrupted
+run would on the CPU. The caller deletes the checkpoint once the outputs are written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -115,11 +122,33 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def job_fingerprint(coco: dict[str, Any], backbone: BackboneSpec, detector: DetectorSpec, spec: TrainSpec) -> str:
+    """What a checkpoint must match to be resumed: settings and the training images and boxes."""
+    key = {"backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec),
+           "images": [im["file_name"] for im in coco["images"]],
+           "annotations": [(a["image_id"], a["bbox"], a["category_id"]) for a in coco["annotations"]]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a checkpoint is only a cache: a damaged one means starting over
+        log.warning("checkpoint %s is unreadable (%s): starting from scratch", path, err)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("checkpoint %s belongs to other settings or data: starting from scratch", path)
+        return None
+    return state
+
+
 def train_detector(
     coco: dict[str, Any], image_dir: str | Path, backbone: BackboneSpec, detector: DetectorSpec,
-    spec: TrainSpec, threads: int | None = None,
+    spec: TrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train and return (model, metrics)."""
+    """Train and return (model, metrics); resumable through ``checkpoint`` (see module doc)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
@@ -143,9 +172,23 @@ def train_detector(
     )
     model.train()
     step = 0
-    history = []
+    history: list[dict[str, Any]] = []
+    first_epoch = 0
+    seconds_before = 0.0
+    fingerprint = job_fingerprint(coco, backbone, detector, spec)
+    state = _load_checkpoint(Path(checkpoint), fingerprint) if checkpoint else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history, first_epoch = state["step"], state["history"], state["epoch"] + 1
+        seconds_before = state["seconds"]
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        log.info("resuming from %s after epoch %d (step %d)", checkpoint, first_epoch, step)
     t_start = time.perf_counter()
-    for epoch in range(n_epochs):
+    for epoch in range(first_epoch, n_epochs):
         t0 = time.perf_counter()
         order = rng.permutation(n)
         sums: dict[str, float] = {}
@@ -188,10 +231,20 @@ def train_detector(
             row.get("loss_box_reg", float("nan")), row.get("loss_objectness", float("nan")),
             row.get("loss_rpn_box_reg", float("nan")), dt, row["img_per_s"] or 0,
         )
-    seconds = time.perf_counter() - t_start
+        if checkpoint:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({
+                    "fingerprint": fingerprint, "epoch": epoch, "step": step, "history": history,
+                    "seconds": seconds_before + time.perf_counter() - t_start,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                }, tmp)
+    seconds = seconds_before + time.perf_counter() - t_start
     metrics = {
         "backbone": asdict(backbone), "n_train": n, "steps": step, "epochs": n_epochs, "batch_size": bs,
-        "seconds": round(seconds, 2), "img_per_s": round(step * bs / seconds, 2), "device": str(device),
+        "seconds": round(seconds, 2), "img_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
+        "device": str(device), "resumed_after_epoch": first_epoch if state is not None else None,
         "final_loss": history[-1].get("loss") if history else None, "history": history,
     }
     return model, metrics

@@ -158,3 +158,22 @@ def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
     assert proc.returncode != 0
     assert "training pool has only" in proc.stdout + proc.stderr + (
         tiny_run["dir"] / "results" / "logs" / "subset_n5000.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        # one backbone's learning rate: only its train/evaluate jobs and the summary
+        ("backbones:\n  mobilenet_scratch:\n    training: {lr: 0.0005}\n",
+         {"train": 2, "evaluate": 2, "summary": 1, "all": 1}),
+        # the consensus method: everything downstream of the consensus, nothing upstream
+        ("consensus:\n  method: dbscan\n",
+         {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "train": 4, "evaluate": 4, "summary": 1,
+          "all": 1}),
+    ],
+)
+def test_a_change_reruns_only_what_depends_on_it(tiny_run, tmp_path, override, expected):
+    cfg = tmp_path / "change.yaml"
+    cfg.write_text(override)
+    proc = smk("-n", "--cores", "2", "--configfile", str(TEST_CONFIG), str(cfg), cwd=tiny_run["dir"])
+    assert _jobs(proc.stdout + proc.stderr) == expected

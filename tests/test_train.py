@@ -56,6 +56,61 @@ def test_bad_backbone_spec():
         BackboneSpec(arch="vgg")
     with pytest.raises(ValueError, match="init 'imagenet'"):
         BackboneSpec(arch="resnet18", init="imagenet")
+    with pytest.raises(ValueError, match="torchvision has no weights 'ResNet18_Weights.NOPE'"):
+        BackboneSpec(arch="resnet18", init="torchvision:ResNet18_Weights.NOPE")
+    with pytest.raises(ValueError, match="are not weights of resnet18"):
+        BackboneSpec(arch="resnet18", init="torchvision:ResNet50_Weights.IMAGENET1K_V2")
+
+
+@pytest.mark.parametrize("arch, weights", [("resnet18", "ResNet18_Weights.IMAGENET1K_V1"),
+                                           ("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V1")])
+def test_torchvision_init_loads_the_cached_file(tmp_path, monkeypatch, arch, weights):
+    """Weights written in torch hub's cache layout under $TORCH_HOME arrive in the detector's
+    backbone through torchvision's own loader (no network: the file is found in the cache)."""
+    import urllib.error
+
+    from clumpfinder.detector import _MOBILENETS, _RESNETS, torchvision_weights_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in the test")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    spec = BackboneSpec(arch=arch, init=f"torchvision:{weights}", trainable_layers=3)
+    with pytest.raises(FileNotFoundError, match=r"weights file .*hub/checkpoints/.*\.pth is not cached"):
+        build_detector(spec, DetectorSpec(image_size=64))
+    torch.manual_seed(123)
+    reference = {**_RESNETS, **_MOBILENETS}[arch](weights=None)
+    with torch.no_grad():  # distinctive statistics, so that frozen BatchNorm is seen to keep them
+        for m in reference.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    path = torchvision_weights_path(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the failed attempt made the cache folder
+    torch.save(reference.state_dict(), path)
+    model = build_detector(spec, DetectorSpec(image_size=64))
+    body = model.backbone.body
+    ref = reference.state_dict()
+    prefix = "features." if arch.startswith("mobilenet") else ""
+    loaded = 0
+    for name, tensor in body.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(tensor, ref[prefix + name]), name
+        loaded += 1
+    assert loaded > 50
+    # BatchNorm is frozen and only the last 3 stages train
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+    assert any(p.requires_grad for p in body.parameters()) and not all(p.requires_grad for p in body.parameters())
+    # a saved detector reloads without the cache (its own weights replace the init's)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    model_path = tmp_path / "model.pt"
+    save_model(model, spec, DetectorSpec(image_size=64), model_path)
+    loaded_model, _ = load_model(model_path)
+    for (k, a), b in zip(loaded_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_lr_schedule():

@@ -9,11 +9,16 @@ stride-4 level, square anchors from 8 px, a few hundred proposals.
 
 from __future__ import annotations
 
+import os
+import urllib.error
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torchvision.models import get_model_weights, get_weight
 from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, resnet18, resnet34, resnet50
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -43,9 +48,17 @@ class BackboneSpec:
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"backbone arch {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
-        if self.init != "scratch":
+        if self.init.startswith("torchvision:"):
+            name = self.init.split(":", 1)[1]
+            try:
+                weights = get_weight(name)
+            except (ValueError, KeyError, AttributeError):
+                raise ValueError(f"backbone init {self.init!r}: torchvision has no weights {name!r}") from None
+            if weights not in list(get_model_weights(self.arch)):
+                raise ValueError(f"backbone init {self.init!r}: {name} are not weights of {self.arch}")
+        elif self.init != "scratch":
             raise ValueError(
-                f"backbone init {self.init!r} is not supported yet; only 'scratch' can be built"
+                f"backbone init {self.init!r} is not supported yet; use 'scratch' or 'torchvision:<weights>'"
             )
         if self.normalization not in ("imagenet", "unit"):
             raise ValueError(f"backbone normalization {self.normalization!r} is not 'imagenet' or 'unit'")
@@ -78,12 +91,35 @@ class DetectorSpec:
 def _norm_layer(spec: BackboneSpec):
     # Trained from scratch the statistics must be learnt: ordinary BatchNorm. (Frozen BN with
     # identity statistics, torchvision's default for detection backbones, would leave the
-    # network unnormalised.) Pretrained initialisations will switch to FrozenBatchNorm2d.
+    # network unnormalised.) Pretrained initialisations keep their statistics: FrozenBatchNorm2d.
     return nn.BatchNorm2d if spec.init == "scratch" else FrozenBatchNorm2d
 
 
-def _resnet_body(spec: BackboneSpec) -> tuple[nn.Module, dict[str, str], list[int]]:
+def torchvision_weights_path(spec: BackboneSpec) -> Path:
+    """Where torchvision's loader caches the weights of a ``torchvision:`` init."""
+    weights = get_weight(spec.init.split(":", 1)[1])
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _load_pretrained(net: nn.Module, spec: BackboneSpec) -> None:
+    """Load a ``torchvision:`` init through torchvision's own loader (the torch hub cache under
+    $TORCH_HOME; downloaded when missing and the network is reachable)."""
+    weights = get_weight(spec.init.split(":", 1)[1])
+    try:
+        state = weights.get_state_dict(progress=False)
+    except (urllib.error.URLError, OSError) as err:
+        raise FileNotFoundError(
+            f"backbone init {spec.init!r}: weights file {torchvision_weights_path(spec)} is not cached and could "
+            f"not be downloaded from {weights.url} ({err}); download it where there is network and copy it there "
+            "(or set TORCH_HOME to a cache that has it)"
+        ) from None
+    net.load_state_dict(state)
+
+
+def _resnet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
     net = _RESNETS[spec.arch](weights=None, norm_layer=_norm_layer(spec))
+    if pretrained and spec.init != "scratch":
+        _load_pretrained(net, spec)
     _freeze(net, ["layer4", "layer3", "layer2", "layer1", "conv1"], spec.trainable_layers)
     # keep layer1..layer4 (strides 4..32): the stride-4 level is the one that sees the clumps
     return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
@@ -91,8 +127,11 @@ def _resnet_body(spec: BackboneSpec) -> tuple[nn.Module, dict[str, str], list[in
     return net, return_layers, [c, c * 2, c * 4, c * 8]
 
 
-def _mobilenet_body(spec: BackboneSpec) -> tuple[nn.Module, dict[str, str], list[int]]:
-    features = _MOBILENETS[spec.arch](weights=None, norm_layer=_norm_layer(spec)).features
+def _mobilenet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
+    net = _MOBILENETS[spec.arch](weights=None, norm_layer=_norm_layer(spec))
+    if pretrained and spec.init != "scratch":
+        _load_pretrained(net, spec)
+    features = net.features
     # last block of each resolution, i.e. strides 4, 8, 16, 32
     probe = torch.zeros(1, 3, 64, 64)
     last_of_stride: dict[int, tuple[int, int]] = {}
@@ -120,20 +159,23 @@ def _freeze(net: nn.Module, order: list[str], trainable: int) -> None:
             param.requires_grad_(False)
 
 
-def build_backbone(spec: BackboneSpec) -> BackboneWithFPN:
+def build_backbone(spec: BackboneSpec, pretrained: bool = True) -> BackboneWithFPN:
+    """Backbone + FPN; ``pretrained=False`` skips loading the init's weights (when a trained
+    detector's weights are loaded on top anyway)."""
     if spec.arch in _RESNETS:
-        body, return_layers, in_channels = _resnet_body(spec)
+        body, return_layers, in_channels = _resnet_body(spec, pretrained)
     else:
-        body, return_layers, in_channels = _mobilenet_body(spec)
+        body, return_layers, in_channels = _mobilenet_body(spec, pretrained)
     return BackboneWithFPN(
         body, return_layers=return_layers, in_channels_list=in_channels,
         out_channels=spec.fpn_channels, extra_blocks=LastLevelMaxPool(),
     )
 
 
-def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len(CLASSES) + 1) -> FasterRCNN:
+def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len(CLASSES) + 1,
+                   pretrained: bool = True) -> FasterRCNN:
     """Faster R-CNN for ``num_classes`` (background included) at native ``det.image_size``."""
-    backbone = build_backbone(spec)
+    backbone = build_backbone(spec, pretrained)
     n_levels = 5  # four FPN levels + max-pool level
     sizes = list(det.anchor_sizes)
     if len(sizes) != n_levels:

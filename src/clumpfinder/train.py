@@ -264,6 +264,7 @@ def load_model(path: str | Path, device: torch.device | None = None) -> tuple[to
     """The trained detector (in eval mode) and its detector settings."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     detector = DetectorSpec(**payload["detector"])
-    model = build_detector(BackboneSpec(**payload["backbone"]), detector, num_classes=len(payload["classes"]) + 1)
+    model = build_detector(BackboneSpec(**payload["backbone"]), detector, num_classes=len(payload["classes"]) + 1,
+                           pretrained=False)  # the trained weights replace the init's anyway
     model.load_state_dict(payload["state_dict"])
     return model.to(device or torch.device("cpu")).eval(), detector

@@ -69,12 +69,12 @@ def panoptes_like(parsed, spec: ConsensusSpec, kind: str) -> pd.DataFrame:
                 continue
             m = HDBSCAN(min_cluster_size=5, min_samples=3, cluster_selection_method="eom", copy=True).fit(xy)
             labels, prob = m.labels_, m.probabilities_
-        w, h, s = geo.loc[sid, "width"], geo.loc[sid, "height"], side[sid]
+        w, h = geo.loc[sid, "width"], geo.loc[sid, "height"]
         for lab in set(labels) - {-1}:
             sel = labels == lab
             wts = prob[sel] if prob[sel].sum() > 0 else None
             cx, cy = np.average(xy[sel], axis=0, weights=wts)
-            if math.hypot(cx - w / 2, cy - h / 2) < spec.centre_radius_fwhm * s / spec.box_scale:
+            if math.hypot(cx - w / 2, cy - h / 2) < geo.loc[sid, "centre_radius"]:
                 continue  # the bulge, dropped as for every method
             rows.append({"subject_id": sid, "x": cx, "y": cy, "tool": tool})
     return pd.DataFrame(rows, columns=["subject_id", "x", "y", "tool"])

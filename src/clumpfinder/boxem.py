@@ -170,6 +170,7 @@ class _Problem:
     width: np.ndarray
     height: np.ndarray
     side: np.ndarray
+    centre_radius: np.ndarray
     users: np.ndarray  # per volunteer
     view_img: np.ndarray  # per (image, volunteer) view, sorted by image then volunteer
     view_vol: np.ndarray
@@ -206,7 +207,8 @@ def _problem(subjects: pd.DataFrame, classifications: pd.DataFrame, clicks: pd.D
     local = np.searchsorted(keys, box_img.astype(np.int64) * len(users) + box_vol) - view_start[box_img]
     return _Problem(
         subject_ids=sids, width=subjects["width"].to_numpy(float), height=subjects["height"].to_numpy(float),
-        side=subjects["box_side"].to_numpy(float), users=users, view_img=view_img, view_vol=view_vol,
+        side=subjects["box_side"].to_numpy(float), centre_radius=subjects["centre_radius"].to_numpy(float),
+        users=users, view_img=view_img, view_vol=view_vol,
         view_start=view_start, box_img=box_img, box_vol=box_vol, local_vol=local.astype(np.int64), cx=x, cy=y,
         tool=tool, box_start=np.searchsorted(box_img, np.arange(len(sids) + 1)),
     )
@@ -238,12 +240,12 @@ def _distance_to(pb: _Problem, fid: np.ndarray, f_img: np.ndarray, fx: np.ndarra
 
 def aggregate(
     subjects: pd.DataFrame, classifications: pd.DataFrame, clicks: pd.DataFrame, spec: EMSpec,
-    centre_radius_fwhm: float, box_scale: float,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Run the EM consensus.
 
-    ``subjects``: subject_id, width, height, box_side; ``classifications``: subject_id, user (one
-    row per volunteer and subject); ``clicks``: subject_id, user, x, y, tool.
+    ``subjects``: subject_id, width, height, box_side, centre_radius (bulge, pixels);
+    ``classifications``: subject_id, user (one row per volunteer and subject); ``clicks``:
+    subject_id, user, x, y, tool.
 
     Returns (clumps, per image, per volunteer, info). Clumps have subject_id, x, y, side, the
     box corners, category, n_votes (multiplicity), odd_fraction, false_pos_prob,
@@ -263,7 +265,7 @@ def aggregate(
     p_fn = np.full(n_vol, pr["false_neg"])
     var_vol = np.full(n_vol, pr["variance"])
     var_img = np.full(n_img, pr["image_variance"])
-    r_centre = centre_radius_fwhm * pb.side / box_scale
+    r_centre = pb.centre_radius
     # a false box lands anywhere on the part of the image where false boxes fall: it overlaps a
     # given clump's box (distance d < 1) with probability ~ (2 side)^2 / (area fraction x width x height)
     area = spec.false_box_area_fraction * pb.width * pb.height

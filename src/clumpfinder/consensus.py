@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,8 @@ class ConsensusResult:
 
 
 def subject_geometry(classifications: pd.DataFrame, spec: ConsensusSpec) -> pd.DataFrame:
-    """Per subject: image size, FWHM and box side, number of classifications."""
+    """Per subject: image size, FWHM, box side, bulge radius (``centre_radius``, pixels),
+    number of classifications."""
     g = classifications.groupby("subject_id")
     subj = pd.DataFrame(
         {
@@ -93,6 +94,8 @@ def subject_geometry(classifications: pd.DataFrame, spec: ConsensusSpec) -> pd.D
     side = subj["fwhm_px"] * spec.box_scale
     fallback = subj["width"] * spec.fallback_box_fraction
     subj["box_side"] = side.where(side.notna(), fallback)
+    # consensus clumps closer than this to the image centre are the bulge, for every method
+    subj["centre_radius"] = spec.centre_radius_fwhm * subj["box_side"] / spec.box_scale
     return subj.reset_index()
 
 
@@ -149,6 +152,7 @@ def _cluster(clicks: pd.DataFrame, subjects: pd.DataFrame, spec: ConsensusSpec) 
     geo = subjects.set_index("subject_id")
     width, height = geo["width"].to_dict(), geo["height"].to_dict()
     box_side, n_cls = geo["box_side"].to_dict(), geo["n_classifications"].to_dict()
+    centre_radius = geo["centre_radius"].to_dict()
     clicks = clicks.sort_values("subject_id", kind="stable")
     sid_all = clicks["subject_id"].to_numpy()
     xy_all = clicks[["x", "y"]].to_numpy()
@@ -169,12 +173,11 @@ def _cluster(clicks: pd.DataFrame, subjects: pd.DataFrame, spec: ConsensusSpec) 
         else:
             labels, weight = hdbscan_subject(xy, int(spec.hdbscan["min_cluster_size"]),
                                              int(spec.hdbscan["min_samples"]))
-        r_centre = spec.centre_radius_fwhm * side / spec.box_scale
         for lab in np.unique(labels[labels >= 0]):
             m = labels == lab
             wm = weight[m] if weight[m].sum() > 0 else np.ones(int(m.sum()))
             cx, cy = np.average(xy[m], axis=0, weights=wm)
-            if math.hypot(cx - w / 2, cy - h / 2) < r_centre:
+            if math.hypot(cx - w / 2, cy - h / 2) < centre_radius[sid]:
                 n_centre[sid] = n_centre.get(sid, 0) + 1
                 continue
             odd = float(tools[m].mean())
@@ -205,15 +208,13 @@ def run_consensus(parsed: ParsedExport, spec: ConsensusSpec, gold: pd.Series | N
     clicks, n_taps = drop_duplicate_taps(parsed.clicks, side, spec.duplicate_tap_fraction)
     swap_subjects, swap_volunteers = run_swap(cls, spec.swap, gold)
     subjects = subjects.merge(swap_subjects, on="subject_id", how="left")
-    volunteers = pd.DataFrame({
-        "user": cls.groupby("user").size().index,
-        "n_classifications": cls.groupby("user").size().to_numpy(),
-    })
+    per_user = cls.groupby("user").size()
+    volunteers = pd.DataFrame({"user": per_user.index, "n_classifications": per_user.to_numpy()})
     volunteers["n_clicks"] = volunteers["user"].map(clicks.groupby("user").size()).fillna(0).astype(int)
     volunteers = volunteers.merge(swap_volunteers, on="user", how="left")
     extra: dict[str, Any] = {}
     if spec.method == "em":
-        boxes, images, skills, info = aggregate(subjects, cls, clicks, spec.em, spec.centre_radius_fwhm, spec.box_scale)
+        boxes, images, skills, info = aggregate(subjects, cls, clicks, spec.em)
         subjects = subjects.merge(images.drop(columns=["n_volunteers", "n_clumps"]), on="subject_id", how="left")
         volunteers = volunteers.merge(skills[["user", "p_fp", "p_fn", "variance"]], on="user", how="left")
         extra = {"em": info, "subjects_finished": int(subjects["finished"].sum())}

@@ -25,43 +25,94 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, nms
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 CLASSES = ("clump", "odd_clump")  # COCO category ids 1 and 2; 0 is background
 
 _RESNETS = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}
 _MOBILENETS = {"mobilenet_v3_large": mobilenet_v3_large, "mobilenet_v3_small": mobilenet_v3_small}
-ARCHITECTURES = tuple(_RESNETS) + tuple(_MOBILENETS)
+ARCHITECTURES = tuple(_RESNETS) + tuple(_MOBILENETS)  # plus any "timm:<model name>"
+INIT_KINDS = ("scratch", "torchvision", "hf_hub", "file", "pretrain")
+PRETRAIN_TASKS = ("morphology", "clumpy")
+_HEADS = ("fc.", "classifier.", "head.")  # classifier keys an encoder file may lack or carry
+
+
+def init_kind(init: str) -> str:
+    """``scratch``, ``torchvision``, ``hf_hub``, ``file`` or ``pretrain`` (the part before ':')."""
+    return init.split(":", 1)[0]
+
+
+def timm_name(arch: str) -> str | None:
+    return arch.split(":", 1)[1] if arch.startswith("timm:") else None
 
 
 @dataclass
 class BackboneSpec:
-    """One backbone entry of the configuration."""
+    """One backbone entry of the configuration.
+
+    ``init`` is one of ``scratch``; ``torchvision:<Weights enum>.<name>``; ``hf_hub:<repo id>``
+    (a timm model on the Hugging Face hub, e.g. the Zoobot encoders); ``file:<path>`` (a state
+    dict); ``pretrain:morphology`` / ``pretrain:clumpy`` (the workflow's own pretraining stages,
+    whose output the workflow passes in as ``init_file``). ``base_init`` is what the clumpy
+    classifier of ``pretrain:clumpy`` starts from.
+    """
 
     arch: str
     init: str = "scratch"
     trainable_layers: int = 5
     fpn_channels: int = 64
     normalization: str = "imagenet"  # or "unit": inputs in [0, 1] with no mean/std
+    base_init: str | None = None
+    init_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"backbone arch {self.arch!r} is not one of {', '.join(ARCHITECTURES)}")
-        if self.init.startswith("torchvision:"):
-            name = self.init.split(":", 1)[1]
-            try:
-                weights = get_weight(name)
-            except (ValueError, KeyError, AttributeError):
-                raise ValueError(f"backbone init {self.init!r}: torchvision has no weights {name!r}") from None
-            if weights not in list(get_model_weights(self.arch)):
-                raise ValueError(f"backbone init {self.init!r}: {name} are not weights of {self.arch}")
-        elif self.init != "scratch":
+        name = timm_name(self.arch)
+        if name is None and self.arch not in ARCHITECTURES:
             raise ValueError(
-                f"backbone init {self.init!r} is not supported yet; use 'scratch' or 'torchvision:<weights>'"
+                f"backbone arch {self.arch!r} is not one of {', '.join(ARCHITECTURES)} or 'timm:<model name>'"
             )
+        if name is not None:
+            import timm
+
+            if not timm.is_model(name):
+                raise ValueError(f"backbone arch {self.arch!r}: timm has no model {name!r}")
+        check_init(self.init, self.arch)
+        if self.init == "pretrain:clumpy":
+            if not self.base_init:
+                raise ValueError("backbone init 'pretrain:clumpy' needs base_init (what the classifier starts from)")
+            if self.base_init == "pretrain:clumpy":
+                raise ValueError("backbone base_init cannot itself be 'pretrain:clumpy'")
+            check_init(self.base_init, self.arch)
+        if not 0 <= self.trainable_layers <= 5:
+            raise ValueError(f"backbone trainable_layers must be in 0..5, got {self.trainable_layers}")
         if self.normalization not in ("imagenet", "unit"):
             raise ValueError(f"backbone normalization {self.normalization!r} is not 'imagenet' or 'unit'")
+
+
+def check_init(init: str, arch: str) -> None:
+    """A clear error for an initialisation that cannot apply to ``arch``."""
+    kind, _, value = init.partition(":")
+    if kind not in INIT_KINDS or (kind == "scratch") != (value == ""):
+        raise ValueError(
+            f"backbone init {init!r} is not 'scratch', 'torchvision:<weights>', 'hf_hub:<repo>', 'file:<path>' "
+            f"or 'pretrain:{{{','.join(PRETRAIN_TASKS)}}}'"
+        )
+    if kind == "torchvision":
+        if timm_name(arch):
+            raise ValueError(f"backbone init {init!r}: torchvision weights need a torchvision arch, not {arch!r}")
+        try:
+            weights = get_weight(value)
+        except (ValueError, KeyError, AttributeError):
+            raise ValueError(f"backbone init {init!r}: torchvision has no weights {value!r}") from None
+        if weights not in list(get_model_weights(arch)):
+            raise ValueError(f"backbone init {init!r}: {value} are not weights of {arch}")
+    elif kind == "hf_hub" and value.count("/") != 1:
+        raise ValueError(f"backbone init {init!r}: expected hf_hub:<owner>/<name>")
+    elif kind == "pretrain" and value not in PRETRAIN_TASKS:
+        raise ValueError(f"backbone init {init!r}: pretraining task must be one of {', '.join(PRETRAIN_TASKS)}")
+    elif kind == "hf_hub" and arch.startswith("mobilenet"):
+        raise ValueError(f"backbone init {init!r}: hub (timm) weights fit torchvision ResNets or 'timm:<name>' archs")
 
 
 @dataclass
@@ -95,31 +146,221 @@ def _norm_layer(spec: BackboneSpec):
     return nn.BatchNorm2d if spec.init == "scratch" else FrozenBatchNorm2d
 
 
+# ----------------------------------------------------------------------------- weights on disk
 def torchvision_weights_path(spec: BackboneSpec) -> Path:
     """Where torchvision's loader caches the weights of a ``torchvision:`` init."""
     weights = get_weight(spec.init.split(":", 1)[1])
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
-def _load_pretrained(net: nn.Module, spec: BackboneSpec) -> None:
-    """Load a ``torchvision:`` init through torchvision's own loader (the torch hub cache under
-    $TORCH_HOME; downloaded when missing and the network is reachable)."""
+def hf_hub_cache_dir(repo: str) -> Path:
+    """The Hugging Face cache folder of a hub repository (``$HF_HOME/hub/models--owner--name``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+
+
+def init_file(spec: BackboneSpec) -> Path:
+    """The weights file of a ``file:`` or ``pretrain:`` init."""
+    kind, _, value = spec.init.partition(":")
+    if kind == "file":
+        return Path(value)
+    if kind == "pretrain":
+        if not spec.init_file:
+            raise ValueError(f"backbone init {spec.init!r}: the workflow did not pass the pretrained encoder file")
+        return Path(spec.init_file)
+    raise ValueError(f"backbone init {spec.init!r} has no weights file of its own")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` or ``torch.save`` file (plain, or under 'state_dict'
+    / 'model' as training checkpoints store it); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"backbone weights file {path} cannot be read: {err}") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"backbone weights file {path} is not a state dict of tensors")
+    return state
+
+
+def _hub_error(repo: str, err: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"backbone init 'hf_hub:{repo}': config.json and model.safetensors are not in the Hugging Face cache "
+        f"{hf_hub_cache_dir(repo)} and could not be downloaded ({type(err).__name__}: {err}). Run the fetch_weights "
+        "rule where there is network (it is a localrule), or copy a filled cache there / set HF_HOME to one"
+    )
+
+
+def _hub_architecture(repo: str) -> str:
+    """The timm architecture named by a hub repository's config.json (from the cache or the hub)."""
+    from timm.models import load_model_config_from_hf
+
+    try:
+        _, model_name, _ = load_model_config_from_hf(repo)
+    except Exception as err:
+        raise _hub_error(repo, err) from None
+    return model_name
+
+
+def fetch_weights(spec: BackboneSpec) -> dict[str, Any]:
+    """Download a hub init into its library's cache (a no-op when cached) and describe the file;
+    fails with an error naming the file and where to put it when it cannot be fetched."""
+    kind, _, value = spec.init.partition(":")
+    if kind == "torchvision":
+        state_path = torchvision_weights_path(spec)
+        _torchvision_state(spec)
+    elif kind == "hf_hub":
+        from huggingface_hub import try_to_load_from_cache
+        from timm.models import load_state_dict_from_hf
+
+        arch = _hub_architecture(value)
+        try:
+            load_state_dict_from_hf(value)
+        except Exception as err:
+            raise _hub_error(value, err) from None
+        cached = try_to_load_from_cache(value, "model.safetensors") or try_to_load_from_cache(value, "pytorch_model.bin")
+        state_path = Path(cached) if isinstance(cached, str) else hf_hub_cache_dir(value)
+        name = timm_name(spec.arch)
+        if name is not None and name != arch:
+            raise ValueError(f"backbone init {spec.init!r} holds a timm {arch!r}, but the backbone arch is {spec.arch!r}")
+    else:
+        raise ValueError(f"backbone init {spec.init!r} is not fetched from a hub")
+    return {"init": spec.init, "path": str(state_path), "bytes": state_path.stat().st_size if state_path.is_file() else None}
+
+
+def _torchvision_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
     weights = get_weight(spec.init.split(":", 1)[1])
     try:
-        state = weights.get_state_dict(progress=False)
+        return weights.get_state_dict(progress=False)
     except (urllib.error.URLError, OSError) as err:
         raise FileNotFoundError(
             f"backbone init {spec.init!r}: weights file {torchvision_weights_path(spec)} is not cached and could "
-            f"not be downloaded from {weights.url} ({err}); download it where there is network and copy it there "
-            "(or set TORCH_HOME to a cache that has it)"
+            f"not be downloaded from {weights.url} ({err}); run the fetch_weights rule where there is network, or "
+            "download it and copy it there (or set TORCH_HOME to a cache that has it)"
         ) from None
-    net.load_state_dict(state)
+
+
+def init_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """The initial weights of a torchvision-architecture backbone, through each source's real
+    loader: torchvision's weights cache, timm's Hugging Face hub loader, or a file."""
+    kind, _, value = spec.init.partition(":")
+    if kind == "torchvision":
+        return _torchvision_state(spec)
+    if kind == "hf_hub":
+        import timm
+
+        _hub_architecture(value)  # a clear error when the hub files are missing
+        try:
+            model = timm.create_model(f"hf-hub:{value}", pretrained=True, num_classes=0,
+                                      pretrained_cfg_overlay={"num_classes": 0})
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise _hub_error(value, err) from None
+        return model.state_dict()
+    if kind in ("file", "pretrain"):
+        return read_state_dict(init_file(spec))
+    raise ValueError(f"backbone init {spec.init!r} has no weights")
+
+
+def _load_into(net: nn.Module, spec: BackboneSpec) -> None:
+    """Copy the init's tensors into ``net``; every parameter and buffer of the network except its
+    classifier must be present, and nothing else (classifier keys are ignored)."""
+    state = {k: v for k, v in init_state_dict(spec).items() if not k.startswith(_HEADS)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(_HEADS)]
+    if missing or unexpected:
+        raise ValueError(
+            f"backbone init {spec.init!r} does not fit arch {spec.arch!r}: {len(missing)} missing keys "
+            f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}"
+        )
+
+
+# ----------------------------------------------------------------------------- networks
+def _torchvision_net(spec: BackboneSpec, pretrained: bool) -> nn.Module:
+    builder = _RESNETS.get(spec.arch) or _MOBILENETS[spec.arch]
+    net = builder(weights=None, norm_layer=_norm_layer(spec))
+    if pretrained and spec.init != "scratch":
+        _load_into(net, spec)
+    return net
+
+
+def _timm_kwargs(spec: BackboneSpec, pretrained: bool) -> tuple[str, dict[str, Any]]:
+    """Model name and create_model arguments that load the init through timm's own loaders
+    (hub cache, or ``pretrained_cfg_overlay=dict(file=...)``), strictly, without a classifier."""
+    name = timm_name(spec.arch)
+    kind, _, value = spec.init.partition(":")
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if not pretrained or kind == "scratch":
+        return name, kwargs
+    if kind == "torchvision":
+        raise ValueError(f"backbone init {spec.init!r} does not apply to {spec.arch!r}")
+    overlay: dict[str, Any] = {"num_classes": 0}
+    if kind == "hf_hub":
+        arch = _hub_architecture(value)
+        if arch != name:
+            raise ValueError(f"backbone init {spec.init!r} holds a timm {arch!r}, but the backbone arch is {spec.arch!r}")
+        name = f"hf-hub:{value}"
+    else:
+        path = init_file(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone init {spec.init!r}: weights file {path} does not exist")
+        overlay["file"] = str(path)
+    kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay, pretrained_strict=True)
+    return name, kwargs
+
+
+def _timm_create(name: str, kwargs: dict[str, Any], spec: BackboneSpec) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as err:  # strict loading: the file does not fit the architecture
+        raise ValueError(f"backbone init {spec.init!r} does not fit arch {spec.arch!r}: {err}") from err
+    except OSError as err:
+        raise _hub_error(spec.init.partition(":")[2], err) from None
+
+
+def _freeze_bn(net: nn.Module, spec: BackboneSpec) -> nn.Module:
+    if spec.init == "scratch":
+        return net
+    from timm.layers import freeze_batch_norm_2d
+
+    return freeze_batch_norm_2d(net)
+
+
+def build_encoder(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, int]:
+    """The backbone as an image encoder (pooled feature vector), for the pretraining stages; its
+    ``state_dict()`` is an encoder file that ``file:`` / ``pretrain:`` inits of the same arch load."""
+    name = timm_name(spec.arch)
+    if name is not None:
+        model_name, kwargs = _timm_kwargs(spec, pretrained)
+        net = _freeze_bn(_timm_create(model_name, kwargs, spec), spec)
+        return net, net.num_features
+    net = _torchvision_net(spec, pretrained)
+    if spec.arch in _RESNETS:
+        n = net.fc.in_features
+        net.fc = nn.Identity()
+    else:
+        n = net.classifier[0].in_features
+        net.classifier = nn.Identity()
+    return net, n
 
 
 def _resnet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
-    net = _RESNETS[spec.arch](weights=None, norm_layer=_norm_layer(spec))
-    if pretrained and spec.init != "scratch":
-        _load_pretrained(net, spec)
+    net = _torchvision_net(spec, pretrained)
     _freeze(net, ["layer4", "layer3", "layer2", "layer1", "conv1"], spec.trainable_layers)
     # keep layer1..layer4 (strides 4..32): the stride-4 level is the one that sees the clumps
     return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
@@ -128,10 +369,7 @@ def _resnet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module
 
 
 def _mobilenet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
-    net = _MOBILENETS[spec.arch](weights=None, norm_layer=_norm_layer(spec))
-    if pretrained and spec.init != "scratch":
-        _load_pretrained(net, spec)
-    features = net.features
+    features = _torchvision_net(spec, pretrained).features
     # last block of each resolution, i.e. strides 4, 8, 16, 32
     probe = torch.zeros(1, 3, 64, 64)
     last_of_stride: dict[int, tuple[int, int]] = {}
@@ -150,6 +388,41 @@ def _mobilenet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Mod
     return features, return_layers, [ch for _, ch in chosen]
 
 
+class _TimmFPN(nn.Module):
+    """A timm ``features_only`` model (stride 4-32 maps) + torchvision's FPN, with the
+    ``out_channels`` attribute FasterRCNN expects."""
+
+    def __init__(self, body: nn.Module, out_channels: int):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
+
+
+def _timm_backbone(spec: BackboneSpec, pretrained: bool) -> _TimmFPN:
+    import timm
+
+    name = timm_name(spec.arch)
+    reductions = timm.create_model(name, features_only=True, pretrained=False).feature_info.reduction()
+    if not all(r in reductions for r in (4, 8, 16, 32)):
+        raise ValueError(f"backbone arch {spec.arch!r} has no stride 4/8/16/32 feature maps ({reductions})")
+    out_indices = tuple(reductions.index(r) for r in (4, 8, 16, 32))
+    model_name, kwargs = _timm_kwargs(spec, pretrained)
+    net = _freeze_bn(_timm_create(model_name, dict(kwargs, features_only=True, out_indices=out_indices), spec), spec)
+    # five groups from the input: the stem, then the four stages; the last `trainable_layers` train
+    children = [n for n, _ in net.named_children()]
+    ends = [children.index(m.replace(".", "_")) for m in net.feature_info.module_name()]
+    bounds = [0, ends[0]] + [e + 1 for e in ends]
+    modules = dict(net.named_children())
+    for group in range(5 - spec.trainable_layers):
+        for child in children[bounds[group] : bounds[group + 1]]:
+            modules[child].requires_grad_(False)
+    return _TimmFPN(net, spec.fpn_channels)
+
+
 def _freeze(net: nn.Module, order: list[str], trainable: int) -> None:
     if not 0 <= trainable <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable}")
@@ -159,9 +432,11 @@ def _freeze(net: nn.Module, order: list[str], trainable: int) -> None:
             param.requires_grad_(False)
 
 
-def build_backbone(spec: BackboneSpec, pretrained: bool = True) -> BackboneWithFPN:
+def build_backbone(spec: BackboneSpec, pretrained: bool = True) -> nn.Module:
     """Backbone + FPN; ``pretrained=False`` skips loading the init's weights (when a trained
     detector's weights are loaded on top anyway)."""
+    if timm_name(spec.arch):
+        return _timm_backbone(spec, pretrained)
     if spec.arch in _RESNETS:
         body, return_layers, in_channels = _resnet_body(spec, pretrained)
     else:

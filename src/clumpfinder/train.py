@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clumpfinder.detector import CLASSES, BackboneSpec, DetectorSpec, build_detector
+from clumpfinder.detector import CLASSES, BackboneSpec, DetectorSpec, build_detector, init_file, init_kind
 from clumpfinder.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,12 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def job_fingerprint(coco: dict[str, Any], backbone: BackboneSpec, detector: DetectorSpec, spec: TrainSpec) -> str:
-    """What a checkpoint must match to be resumed: settings and the training images and boxes."""
-    key = {"backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec),
+    """What a checkpoint must match to be resumed: settings, the init's weights file and the training
+    images and boxes."""
+    weights = None
+    if init_kind(backbone.init) in ("file", "pretrain"):  # a re-made encoder must not resume old runs
+        weights = hashlib.sha256(init_file(backbone).read_bytes()).hexdigest()
+    key = {"backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec), "weights": weights,
            "images": [im["file_name"] for im in coco["images"]],
            "annotations": [(a["image_id"], a["bbox"], a["category_id"]) for a in coco["annotations"]]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,205 @@
+"""Backbone initialisations through their real loaders: the Hugging Face hub cache read by timm
+(offline), state-dict files (torch and safetensors, torchvision and timm archs, timm's overlay
+file), and the encoders written by the pretraining stage. Each test checks that the tensors
+arrive in the detector's backbone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector, build_encoder, read_state_dict
+from conftest import REPO
+
+DET = DetectorSpec(image_size=64)
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _distinctive(state: dict[str, torch.Tensor], seed: int = 5) -> dict[str, torch.Tensor]:
+    """Random values everywhere (BatchNorm statistics included), so loaded tensors are recognisable."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        if not v.is_floating_point():
+            out[k] = v.clone()
+        elif k.endswith("running_var"):
+            out[k] = torch.rand(v.shape, generator=g) + 0.5
+        else:
+            out[k] = torch.randn(v.shape, generator=g) * 0.05
+    return out
+
+
+def _timm_state(name: str) -> dict[str, torch.Tensor]:
+    import timm
+
+    return _distinctive(timm.create_model(name, num_classes=0).state_dict())
+
+
+def _assert_arrived(body_state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], rename=lambda k: k,
+                    minimum: int = 50) -> None:
+    n = 0
+    for name, tensor in body_state.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(tensor, reference[rename(name)]), name
+        n += 1
+    assert n >= minimum, n
+
+
+def write_hub_cache(hf_home, repo: str, architecture: str, state: dict[str, torch.Tensor]) -> None:
+    """A Hugging Face cache entry exactly as huggingface_hub lays it out: refs/main names the
+    snapshot, the snapshot holds config.json (timm's format) and model.safetensors."""
+    from safetensors.torch import save_file
+
+    root = hf_home / "hub" / ("models--" + repo.replace("/", "--"))
+    snap = root / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(COMMIT)
+    (snap / "config.json").write_text(json.dumps({
+        "architecture": architecture, "num_classes": 0, "num_features": 512,
+        "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                           "num_classes": 0, "first_conv": "conv1", "classifier": "fc"},
+    }))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snap / "model.safetensors"))
+
+
+def run_offline(hf_home, code: str) -> subprocess.CompletedProcess:
+    """huggingface_hub reads HF_HOME and HF_HUB_OFFLINE when imported: a fresh interpreter."""
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "timm:resnet18"])
+def test_hf_hub_init_loads_the_cached_zoobot_encoder(tmp_path, arch):
+    """A Zoobot-style encoder in the hub cache reaches the detector body offline: copied into a
+    torchvision ResNet (Popp's route) or loaded by timm itself for a timm arch; fetch_weights
+    finds it in the cache without the network."""
+    repo = "mwalmsley/zoobot-encoder-resnet18"
+    state = _timm_state("resnet18")
+    torch.save(state, tmp_path / "reference.pt")
+    write_hub_cache(tmp_path / "hf", repo, "resnet18", state)
+    proc = run_offline(tmp_path / "hf", f"""
+        import torch
+        from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector, fetch_weights
+        spec = BackboneSpec(arch={arch!r}, init="hf_hub:{repo}", trainable_layers=3, normalization="unit")
+        record = fetch_weights(spec)
+        assert record["path"].endswith("model.safetensors") and record["bytes"] > 0, record
+        model = build_detector(spec, DetectorSpec(image_size=64))
+        ref = torch.load({str(tmp_path / "reference.pt")!r})
+        body = model.backbone.body
+        n = 0
+        for k, v in body.state_dict().items():
+            if k.endswith("num_batches_tracked"):
+                continue
+            assert torch.equal(v, ref[k]), k
+            n += 1
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+        print("LOADED", n)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split("LOADED")[1]) >= 100
+
+
+def test_hf_hub_init_offline_without_cache_names_the_files(tmp_path):
+    proc = run_offline(tmp_path / "empty", """
+        from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+        build_detector(BackboneSpec(arch="resnet50", init="hf_hub:mwalmsley/zoobot-encoder-resnet50"), DetectorSpec())
+    """)
+    assert proc.returncode != 0
+    assert "config.json and model.safetensors are not in the Hugging Face cache" in proc.stderr
+    assert "models--mwalmsley--zoobot-encoder-resnet50" in proc.stderr and "fetch_weights" in proc.stderr
+
+
+def test_hf_hub_architecture_mismatch_is_explained(tmp_path):
+    write_hub_cache(tmp_path / "hf", "me/enc", "resnet18", _timm_state("resnet18"))
+    proc = run_offline(tmp_path / "hf", """
+        from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+        build_detector(BackboneSpec(arch="timm:resnet34", init="hf_hub:me/enc"), DetectorSpec())
+    """)
+    assert proc.returncode != 0 and "holds a timm 'resnet18', but the backbone arch is 'timm:resnet34'" in proc.stderr
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_file_init_torchvision_arch(tmp_path, suffix):
+    from torchvision.models import resnet18
+
+    state = _distinctive(resnet18().state_dict())
+    path = tmp_path / f"enc{suffix}"
+    if suffix == ".pt":
+        torch.save({"state_dict": state, "epoch": 3}, path)  # a training checkpoint's layout
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    model = build_detector(BackboneSpec(arch="resnet18", init=f"file:{path}", trainable_layers=0), DET)
+    _assert_arrived(model.backbone.body.state_dict(), state)
+    assert not any(p.requires_grad for p in model.backbone.body.parameters())
+
+
+def test_file_init_timm_arch_goes_through_timm_overlay(tmp_path):
+    state = _timm_state("resnet18")
+    path = tmp_path / "enc.pth"
+    torch.save(state, path)
+    model = build_detector(BackboneSpec(arch="timm:resnet18", init=f"file:{path}"), DET)
+    _assert_arrived(model.backbone.body.state_dict(), state)
+
+
+def test_file_init_that_does_not_fit_is_an_error(tmp_path):
+    from torchvision.models import resnet34
+
+    path = tmp_path / "r34.pt"
+    torch.save(resnet34().state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not fit arch 'resnet18'"):
+        build_detector(BackboneSpec(arch="resnet18", init=f"file:{path}"), DET)
+    with pytest.raises(ValueError, match=r"does not fit arch 'timm:resnet18'"):
+        build_detector(BackboneSpec(arch="timm:resnet18", init=f"file:{path}"), DET)
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        build_detector(BackboneSpec(arch="resnet18", init=f"file:{tmp_path / 'missing.pt'}"), DET)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt cannot be read"):
+        read_state_dict(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_large", "timm:resnet18"])
+def test_pretrained_encoder_round_trip(tmp_path, arch):
+    """An encoder saved by the pretraining stage is what pretrain:* inits load, BatchNorm
+    statistics included (they are frozen in the detector)."""
+    from clumpfinder.pretrain import save_encoder
+
+    encoder, _ = build_encoder(BackboneSpec(arch=arch))
+    encoder.load_state_dict(_distinctive(encoder.state_dict()))
+    path = tmp_path / "encoder.pt"
+    save_encoder(encoder, path)
+    saved = read_state_dict(path)
+    spec = BackboneSpec(arch=arch, init="pretrain:morphology", init_file=str(path), normalization="unit")
+    body = build_detector(spec, DET).backbone.body
+    rename = (lambda k: "features." + k) if arch.startswith("mobilenet") else (lambda k: k)
+    _assert_arrived(body.state_dict(), saved, rename, minimum=30)
+
+
+def test_bad_init_specs():
+    with pytest.raises(ValueError, match="needs base_init"):
+        BackboneSpec(arch="resnet18", init="pretrain:clumpy")
+    with pytest.raises(ValueError, match="pretraining task must be one of"):
+        BackboneSpec(arch="resnet18", init="pretrain:colour")
+    with pytest.raises(ValueError, match="timm has no model 'nope'"):
+        BackboneSpec(arch="timm:nope")
+    with pytest.raises(ValueError, match="torchvision weights need a torchvision arch"):
+        BackboneSpec(arch="timm:resnet18", init="torchvision:ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(ValueError, match="did not pass the pretrained encoder file"):
+        build_detector(BackboneSpec(arch="resnet18", init="pretrain:morphology"), DET)
+
+
+def test_timm_arch_trainable_layers():
+    body = build_detector(BackboneSpec(arch="timm:resnet18", trainable_layers=2), DET).backbone.body
+    assert not any(p.requires_grad for p in body.layer2.parameters())
+    assert all(p.requires_grad for p in body.layer3.parameters())
+    assert not any(p.requires_grad for p in body.conv1.parameters())

@@ -1,0 +1,256 @@
+"""Galaxy pretraining of a detector backbone: the workflow's own, small Zoobot.
+
+The backbone network is trained as an image encoder that predicts volunteers' answers to a tree
+of questions (:mod:`clumpfinder.morphology`: ``pretrain:morphology``) or whether a galaxy has
+clumps (the consensus SWAP posterior: ``pretrain:clumpy``, Popp et al.'s fifth arm). Each question
+is a softmax over its answers trained on the vote fractions (cross-entropy, questions nobody
+answered are skipped), as Zoobot does with counts.
+
+Rotation invariance follows Dieleman et al. (2015): one encoder with shared weights looks at
+several rotated / flipped views of the galaxy and the head sees the mean of their feature
+vectors. With all eight elements of the dihedral group D4 (90-degree rotations x flip) the
+prediction is exactly invariant to them; that is how validation predicts. Training averages over
+``views`` distinct elements drawn at random per batch, a Monte Carlo estimate of the group mean
+that costs ``views`` forward passes instead of eight. The encoder's weights become the
+detector's backbone, and the detector is then trained with random dihedral augmentation, so its
+feature maps see galaxies in every orientation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from clumpfinder.detector import BackboneSpec, build_encoder
+from clumpfinder.io import atomic_path
+from clumpfinder.train import load_images, lr_at, pick_device
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Settings of one pretraining task (``pretrain.morphology`` or ``pretrain.clumpy``)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    views: int
+    validation_fraction: float
+    seed: int
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.views <= 8:
+            raise ValueError(f"pretrain views must be 1..8 (elements of the dihedral group), got {self.views}")
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "PretrainSpec":
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+
+def dihedral_view(x: torch.Tensor, element: int) -> torch.Tensor:
+    """Element 0..7 of D4 applied to a batch (B, C, H, W): rotation by (element % 4) x 90 degrees,
+    preceded by a left-right flip for elements 4..7."""
+    if element >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, element % 4, dims=(-2, -1))
+
+
+class GroupPooledClassifier(nn.Module):
+    """Shared encoder over dihedral views, mean of the features, one linear head."""
+
+    def __init__(self, encoder: nn.Module, n_features: int, n_outputs: int, normalization: str):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(n_features, n_outputs)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalization == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, elements: list[int] | None = None) -> torch.Tensor:
+        """Logits for a batch of images in [0, 1]; ``elements`` defaults to the whole group."""
+        elements = list(range(8)) if elements is None else elements
+        x = (x - self.mean) / self.std
+        views = torch.cat([dihedral_view(x, g) for g in elements])
+        features = self.encoder(views).view(len(elements), x.shape[0], -1).mean(0)
+        return self.head(features)
+
+
+def question_slices(questions: dict[str, tuple[tuple[str, ...], Any]]) -> list[tuple[str, slice]]:
+    out, start = [], 0
+    for q, (answers, _) in questions.items():
+        out.append((q, slice(start, start + len(answers))))
+        start += len(answers)
+    return out
+
+
+def vote_loss(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple[str, slice]]) -> torch.Tensor:
+    """Mean over galaxies of the summed per-question cross-entropy against the vote fractions."""
+    total = logits.new_zeros(())
+    for _, s in slices:
+        c = counts[:, s]
+        n = c.sum(1, keepdim=True)
+        answered = n[:, 0] > 0
+        if answered.any():
+            frac = c[answered] / n[answered]
+            total = total - (frac * torch.log_softmax(logits[answered, s], dim=1)).sum()
+    return total / logits.shape[0]
+
+
+def _predict(model: GroupPooledClassifier, images: list[torch.Tensor], device: torch.device,
+             batch: int = 64) -> torch.Tensor:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for b0 in range(0, len(images), batch):
+            x = torch.stack(images[b0 : b0 + batch]).to(device, torch.float32) / 255.0
+            out.append(model(x).cpu())
+    model.train()
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple[str, slice]]) -> dict[str, float]:
+    """Per question, RMSE between predicted answer probabilities and observed vote fractions
+    (galaxies where someone answered)."""
+    out = {}
+    for q, s in slices:
+        c = counts[:, s]
+        n = c.sum(1, keepdim=True)
+        ok = n[:, 0] > 0
+        if ok.any():
+            p = torch.softmax(logits[ok, s], dim=1)
+            out[q] = round(float(torch.sqrt(((p - c[ok] / n[ok]) ** 2).mean())), 4)
+    return out
+
+
+def pretrain_encoder(
+    images: list[torch.Tensor], counts: np.ndarray, questions: dict[str, tuple[tuple[str, ...], Any]],
+    backbone: BackboneSpec, spec: PretrainSpec, threads: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``backbone``'s network (from its own init) to predict the vote ``counts`` (one row
+    per image, one column per answer in ``questions`` order). Returns (encoder, metrics)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if len(images) != len(counts):
+        raise ValueError(f"{len(images)} images but {len(counts)} rows of votes")
+    torch.manual_seed(spec.seed)
+    rng = np.random.default_rng(spec.seed)
+    device = pick_device(spec.device)
+    slices = question_slices(questions)
+    n_out = slices[-1][1].stop
+    if counts.shape[1] != n_out:
+        raise ValueError(f"votes have {counts.shape[1]} columns but the questions have {n_out} answers")
+    order = rng.permutation(len(images))
+    n_val = int(round(spec.validation_fraction * len(images)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if len(train_idx) == 0:
+        raise ValueError("pretraining pool is empty")
+    encoder, n_features = build_encoder(backbone)
+    model = GroupPooledClassifier(encoder, n_features, n_out, backbone.normalization).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    targets = torch.as_tensor(counts, dtype=torch.float32)
+    bs = min(spec.batch_size, len(train_idx))
+    steps_per_epoch = math.ceil(len(train_idx) / bs)
+    total = spec.epochs * steps_per_epoch
+    log.info("pretraining %s (%s) on %d galaxies (%d held out), %d questions, %d views per step: %d steps of %d",
+             backbone.arch, backbone.init, len(train_idx), n_val, len(slices), spec.views, total, bs)
+    model.train()
+    history, step, t_start = [], 0, time.perf_counter()
+    for epoch in range(spec.epochs):
+        t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0
+        perm = train_idx[rng.permutation(len(train_idx))]
+        for b0 in range(0, len(perm), bs):
+            idx = perm[b0 : b0 + bs]
+            x = torch.stack([images[i] for i in idx]).to(device, torch.float32) / 255.0
+            elements = sorted(rng.choice(8, size=spec.views, replace=False).tolist())
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, spec.warmup_steps, spec.lr)
+            loss = vote_loss(model(x, elements), targets[idx].to(device), slices)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach())
+            n_batches += 1
+            step += 1
+        row = {"epoch": epoch, "steps": step, "loss": round(loss_sum / max(1, n_batches), 5),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        if n_val:
+            val_logits = _predict(model, [images[i] for i in val_idx], device)
+            row["val_loss"] = round(float(vote_loss(val_logits, targets[val_idx], slices)), 5)
+        history.append(row)
+        log.info("epoch %d/%d loss %.4f val %s %.1f s", epoch + 1, spec.epochs, row["loss"],
+                 row.get("val_loss"), row["seconds"])
+    seconds = time.perf_counter() - t_start
+    metrics: dict[str, Any] = {
+        "arch": backbone.arch, "init": backbone.init, "n_pool": len(images), "n_train": len(train_idx),
+        "n_val": n_val, "questions": {q: list(a) for q, (a, _) in questions.items()}, "steps": step,
+        "seconds": round(seconds, 2), "galaxies_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
+        "device": str(device), "history": history,
+    }
+    if n_val:
+        val_images = [images[i] for i in val_idx]
+        val_logits = _predict(model, val_images, device)
+        metrics["val_fraction_rmse"] = fraction_rmse(val_logits, targets[val_idx], slices)
+        # baseline: every galaxy gets the training pool's mean vote fractions
+        mean_logits = torch.log(targets[train_idx].sum(0, keepdim=True).clamp_min(1e-6)).expand(len(val_idx), -1)
+        metrics["val_fraction_rmse_mean_baseline"] = fraction_rmse(mean_logits, targets[val_idx], slices)
+        # exact invariance of the group-pooled prediction: predict on rotated / flipped inputs
+        rotated = [dihedral_view(im.unsqueeze(0), 5)[0] for im in val_images[:64]]
+        diff = (_predict(model, rotated, device) - val_logits[:64]).abs().max()
+        metrics["max_logit_change_under_d4"] = float(diff)
+    return model.encoder, metrics
+
+
+def save_encoder(encoder: nn.Module, path: str | Path) -> None:
+    """The encoder's state dict as a plain ``torch.save`` file, loadable by ``file:`` /
+    ``pretrain:`` inits (and by timm's ``pretrained_cfg_overlay=dict(file=...)`` for timm archs)."""
+    state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+CLUMPY_QUESTIONS: dict[str, tuple[tuple[str, ...], Any]] = {"clumpy": (("yes", "no"), None)}
+
+
+def pretraining_pool(manifest: pd.DataFrame, splits: pd.DataFrame, pool: list[str], labels: pd.DataFrame,
+                     columns: list[str], image_dir: str | Path) -> tuple[list[torch.Tensor], np.ndarray, dict[str, int]]:
+    """Images and label rows of the galaxies in the ``pool`` splits (never the test split) that
+    have labels; returns them with counts of what was used and skipped."""
+    if "test" in pool:
+        raise ValueError("the pretraining pool must not include the test split")
+    ids = splits.loc[splits["split"].isin(pool), "subject_id"]
+    labelled = labels.drop_duplicates("subject_id").set_index("subject_id")
+    have = ids[ids.isin(labelled.index)]
+    rows = manifest.set_index("subject_id").loc[have]
+    coco = {"images": [{"id": int(i), "file_name": r["png"], "height": int(r["height"]), "width": int(r["width"])}
+                       for i, r in rows.iterrows()]}
+    images = load_images(coco, image_dir)
+    counts = labelled.loc[have, columns].to_numpy(dtype=np.float64)
+    return images, counts, {"pool": int(len(ids)), "used": int(len(have)), "without_labels": int(len(ids) - len(have))}
+
+
+def clumpy_labels(subjects: pd.DataFrame) -> pd.DataFrame:
+    """Clumpy / not-clumpy soft labels from the consensus: the SWAP posterior of 'has clumps'."""
+    if "swap_prob" not in subjects.columns:
+        raise ValueError("consensus subjects table has no 'swap_prob' column")
+    p = subjects["swap_prob"].astype(float)
+    ok = p.notna()
+    return pd.DataFrame({"subject_id": subjects.loc[ok, "subject_id"], "clumpy_yes": p[ok], "clumpy_no": 1.0 - p[ok]})

@@ -1,0 +1,161 @@
+"""Galaxy-Zoo-style votes and the rotation-invariant pretraining stage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clumpfinder.detector import BackboneSpec
+from clumpfinder.morphology import QUESTIONS, VoteSpec, read_vote_catalogue, simulate_votes, vote_columns
+from clumpfinder.pretrain import (
+    CLUMPY_QUESTIONS,
+    GroupPooledClassifier,
+    PretrainSpec,
+    clumpy_labels,
+    dihedral_view,
+    pretrain_encoder,
+    pretraining_pool,
+    question_slices,
+    vote_loss,
+)
+
+SPEC = VoteSpec(seed=3, votes_per_galaxy=40, min_votes=10, random_answer_fraction=0.1, disagreement=0.5)
+
+
+@pytest.fixture(scope="module")
+def votes(tiny_survey):
+    return simulate_votes(tiny_survey["manifest"], tiny_survey["truth"], SPEC)
+
+
+def test_votes_follow_the_tree(votes, tiny_survey):
+    assert list(votes.columns) == ["subject_id"] + vote_columns()
+    assert len(votes) == len(tiny_survey["manifest"])
+    first = votes[["smooth_or_featured_smooth", "smooth_or_featured_featured"]].sum(axis=1)
+    assert (first >= SPEC.min_votes).all()
+    for q, (answers, parent) in QUESTIONS.items():
+        asked = votes[[f"{q}_{a}" for a in answers]].sum(axis=1)
+        expected = first if parent is None else votes[f"{parent[0]}_{parent[1]}"]
+        assert (asked == expected).all(), q
+
+
+def test_votes_carry_the_true_parameters():
+    """With many galaxies the vote fractions track the simulator's parameters."""
+    rng = np.random.default_rng(0)
+    n = 600
+    manifest = pd.DataFrame({"subject_id": np.arange(n), "bulge_to_total": rng.uniform(0, 0.4, n),
+                             "inclination_deg": rng.uniform(0, 70, n), "mag_r": rng.uniform(15, 17.7, n)})
+    has = rng.random(n) < 0.5
+    truth = pd.DataFrame({"subject_id": np.repeat(np.flatnonzero(has), 3), "kind": "clump",
+                          "flux_fraction_g": 0.1, "snr_g": 20.0})
+    v = simulate_votes(manifest, truth, SPEC)
+    edge = v["edge_on_yes"] / (v["edge_on_yes"] + v["edge_on_no"])
+    ok = edge.notna()
+    assert np.corrcoef(manifest["inclination_deg"][ok], edge[ok])[0, 1] > 0.6
+    clumpy = v["clumpy_yes"] / (v["clumpy_yes"] + v["clumpy_no"])
+    assert clumpy[has].mean() > clumpy[~has].mean() + 0.4
+    # nobody says "odd" much when there is nothing odd, but random answers exist
+    odd = v["odd_feature_yes"] / (v["odd_feature_yes"] + v["odd_feature_no"])
+    assert 0.03 < odd.mean() < 0.2
+
+
+def test_vote_catalogue_round_trip_and_errors(votes, tmp_path):
+    path = tmp_path / "votes.csv"
+    votes.to_csv(path, index=False)
+    table, questions = read_vote_catalogue(path)
+    assert list(questions) == list(QUESTIONS) and len(table) == len(votes)
+    # a catalogue with fewer questions is fine: the tree is cut where answers are missing
+    votes.drop(columns=[c for c in votes.columns if c.startswith("edge_on")]).to_csv(path, index=False)
+    _, questions = read_vote_catalogue(path)
+    assert "edge_on" not in questions and questions["bulge_size"][1] is None
+    bad = votes.copy()
+    bad = bad.drop(columns=["bulge_size_small"])
+    bad.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"question 'bulge_size' lacks column\(s\) \['bulge_size_small'\]"):
+        read_vote_catalogue(path)
+    bad = votes.copy().astype({"clumpy_yes": object})
+    bad.loc[4, "clumpy_yes"] = "many"
+    bad.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"column 'clumpy_yes' row 6 is not a non-negative count \('many'\)"):
+        read_vote_catalogue(path)
+    pd.concat([votes, votes.iloc[:1]]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=f"subject_id {votes.subject_id.iloc[0]} appears more than once"):
+        read_vote_catalogue(path)
+    votes[["subject_id"]].to_csv(path, index=False)
+    with pytest.raises(ValueError, match="none of the columns"):
+        read_vote_catalogue(path)
+
+
+def test_vote_loss_by_hand():
+    questions = {"a": (("x", "y"), None), "b": (("u", "v", "w"), None)}
+    slices = question_slices(questions)
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0, 0.0, 0.0], [1.0, 1.0, 5.0, 5.0, 5.0]])
+    counts = torch.tensor([[1.0, 3.0, 0.0, 0.0, 0.0], [2.0, 2.0, 3.0, 0.0, 0.0]])
+    # galaxy 0: question a only (b unanswered): -(0.25 log 0.25 + 0.75 log 0.75); galaxy 1: log 2 + log 3
+    expected = (-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) + math.log(2) + math.log(3)) / 2
+    assert float(vote_loss(logits, counts, slices)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_pooled_classifier_is_exactly_invariant():
+    from clumpfinder.detector import build_encoder
+
+    torch.manual_seed(0)
+    enc, nf = build_encoder(BackboneSpec("resnet18"))
+    model = GroupPooledClassifier(enc, nf, 4, "imagenet").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        for g in range(8):
+            assert torch.allclose(model(dihedral_view(x, g)), ref, atol=1e-5), g
+        # a single view is not invariant: the pooling is what makes it so
+        assert not torch.allclose(model(dihedral_view(x, 1), [0]), model(x, [0]), atol=1e-3)
+    # the eight views are the eight distinct elements of D4
+    img = torch.arange(16.0).view(1, 1, 4, 4)
+    assert len({tuple(dihedral_view(img, g).flatten().tolist()) for g in range(8)}) == 8
+
+
+def test_pool_never_includes_the_test_split(tiny_survey, votes):
+    manifest = tiny_survey["manifest"]
+    splits = pd.DataFrame({"subject_id": manifest["subject_id"],
+                           "split": np.where(np.arange(len(manifest)) % 5 == 0, "test", "train")})
+    labels = votes[votes["subject_id"] != manifest["subject_id"].iloc[1]]  # one galaxy without votes
+    images, counts, info = pretraining_pool(manifest, splits, ["train"], labels, vote_columns(),
+                                            tiny_survey["root"] / "png")
+    assert info == {"pool": 48, "used": 47, "without_labels": 1}
+    assert len(images) == len(counts) == 47 and counts.shape[1] == len(vote_columns())
+    with pytest.raises(ValueError, match="must not include the test split"):
+        pretraining_pool(manifest, splits, ["train", "test"], labels, vote_columns(), tiny_survey["root"] / "png")
+
+
+def test_pretraining_runs_and_reports(tiny_survey, votes):
+    manifest = tiny_survey["manifest"]
+    splits = pd.DataFrame({"subject_id": manifest["subject_id"], "split": "train"})
+    images, counts, _ = pretraining_pool(manifest, splits, ["train"], votes, vote_columns(),
+                                         tiny_survey["root"] / "png")
+    spec = PretrainSpec(epochs=2, batch_size=16, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=2,
+                        validation_fraction=0.2, seed=0)
+    encoder, metrics = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1)
+    assert metrics["n_train"] == 48 and metrics["n_val"] == 12 and metrics["steps"] == 6
+    assert set(metrics["val_fraction_rmse"]) <= set(QUESTIONS)
+    assert all(0 <= v <= 1 for v in metrics["val_fraction_rmse"].values())
+    assert metrics["max_logit_change_under_d4"] < 1e-4
+    assert all(math.isfinite(h["loss"]) for h in metrics["history"])
+    assert isinstance(encoder(torch.rand(1, 3, 64, 64)), torch.Tensor)
+
+
+def test_clumpy_labels_from_swap():
+    subjects = pd.DataFrame({"subject_id": [1, 2, 3], "swap_prob": [0.9, np.nan, 0.1]})
+    lab = clumpy_labels(subjects)
+    assert lab["subject_id"].tolist() == [1, 3] and lab["clumpy_no"].tolist() == pytest.approx([0.1, 0.9])
+    assert vote_columns(CLUMPY_QUESTIONS) == ["clumpy_yes", "clumpy_no"]
+    with pytest.raises(ValueError, match="no 'swap_prob' column"):
+        clumpy_labels(subjects.drop(columns="swap_prob"))
+
+
+def test_views_are_validated():
+    with pytest.raises(ValueError, match="views must be 1..8"):
+        PretrainSpec(epochs=1, batch_size=1, lr=1e-3, weight_decay=0, warmup_steps=0, views=9,
+                     validation_fraction=0, seed=0)

@@ -1,31 +1,117 @@
 # Configuration validation and helpers shared by all rules (no rules in this file).
 import copy
+import re
 
 from snakemake.utils import validate
 
 validate(config, schema="../config/schema.yaml")
 
 RESULTS = "results"
-BACKBONES = list(config["backbones"])
+BACKBONES = config["sweep"]["backbones"] or list(config["backbones"])
+for _name in BACKBONES:
+    if _name not in config["backbones"]:
+        raise ValueError(
+            f"sweep.backbones names {_name!r}, which is not an entry of backbones ({', '.join(config['backbones'])})"
+        )
 N_TRAIN = sorted(config["labels"]["n_train"])
+SEEDS = config["sweep"]["seeds"]
+
+
+def morphology_key(entry):
+    """Backbones of one arch and input normalisation share one morphology pretraining job."""
+    return f"{entry['arch'].replace(':', '-')}_{entry.get('normalization', 'imagenet')}"
+
+
+MORPHOLOGY_KEYS = {
+    morphology_key(b): b
+    for b in (config["backbones"][name] for name in BACKBONES)
+    if "pretrain:morphology" in (b["init"], b.get("base_init"))
+}
 
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
     n_train=r"\d+",
+    seed=r"\d+",
+    morphology="|".join(re.escape(k) for k in MORPHOLOGY_KEYS) or "(?!)",
+
+
+def init_weights(backbone, init):
+    """The file a backbone's initialisation reads (None for scratch): the fetch_weights record
+    of a hub init, the user's file, or a pretraining stage's encoder."""
+    entry = config["backbones"][backbone]
+    kind, _, value = init.partition(":")
+    if kind in ("torchvision", "hf_hub"):
+        return f"{RESULTS}/weights/{backbone}.json"
+    if kind == "file":
+        return value
+    if init == "pretrain:morphology":
+        return f"{RESULTS}/pretrain/morphology/{morphology_key(entry)}/encoder.pt"
+    if init == "pretrain:clumpy":
+        return f"{RESULTS}/pretrain/clumpy/{backbone}/encoder.pt"
+    return None
 
 
 def backbone_spec(backbone):
-    """The backbone entry without its training overrides."""
+    """The backbone entry without its training overrides, plus the encoder file of a pretrain init."""
     spec = dict(config["backbones"][backbone])
     spec.pop("training", None)
+    if spec["init"].startswith("pretrain:"):
+        spec["init_file"] = init_weights(backbone, spec["init"])
     return spec
 
 
-def training_spec(backbone):
-    """Global training settings updated with the backbone's own overrides."""
+def clumpy_base_spec(backbone):
+    """What the clumpy classifier of a 'pretrain:clumpy' backbone starts from."""
+    entry = config["backbones"][backbone]
+    base = entry.get("base_init", "scratch")
+    spec = {
+        "arch": entry["arch"],
+        "init": base,
+        "normalization": entry.get("normalization", "imagenet"),
+        "batchnorm": entry.get("batchnorm", "auto"),
+    }
+    if base.startswith("pretrain:"):
+        spec["init_file"] = init_weights(backbone, base)
+    return spec
+
+
+def init_input(wildcards):
+    """Input of the train rule: the init's weights, so a new encoder retrains."""
+    path = init_weights(
+        wildcards.backbone, config["backbones"][wildcards.backbone]["init"]
+    )
+    return {"init_weights": path} if path else {}
+
+
+def clumpy_base_input(wildcards):
+    base = config["backbones"][wildcards.backbone].get("base_init", "scratch")
+    path = init_weights(wildcards.backbone, base)
+    return {"init_weights": path} if path else {}
+
+
+def hub_backbones():
+    """Backbones whose init (or clumpy base) comes from a hub: fetch_weights targets."""
+    return [
+        b
+        for b in BACKBONES
+        if any(
+            str(config["backbones"][b].get(k, "")).split(":")[0]
+            in ("torchvision", "hf_hub")
+            for k in ("init", "base_init")
+        )
+    ]
+
+
+def votes_input(wildcards):
+    return config["pretrain"]["catalogue"] or f"{RESULTS}/survey/morphology_votes.csv"
+
+
+def training_spec(backbone, seed):
+    """Global training settings updated with the backbone's own overrides, and the job's seed."""
     spec = copy.deepcopy(config["training"])
     spec.update(config["backbones"][backbone].get("training", {}))
+    spec["seed"] = int(seed)
     return spec
 
 

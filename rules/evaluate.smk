@@ -8,12 +8,12 @@ rule evaluate:
         test=rules.split.output.test,
         images=rules.simulate_survey.output.png,
     output:
-        predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/predictions.json",
-        metrics=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/metrics.json",
+        predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/predictions.json",
+        metrics=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/metrics.json",
     log:
-        f"{RESULTS}/logs/evaluate/{{backbone}}_n{{n_train}}.log",
+        f"{RESULTS}/logs/evaluate/{{backbone}}_n{{n_train}}_seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{backbone}}_n{{n_train}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate/{{backbone}}_n{{n_train}}_seed{{seed}}.tsv"
     conda:
         "../envs/train.yaml"
     threads: config["threads"]["evaluate"]

@@ -4,14 +4,16 @@
 rule summary:
     input:
         metrics=expand(
-            f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/metrics.json",
+            f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/metrics.json",
             backbone=BACKBONES,
             n_train=N_TRAIN,
+            seed=SEEDS,
         ),
         train=expand(
-            f"{RESULTS}/models/{{backbone}}/n{{n_train}}/train_metrics.json",
+            f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/train_metrics.json",
             backbone=BACKBONES,
             n_train=N_TRAIN,
+            seed=SEEDS,
         ),
     output:
         table=f"{RESULTS}/summary.csv",
@@ -24,5 +26,6 @@ rule summary:
     params:
         backbones=BACKBONES,
         n_train=N_TRAIN,
+        seeds=SEEDS,
     script:
         "../scripts/summary.py"

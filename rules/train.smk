@@ -3,15 +3,16 @@
 
 rule train:
     input:
+        unpack(init_input),
         labels=f"{RESULTS}/labels/train_n{{n_train}}.json",
         images=rules.simulate_survey.output.png,
     output:
-        model=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/model.pt",
-        metrics=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/train_metrics.json",
+        model=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/model.pt",
+        metrics=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/train_metrics.json",
     log:
-        f"{RESULTS}/logs/train/{{backbone}}_n{{n_train}}.log",
+        f"{RESULTS}/logs/train/{{backbone}}_n{{n_train}}_seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{backbone}}_n{{n_train}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{backbone}}_n{{n_train}}_seed{{seed}}.tsv"
     conda:
         "../envs/train.yaml"
     threads: config["threads"]["train"]
@@ -21,7 +22,7 @@ rule train:
     params:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),
         detector=config["detector"],
-        training=lambda wildcards: training_spec(wildcards.backbone),
-        checkpoint=f"{RESULTS}/checkpoints/{{backbone}}/n{{n_train}}/last.pt",
+        training=lambda wildcards: training_spec(wildcards.backbone, wildcards.seed),
+        checkpoint=f"{RESULTS}/checkpoints/{{backbone}}/n{{n_train}}/seed{{seed}}/last.pt",
     script:
         "../scripts/train.py"

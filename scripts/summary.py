@@ -8,10 +8,11 @@ from clumpfinder.io import read_json, setup_logging, write_csv  # noqa: E402
 from clumpfinder.summary import plot_completeness_purity, summary_row, summary_table  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
-cells = [(b, n) for b in snakemake.params.backbones for n in snakemake.params.n_train]
-rows = [summary_row(b, n, read_json(m), read_json(t))
-        for (b, n), m, t in zip(cells, snakemake.input.metrics, snakemake.input.train)]
+p = snakemake.params
+cells = [(b, n, s) for b in p.backbones for n in p.n_train for s in p.seeds]  # expand()'s order
+rows = [summary_row(b, n, read_json(m), read_json(t), seed=s)
+        for (b, n, s), m, t in zip(cells, snakemake.input.metrics, snakemake.input.train)]
 table = summary_table(rows)
 write_csv(table, snakemake.output.table)
 plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf)
-log.info("\n%s", table[["backbone", "n_train", "consensus_completeness", "consensus_purity"]].to_string())
+log.info("\n%s", table[["backbone", "n_train", "seed", "consensus_completeness", "consensus_purity"]].to_string())

@@ -198,6 +198,23 @@ def test_bad_init_specs():
         build_detector(BackboneSpec(arch="resnet18", init="pretrain:morphology"), DET)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "timm:resnet18"])
+def test_trainable_batchnorm_keeps_the_loaded_statistics(tmp_path, arch):
+    from clumpfinder.pretrain import save_encoder
+
+    encoder, _ = build_encoder(BackboneSpec(arch=arch))
+    encoder.load_state_dict(_distinctive(encoder.state_dict()))
+    save_encoder(encoder, tmp_path / "e.pt")
+    spec = BackboneSpec(arch=arch, init=f"file:{tmp_path / 'e.pt'}", batchnorm="trainable", trainable_layers=3)
+    body = build_detector(spec, DET).backbone.body
+    bns = [m for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 20  # ResNet-18: every BatchNorm stays a BatchNorm
+    _assert_arrived(body.state_dict(), read_state_dict(tmp_path / "e.pt"))
+    assert not body.bn1.weight.requires_grad and body.layer4[0].bn1.weight.requires_grad
+    with pytest.raises(ValueError, match="batchnorm 'frozen' needs pretrained statistics"):
+        BackboneSpec(arch=arch, batchnorm="frozen")
+
+
 def test_timm_arch_trainable_layers():
     body = build_detector(BackboneSpec(arch="timm:resnet18", trainable_layers=2), DET).backbone.body
     assert not any(p.requires_grad for p in body.layer2.parameters())

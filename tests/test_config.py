@@ -60,3 +60,11 @@ def test_bad_values_are_named(default_config, schema, override, key):
     with pytest.raises(jsonschema.ValidationError) as err:
         jsonschema.validate(bad, schema)
     assert key in str(err.value)
+
+
+def test_paper_config_is_valid(default_config, schema):
+    paper = deep_update(default_config, yaml.safe_load((REPO / "config" / "paper.yaml").read_text()))
+    jsonschema.validate(paper, schema)
+    arms = {name: paper["backbones"][name] for name in paper["sweep"]["backbones"]}
+    assert len(arms) == 5 and all(b["arch"] == "resnet50" for b in arms.values())
+    assert sorted(b["trainable_layers"] for b in arms.values()) == [0, 0, 3, 3, 3]

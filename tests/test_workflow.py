@@ -55,7 +55,8 @@ def test_default_dry_run(tmp_path, default_config):
     n_b, n_n = len(default_config["backbones"]), len(default_config["labels"]["n_train"])
     assert n_b >= 2 and n_n >= 3
     assert jobs["train"] == n_b * n_n and jobs["evaluate"] == n_b * n_n and jobs["subset"] == n_n
-    for rule in ("simulate_survey", "simulate_volunteers", "consensus", "split", "truth_labels", "summary", "all"):
+    for rule in ("simulate_survey", "simulate_volunteers", "simulate_morphology", "pretrain_morphology", "consensus",
+                 "split", "truth_labels", "summary", "all"):
         assert jobs[rule] == 1
 
 
@@ -67,6 +68,8 @@ def test_default_dry_run(tmp_path, default_config):
         ("backbones:\n  r18:\n    arch: resnet18\n", "'init' is a required property"),
         ("consensus:\n  method: kmeans\n", "kmeans"),
         ("consensus:\n  swap:\n    mode: guess\n", "guess"),
+        ("backbones:\n  r18:\n    arch: resnet18\n    init: 'hf_hub:zoobot'\n", "hf_hub:zoobot"),
+        ("pretrain:\n  pool: [train, test]\n", "test"),
     ],
 )
 def test_config_error_names_the_key(tmp_path, override, message):
@@ -113,9 +116,9 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
     assert not [p for p in res.rglob(".*") if p.name != ".snakemake_timestamp"]
     for b in tiny_config["backbones"]:
         for n in tiny_config["labels"]["n_train"]:
-            log = (res / "logs" / "train" / f"{b}_n{n}.log").read_text()
+            log = (res / "logs" / "train" / f"{b}_n{n}_seed0.log").read_text()
             assert re.search(r"epoch 1/\d+ step \d+ loss [\d.]+ .* s [\d.]+ img/s", log), log
-            assert (res / "models" / b / f"n{n}" / "model.pt").exists()
+            assert (res / "models" / b / f"n{n}" / "seed0" / "model.pt").exists()
             sub = json.loads((res / "labels" / f"train_n{n}.json").read_text())
             assert len(sub["images"]) == n
 
@@ -164,12 +167,17 @@ def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
     "override, expected",
     [
         # one backbone's learning rate: only its train/evaluate jobs and the summary
-        ("backbones:\n  mobilenet_scratch:\n    training: {lr: 0.0005}\n",
+        ("backbones:\n  resnet18_morphology:\n    training: {lr: 0.0005}\n",
          {"train": 2, "evaluate": 2, "summary": 1, "all": 1}),
+        # the morphology pretraining: its encoder, the clumpy classifier built on it, their detectors
+        ("pretrain:\n  morphology: {epochs: 2}\n",
+         {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 4, "evaluate": 4, "summary": 1, "all": 1}),
+        # a second training seed: one more train/evaluate job per cell, the same labels
+        ("sweep:\n  seeds: [0, 1]\n", {"train": 6, "evaluate": 6, "summary": 1, "all": 1}),
         # the consensus method: everything downstream of the consensus, nothing upstream
         ("consensus:\n  method: dbscan\n",
-         {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "train": 4, "evaluate": 4, "summary": 1,
-          "all": 1}),
+         {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_morphology": 1,
+          "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "all": 1}),
     ],
 )
 def test_a_change_reruns_only_what_depends_on_it(tiny_run, tmp_path, override, expected):
@@ -177,3 +185,30 @@ def test_a_change_reruns_only_what_depends_on_it(tiny_run, tmp_path, override, e
     cfg.write_text(override)
     proc = smk("-n", "--cores", "2", "--configfile", str(TEST_CONFIG), str(cfg), cwd=tiny_run["dir"])
     assert _jobs(proc.stdout + proc.stderr) == expected
+
+
+def test_paper_config_dry_run(tmp_path):
+    """config/paper.yaml: Popp's five ResNet-50 arms x six sizes; hub weights fetched by a
+    localrule, the clumpy arm pretrained once."""
+    proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
+    jobs = _jobs(proc.stdout + proc.stderr)
+    assert jobs["fetch_weights"] == 5 and jobs["pretrain_clumpy"] == 1 and "pretrain_morphology" not in jobs
+    assert jobs["train"] == jobs["evaluate"] == 30 and jobs["subset"] == 6
+
+
+def test_sweep_names_an_unknown_backbone(tmp_path):
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text("sweep:\n  backbones: [resnet18_scratch, nope]\n")
+    proc = smk("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "sweep.backbones names 'nope'" in proc.stdout + proc.stderr
+
+
+def test_tiny_run_pretraining_outputs(tiny_run):
+    res = tiny_run["dir"] / "results" / "pretrain"
+    morph = json.loads((res / "morphology" / "resnet18_unit" / "metrics.json").read_text())
+    assert morph["pool"]["used"] == morph["pool"]["pool"] > 0 and morph["max_logit_change_under_d4"] < 1e-4
+    clumpy = json.loads((res / "clumpy" / "resnet18_clumpy" / "metrics.json").read_text())
+    assert clumpy["init"] == "pretrain:morphology" and list(clumpy["questions"]) == ["clumpy"]
+    splits = pd.read_csv(tiny_run["dir"] / "results" / "labels" / "splits.csv")
+    assert clumpy["pool"]["pool"] == (splits["split"] == "train").sum()
+    assert morph["pool"]["pool"] == (splits["split"] != "test").sum()

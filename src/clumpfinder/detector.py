@@ -63,6 +63,7 @@ class BackboneSpec:
     trainable_layers: int = 5
     fpn_channels: int = 64
     normalization: str = "imagenet"  # or "unit": inputs in [0, 1] with no mean/std
+    batchnorm: str = "auto"  # "frozen", "trainable"; auto = trainable from scratch, frozen otherwise
     base_init: str | None = None
     init_file: str | None = None
 
@@ -86,6 +87,10 @@ class BackboneSpec:
             check_init(self.base_init, self.arch)
         if not 0 <= self.trainable_layers <= 5:
             raise ValueError(f"backbone trainable_layers must be in 0..5, got {self.trainable_layers}")
+        if self.batchnorm not in ("auto", "frozen", "trainable"):
+            raise ValueError(f"backbone batchnorm {self.batchnorm!r} is not 'auto', 'frozen' or 'trainable'")
+        if self.init == "scratch" and self.batchnorm == "frozen":
+            raise ValueError("backbone batchnorm 'frozen' needs pretrained statistics; init 'scratch' has none")
         if self.normalization not in ("imagenet", "unit"):
             raise ValueError(f"backbone normalization {self.normalization!r} is not 'imagenet' or 'unit'")
 
@@ -139,11 +144,17 @@ class DetectorSpec:
         return cls(**cfg)
 
 
+def frozen_bn(spec: BackboneSpec) -> bool:
+    """Trained from scratch the statistics must be learnt: ordinary BatchNorm. (Frozen BN with
+    identity statistics, torchvision's default for detection backbones, would leave the network
+    unnormalised.) Pretrained initialisations keep their statistics (FrozenBatchNorm2d, as
+    torchvision and Popp et al. do) unless ``batchnorm: trainable``: then the statistics adapt to
+    the detection images during training (the affine parameters of frozen stages stay frozen)."""
+    return spec.batchnorm == "frozen" or (spec.batchnorm == "auto" and spec.init != "scratch")
+
+
 def _norm_layer(spec: BackboneSpec):
-    # Trained from scratch the statistics must be learnt: ordinary BatchNorm. (Frozen BN with
-    # identity statistics, torchvision's default for detection backbones, would leave the
-    # network unnormalised.) Pretrained initialisations keep their statistics: FrozenBatchNorm2d.
-    return nn.BatchNorm2d if spec.init == "scratch" else FrozenBatchNorm2d
+    return FrozenBatchNorm2d if frozen_bn(spec) else nn.BatchNorm2d
 
 
 # ----------------------------------------------------------------------------- weights on disk
@@ -280,7 +291,7 @@ def _load_into(net: nn.Module, spec: BackboneSpec) -> None:
     classifier must be present, and nothing else (classifier keys are ignored)."""
     state = {k: v for k, v in init_state_dict(spec).items() if not k.startswith(_HEADS)}
     missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(_HEADS)]
+    missing = [k for k in missing if not k.startswith(_HEADS) and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(
             f"backbone init {spec.init!r} does not fit arch {spec.arch!r}: {len(missing)} missing keys "
@@ -334,7 +345,7 @@ def _timm_create(name: str, kwargs: dict[str, Any], spec: BackboneSpec) -> nn.Mo
 
 
 def _freeze_bn(net: nn.Module, spec: BackboneSpec) -> nn.Module:
-    if spec.init == "scratch":
+    if not frozen_bn(spec):
         return net
     from timm.layers import freeze_batch_norm_2d
 

@@ -1,4 +1,4 @@
-"""Summary over the sweep: one table row per (backbone, n_train) and the headline figure."""
+"""Summary over the sweep: one table row per (backbone, n_train, seed) and the headline figure."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from clumpfinder.io import atomic_path  # noqa: E402
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
 
-def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any]) -> dict[str, Any]:
+def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any],
+                seed: int = 0) -> dict[str, Any]:
     """Flatten one evaluation (and its training record) into a table row."""
     row: dict[str, Any] = {"backbone": backbone, "arch": train["backbone"]["arch"],
-                           "init": train["backbone"]["init"], "n_train": n_train}
+                           "init": train["backbone"]["init"], "n_train": n_train, "seed": seed}
     for ref, m in metrics["references"].items():
         for k in ("AP", "AP50", "AP75", "AR"):
             row[f"{ref}_{k}"] = m[k]
@@ -40,21 +41,26 @@ def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dic
 
 
 def summary_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(list(rows)).sort_values(["backbone", "n_train"]).reset_index(drop=True)
+    return pd.DataFrame(list(rows)).sort_values(["backbone", "n_train", "seed"]).reset_index(drop=True)
 
 
 def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     """Completeness and purity vs training-set size, a line per backbone; solid against the
-    consensus labels, dashed against the simulated truth where present."""
+    consensus labels, dashed against the simulated truth where present. With several training
+    seeds the line is their mean and a shaded band spans their range."""
     refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, constrained_layout=True)
     for ax, measure in zip(axes, ("completeness", "purity")):
         for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
-            g = g.sort_values("n_train")
             for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
                 colour = PALETTE[k % len(PALETTE)]
-                ax.plot(g["n_train"], g[f"{ref}_{measure}"], style, marker=marker, color=colour,
-                        markerfacecolor=face or colour, label=f"{backbone} vs {ref}")
+                stats = g.groupby("n_train")[f"{ref}_{measure}"].agg(["mean", "min", "max", "count"])
+                n_seeds = int(stats["count"].max())
+                label = f"{backbone} vs {ref}" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else "")
+                ax.plot(stats.index, stats["mean"], style, marker=marker, color=colour,
+                        markerfacecolor=face or colour, label=label)
+                if n_seeds > 1:
+                    ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
         ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
         sizes = sorted(table["n_train"].unique())

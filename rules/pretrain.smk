@@ -1,0 +1,98 @@
+# Backbone initialisations: hub weights (fetch_weights), Galaxy-Zoo-style morphology votes and
+# the galaxy-pretraining stages (pretrain:morphology, pretrain:clumpy).
+
+
+localrules:
+    fetch_weights,
+
+
+rule fetch_weights:
+    output:
+        f"{RESULTS}/weights/{{backbone}}.json",
+    log:
+        f"{RESULTS}/logs/fetch_weights/{{backbone}}.log",
+    conda:
+        "../envs/train.yaml"
+    params:
+        backbone=lambda wildcards: backbone_spec(wildcards.backbone),
+    script:
+        "../scripts/fetch_weights.py"
+
+
+rule simulate_morphology:
+    input:
+        manifest=rules.simulate_survey.output.manifest,
+        truth=rules.simulate_survey.output.truth,
+    output:
+        f"{RESULTS}/survey/morphology_votes.csv",
+    log:
+        f"{RESULTS}/logs/simulate_morphology.log",
+    conda:
+        "../envs/simulate.yaml"
+    params:
+        spec=config["morphology"],
+    script:
+        "../scripts/simulate_morphology.py"
+
+
+rule pretrain_morphology:
+    input:
+        votes=votes_input,
+        manifest=rules.simulate_survey.output.manifest,
+        splits=rules.split.output.splits,
+        images=rules.simulate_survey.output.png,
+    output:
+        encoder=f"{RESULTS}/pretrain/morphology/{{morphology}}/encoder.pt",
+        metrics=f"{RESULTS}/pretrain/morphology/{{morphology}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/pretrain/morphology_{{morphology}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/morphology_{{morphology}}.tsv"
+    priority: 10  # on the critical path: the pretrained backbones wait for it
+    conda:
+        "../envs/train.yaml"
+    threads: config["threads"]["pretrain"]
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    params:
+        backbone=lambda wildcards: {
+            "arch": MORPHOLOGY_KEYS[wildcards.morphology]["arch"],
+            "init": "scratch",
+            "normalization": MORPHOLOGY_KEYS[wildcards.morphology].get(
+                "normalization", "imagenet"
+            ),
+        },
+        spec=config["pretrain"]["morphology"],
+        pool=config["pretrain"]["pool"],
+    script:
+        "../scripts/pretrain.py"
+
+
+rule pretrain_clumpy:
+    input:
+        unpack(clumpy_base_input),
+        votes=rules.consensus.output.subjects,
+        manifest=rules.simulate_survey.output.manifest,
+        splits=rules.split.output.splits,
+        images=rules.simulate_survey.output.png,
+    output:
+        encoder=f"{RESULTS}/pretrain/clumpy/{{backbone}}/encoder.pt",
+        metrics=f"{RESULTS}/pretrain/clumpy/{{backbone}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/pretrain/clumpy_{{backbone}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/clumpy_{{backbone}}.tsv"
+    priority: 10  # on the critical path: the pretrained backbones wait for it
+    conda:
+        "../envs/train.yaml"
+    threads: config["threads"]["pretrain"]
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    params:
+        backbone=lambda wildcards: clumpy_base_spec(wildcards.backbone),
+        spec=config["pretrain"]["clumpy"],
+        pool=["train"],
+    script:
+        "../scripts/pretrain.py"

@@ -1,0 +1,17 @@
+"""Galaxy-Zoo-style morphology vote counts for the simulated survey."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
+
+import pandas as pd  # noqa: E402
+
+from clumpfinder.io import setup_logging, write_csv  # noqa: E402
+from clumpfinder.morphology import VoteSpec, simulate_votes  # noqa: E402
+
+log = setup_logging(snakemake.log[0])
+votes = simulate_votes(pd.read_csv(snakemake.input.manifest), pd.read_csv(snakemake.input.truth),
+                       VoteSpec.from_config(snakemake.params.spec))
+write_csv(votes, snakemake.output[0], index=False)
+log.info("%d galaxies, %d votes on the first question", len(votes),
+         int(votes[["smooth_or_featured_smooth", "smooth_or_featured_featured"]].to_numpy().sum()))

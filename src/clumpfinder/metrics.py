@@ -1,0 +1,198 @@
+"""Completeness, purity, F1 and precision-recall from one pycocotools matching, with bootstrap
+confidence intervals over test images.
+
+pycocotools matches detections to ground truths greedily in order of decreasing score, so the
+matches of the detections above any score threshold are the same whatever lies below it. One
+``COCOeval.evaluate()`` per IoU set therefore gives, for every detection, whether it is a true
+positive, a false positive or ignored (matched to an ignored "crowd" box), and for every ground
+truth the score of the detection that found it. Every threshold, curve, per-image count and
+bootstrap resample is then array arithmetic on those records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+
+@dataclass
+class Matches:
+    """Per-detection and per-ground-truth match records at several IoU thresholds.
+
+    ``dets``: image_id, category_id, score, and for each IoU ``t`` the columns ``tp@t`` and
+    ``ignored@t`` (a detection that is neither is a false positive). ``gts``: image_id, ann_id,
+    category_id, ignored, extra annotation fields, and ``found_score@t`` (score of the detection
+    that matched it, NaN if none). ``image_ids``: every image of the dataset (for bootstrap).
+    """
+
+    ious: tuple[float, ...]
+    dets: pd.DataFrame
+    gts: pd.DataFrame
+    image_ids: np.ndarray
+
+
+def _coco(dataset: dict[str, Any]) -> COCO:
+    gt = COCO()
+    gt.dataset = copy.deepcopy(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def match(gt_dataset: dict[str, Any], results: list[dict[str, Any]], ious: Sequence[float] = (0.3, 0.5),
+          use_cats: bool = False, extra_fields: Sequence[str] = ()) -> Matches:
+    """Match ``results`` to ``gt_dataset`` with pycocotools at each IoU (one area range, no
+    truncation); ``use_cats=False`` merges the classes."""
+    ious = tuple(float(t) for t in ious)
+    gt = _coco(gt_dataset)
+    det_rows: list[dict[str, Any]] = []
+    found: dict[int, list[float]] = {}
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes(copy.deepcopy(results))
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.iouThrs = np.array(ious)
+        ev.params.areaRng = [[0.0, 1e10]]
+        ev.params.areaRngLbl = ["all"]
+        ev.params.maxDets = [max(1, len(results))]
+        ev.params.useCats = int(use_cats)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.evaluate()
+        for e in ev.evalImgs:
+            if e is None:
+                continue
+            dt_matches = np.asarray(e["dtMatches"]).reshape(len(ious), -1)
+            dt_ignore = np.asarray(e["dtIgnore"]).reshape(len(ious), -1).astype(bool)
+            for j, (dt_id, score) in enumerate(zip(e["dtIds"], e["dtScores"])):
+                row = {"image_id": e["image_id"], "category_id": dt.anns[dt_id]["category_id"], "score": score}
+                for k, t in enumerate(ious):
+                    row[f"tp@{t:g}"] = bool(dt_matches[k, j] > 0 and not dt_ignore[k, j])
+                    row[f"ignored@{t:g}"] = bool(dt_ignore[k, j])
+                det_rows.append(row)
+            gt_matches = np.asarray(e["gtMatches"]).reshape(len(ious), -1)
+            for j, gt_id in enumerate(e["gtIds"]):
+                scores = found.setdefault(gt_id, [math.nan] * len(ious))
+                for k in range(len(ious)):
+                    if gt_matches[k, j] > 0:
+                        scores[k] = dt.anns[int(gt_matches[k, j])]["score"]
+    det_cols = ["image_id", "category_id", "score"] + [f"{p}@{t:g}" for t in ious for p in ("tp", "ignored")]
+    dets = pd.DataFrame(det_rows, columns=det_cols).astype(
+        {"image_id": np.int64, "category_id": np.int64, "score": np.float64,
+         **{c: bool for c in det_cols[3:]}})  # typed even when there are no detections
+    gt_rows = []
+    for a in gt_dataset["annotations"]:
+        row = {"image_id": a["image_id"], "ann_id": a["id"], "category_id": a["category_id"],
+               "ignored": bool(a.get("iscrowd", 0))}
+        for f in extra_fields:
+            row[f] = a.get(f)
+        for k, t in enumerate(ious):
+            row[f"found_score@{t:g}"] = found.get(a["id"], [math.nan] * len(ious))[k]
+        gt_rows.append(row)
+    gts = pd.DataFrame(gt_rows, columns=["image_id", "ann_id", "category_id", "ignored", *extra_fields,
+                                         *[f"found_score@{t:g}" for t in ious]])
+    return Matches(ious, dets, gts, np.array([im["id"] for im in gt_dataset["images"]]))
+
+
+def _ratios(tp: float, fp: float, n_gt: float) -> dict[str, float]:
+    c = tp / n_gt if n_gt else math.nan
+    p = tp / (tp + fp) if tp + fp else math.nan
+    f1 = 2 * c * p / (c + p) if not (math.isnan(c) or math.isnan(p)) and c + p > 0 else (
+        0.0 if n_gt and not tp else math.nan)
+    return {"completeness": c, "purity": p, "f1": f1}
+
+
+def counts(m: Matches, iou: float, score: float, category_id: int | None = None) -> dict[str, Any]:
+    """TP, FP, ground truths and the ratios at one (IoU, score); optionally one category."""
+    d, g = m.dets, m.gts
+    if category_id is not None:
+        d, g = d[d["category_id"] == category_id], g[g["category_id"] == category_id]
+    keep = (d["score"] >= score) & ~d[f"ignored@{iou:g}"]
+    tp = int((keep & d[f"tp@{iou:g}"]).sum())
+    fp = int((keep & ~d[f"tp@{iou:g}"]).sum())
+    n_gt = int((~g["ignored"]).sum())
+    return {"iou": iou, "score": score, "tp": tp, "fp": fp, "n_gt": n_gt, **_ratios(tp, fp, n_gt)}
+
+
+def grid(m: Matches, scores: Sequence[float]) -> list[dict[str, Any]]:
+    """Counts at every IoU of ``m`` times every score threshold."""
+    return [counts(m, t, s) for t in m.ious for s in scores]
+
+
+def best_score(m: Matches, iou: float, scores: Sequence[float]) -> float:
+    """The score threshold with the highest F1 (the lowest such threshold on ties)."""
+    f1 = [counts(m, iou, s)["f1"] for s in scores]
+    f1 = [-1.0 if math.isnan(v) else v for v in f1]
+    return float(scores[int(np.argmax(f1))])
+
+
+def pr_curve(m: Matches, iou: float, max_points: int = 200) -> dict[str, list[float]]:
+    """Precision and recall as the score threshold falls through every detection score."""
+    d = m.dets.loc[~m.dets[f"ignored@{iou:g}"]].sort_values("score", ascending=False, kind="mergesort")
+    n_gt = int((~m.gts["ignored"]).sum())
+    tp = np.cumsum(d[f"tp@{iou:g}"].to_numpy())
+    n = np.arange(1, len(d) + 1)
+    recall = tp / n_gt if n_gt else np.full(len(d), np.nan)
+    precision = tp / n
+    idx = np.unique(np.linspace(0, len(d) - 1, min(max_points, len(d))).round().astype(int)) if len(d) else []
+    return {"recall": [round(float(recall[i]), 5) for i in idx], "precision": [round(float(precision[i]), 5) for i in idx],
+            "score": [round(float(d["score"].iloc[i]), 5) for i in idx]}
+
+
+def per_image(m: Matches, iou: float, score: float) -> pd.DataFrame:
+    """TP, FP and ground truths per image (every image, zeros included)."""
+    d = m.dets
+    keep = (d["score"] >= score) & ~d[f"ignored@{iou:g}"]
+    tp = d[keep & d[f"tp@{iou:g}"]].groupby("image_id").size()
+    fp = d[keep & ~d[f"tp@{iou:g}"]].groupby("image_id").size()
+    n_gt = m.gts[~m.gts["ignored"]].groupby("image_id").size()
+    out = pd.DataFrame(index=pd.Index(m.image_ids, name="image_id"))
+    for name, s in (("tp", tp), ("fp", fp), ("n_gt", n_gt)):
+        out[name] = s.reindex(out.index, fill_value=0).astype(int)
+    return out
+
+
+def bootstrap(m: Matches, iou: float, score: float, n: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, dict[str, float]]:
+    """Percentile confidence intervals of completeness, purity and F1, resampling test images
+    with replacement (``n`` resamples, seeded: the same inputs give the same intervals)."""
+    table = per_image(m, iou, score).to_numpy(dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(table), size=(n, len(table)))
+    tp, fp, g = (table[idx, k].sum(axis=1) for k in range(3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = tp / g
+        p = tp / (tp + fp)
+        f1 = 2 * c * p / (c + p)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    out = {}
+    for name, v in (("completeness", c), ("purity", p), ("f1", f1)):
+        v = v[np.isfinite(v)]
+        out[name] = {"low": float(np.percentile(v, lo)), "high": float(np.percentile(v, hi))} if len(v) else {
+            "low": math.nan, "high": math.nan}
+    return out
+
+
+def completeness_by(m: Matches, field: str, bins: Sequence[float], iou: float, score: float,
+                    category_id: int | None = None) -> list[dict[str, Any]]:
+    """Completeness of the ground truths (optionally of one category) binned by an annotation
+    field, e.g. the clump's flux fraction: which clumps are missed?"""
+    g = m.gts.dropna(subset=[field])
+    if category_id is not None:
+        g = g[g["category_id"] == category_id]
+    found = g[f"found_score@{iou:g}"] >= score
+    out = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (g[field] >= lo) & (g[field] < hi)
+        n = int(sel.sum())
+        out.append({"low": lo, "high": hi, "n": n, "found": int((found & sel).sum()),
+                    "completeness": float((found & sel).sum() / n) if n else math.nan})
+    return out

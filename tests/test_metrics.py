@@ -1,0 +1,116 @@
+"""Completeness, purity, thresholds, curves and bootstrap intervals on hand-built cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from clumpfinder import metrics as M
+from clumpfinder.evaluate import EvalSpec, choose_score, evaluate_reference
+
+CATS = [{"id": 1, "name": "clump"}, {"id": 2, "name": "odd_clump"}]
+
+
+def dataset(boxes_per_image: list[list[tuple[float, float, int]]], crowd: set[int] = frozenset()) -> dict:
+    """Images of 96 px with 10 px boxes at (x, y) of a category; annotation ids from 1."""
+    images, anns = [], []
+    for i, boxes in enumerate(boxes_per_image, start=1):
+        images.append({"id": i, "file_name": f"{i}.png", "width": 96, "height": 96})
+        for x, y, c in boxes:
+            aid = len(anns) + 1
+            anns.append({"id": aid, "image_id": i, "category_id": c, "bbox": [x, y, 10.0, 10.0], "area": 100.0,
+                         "iscrowd": int(aid in crowd), "flux_fraction_g": 0.01 * aid})
+    return {"images": images, "annotations": anns, "categories": CATS}
+
+
+def det(image: int, x: float, y: float, score: float, c: int = 1) -> dict:
+    return {"image_id": image, "category_id": c, "bbox": [x, y, 10.0, 10.0], "score": score}
+
+
+GT = dataset([[(10, 10, 1), (50, 50, 1)], [(20, 20, 2)], []])  # 3 boxes; image 3 is empty
+
+
+def test_perfect_predictions():
+    res = [det(1, 10, 10, 0.9), det(1, 50, 50, 0.8), det(2, 20, 20, 0.7, 2)]
+    m = M.match(GT, res)
+    c = M.counts(m, 0.5, 0.5)
+    assert (c["tp"], c["fp"], c["n_gt"], c["completeness"], c["purity"], c["f1"]) == (3, 0, 3, 1.0, 1.0, 1.0)
+    ci = M.bootstrap(m, 0.5, 0.5, n=200)
+    assert ci["completeness"] == {"low": 1.0, "high": 1.0}
+
+
+def test_all_false_positives_and_empty_images():
+    res = [det(1, 80, 80, 0.9), det(3, 40, 40, 0.9)]  # nothing near a ground truth; one on the empty image
+    c = M.counts(M.match(GT, res), 0.5, 0.1)
+    assert (c["tp"], c["fp"], c["completeness"], c["purity"], c["f1"]) == (0, 2, 0.0, 0.0, 0.0)
+    empty = dataset([[], []])
+    c = M.counts(M.match(empty, [det(1, 5, 5, 0.9)]), 0.5, 0.5)
+    assert c["n_gt"] == 0 and math.isnan(c["completeness"]) and c["purity"] == 0.0
+    c = M.counts(M.match(empty, []), 0.5, 0.5)
+    assert math.isnan(c["completeness"]) and math.isnan(c["purity"])
+
+
+def test_no_detections_at_all():
+    spec = EvalSpec(0.5, None, (0.3, 0.5), (0.1, 0.5), {"n": 50, "seed": 0, "level": 0.9}, (0.0, 1.0))
+    out = evaluate_reference(GT, [], spec, 0.5, flux_field="flux_fraction_g")
+    assert out["merged"]["tp"] == 0 and out["merged"]["completeness"] == 0.0 and math.isnan(out["merged"]["purity"])
+    assert out["pr"]["0.5"] == {"recall": [], "precision": [], "score": []}
+    assert out["AP50"] == 0.0 and all(b["found"] == 0 for b in out["by_flux"])
+    assert choose_score(GT, [], spec)["score"] == 0.1
+
+
+def test_score_thresholds_iou_and_classes():
+    # a 10 px box shifted by 3 px: IoU = 7*10/(200-70) = 0.538; by 5 px: 0.333
+    res = [det(1, 13, 10, 0.9), det(1, 55, 50, 0.6), det(2, 20, 20, 0.3, 1), det(1, 70, 70, 0.2)]
+    m = M.match(GT, res)
+    assert M.counts(m, 0.5, 0.5)[("tp")] == 1 and M.counts(m, 0.3, 0.5)["tp"] == 2
+    c = M.counts(m, 0.3, 0.25)  # the wrong-class detection counts when classes are merged
+    assert (c["tp"], c["fp"]) == (3, 0)
+    per_class = M.match(GT, res, use_cats=True)
+    assert M.counts(per_class, 0.3, 0.25, 1)["fp"] == 1 and M.counts(per_class, 0.3, 0.25, 2)["tp"] == 0
+    grid = M.grid(m, [0.1, 0.5, 0.95])
+    assert [(g["iou"], g["score"], g["tp"], g["fp"]) for g in grid] == [
+        (0.3, 0.1, 3, 1), (0.3, 0.5, 2, 0), (0.3, 0.95, 0, 0), (0.5, 0.1, 2, 2), (0.5, 0.5, 1, 1), (0.5, 0.95, 0, 0)]
+    # F1 at IoU 0.3: 0.1 -> 6/7, 0.5 -> 0.8, 0.95 -> 0: the lowest threshold wins
+    assert M.best_score(m, 0.3, [0.1, 0.5, 0.95]) == 0.1
+    curve = M.pr_curve(m, 0.3)
+    assert curve["score"] == [0.9, 0.6, 0.3, 0.2] and curve["recall"] == pytest.approx([1 / 3, 2 / 3, 1, 1], abs=1e-5)
+    assert curve["precision"] == pytest.approx([1, 1, 1, 0.75])
+
+
+def test_crowd_boxes_are_neither_found_nor_false():
+    gt = dataset([[(10, 10, 1), (50, 50, 1)]], crowd={2})
+    m = M.match(gt, [det(1, 10, 10, 0.9), det(1, 50, 50, 0.9)], extra_fields=("flux_fraction_g",))
+    c = M.counts(m, 0.5, 0.5)
+    assert (c["tp"], c["fp"], c["n_gt"]) == (1, 0, 1)
+    by = M.completeness_by(m, "flux_fraction_g", [0.0, 0.015, 1.0], 0.5, 0.5)
+    assert [(b["n"], b["found"]) for b in by] == [(1, 1), (1, 1)]
+
+
+def test_bootstrap_is_seeded_and_brackets_the_value():
+    gt = dataset([[(10, 10, 1)] for _ in range(40)])
+    res = [det(i, 10, 10, 0.9) for i in range(1, 41) if i % 3] + [det(i, 60, 60, 0.9) for i in range(1, 41, 4)]
+    m = M.match(gt, res)
+    a, b = M.bootstrap(m, 0.5, 0.5, n=500, seed=3), M.bootstrap(m, 0.5, 0.5, n=500, seed=3)
+    assert a == b and a != M.bootstrap(m, 0.5, 0.5, n=500, seed=4)
+    c = M.counts(m, 0.5, 0.5)
+    for k in ("completeness", "purity", "f1"):
+        assert a[k]["low"] < c[k] < a[k]["high"]
+
+
+def test_headline_threshold_from_validation_and_reference_metrics():
+    spec = EvalSpec(0.5, None, (0.3, 0.5), (0.1, 0.5, 0.8), {"n": 100, "seed": 0, "level": 0.9}, (0.0, 0.02, 1.0))
+    val_res = [det(1, 10, 10, 0.9), det(1, 50, 50, 0.6), det(2, 20, 20, 0.4, 2), det(1, 80, 80, 0.3)]
+    # F1 at 0.1: 3 tp 1 fp -> 0.857; at 0.5: 2 tp 0 fp -> 0.8; at 0.8: 1 tp -> 0.5
+    chosen = choose_score(GT, val_res, spec)
+    assert chosen["score"] == 0.1 and chosen["val_at_score"]["tp"] == 3
+    fixed = EvalSpec(0.5, 0.7, (0.3, 0.5), (0.1, 0.5), {"n": 100, "seed": 0, "level": 0.9}, (0.0, 1.0))
+    assert choose_score(GT, val_res, fixed) == {"score": 0.7, "source": "configuration (evaluation.score)"}
+    out = evaluate_reference(GT, val_res, spec, 0.5, flux_field="flux_fraction_g")
+    assert out["merged"]["tp"] == 2 and set(out["merged"]["ci"]) == {"completeness", "purity", "f1"}
+    assert set(out["by_class"]["per_class"]) == {"clump", "odd_clump"} and len(out["grid"]) == 6
+    assert len(out["grid_per_class"]) == 12 and set(out["pr"]) == {"0.3", "0.5"}
+    assert [b["n"] for b in out["by_flux"]] == [1, 1]  # the two clumps (flux 0.01, 0.02); the odd one is left out
+    with pytest.raises(ValueError, match="evaluation.iou 0.4 is not one of"):
+        EvalSpec(0.4, None, (0.3, 0.5), (0.5,), {"n": 10, "seed": 0, "level": 0.9}, (0.0, 1.0))

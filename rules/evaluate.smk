@@ -1,4 +1,4 @@
-# Predictions on the test split and COCO-style metrics.
+# Predictions on the validation and test splits and COCO-style metrics.
 
 
 rule evaluate:
@@ -6,6 +6,7 @@ rule evaluate:
         unpack(truth_inputs),
         model=rules.train.output.model,
         test=rules.split.output.test,
+        val=rules.split.output.val,
         images=rules.simulate_survey.output.png,
     output:
         predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/predictions.json",
@@ -21,7 +22,6 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        iou=config["evaluation"]["iou"],
-        score=config["evaluation"]["score"],
+        spec=config["evaluation"],
     script:
         "../scripts/evaluate.py"

@@ -1,4 +1,5 @@
-"""Predict on the test split and score against the consensus labels (and the simulated truth)."""
+"""Predict on the validation and test splits; choose the headline score threshold on the
+validation split; score the test split against the consensus labels (and the simulated truth)."""
 import sys
 from pathlib import Path
 
@@ -6,24 +7,30 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import torch  # noqa: E402
 
-from clumpfinder.evaluate import evaluate_predictions, predict  # noqa: E402
+from clumpfinder.evaluate import EvalSpec, choose_score, evaluate_reference, predict  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
 from clumpfinder.train import load_model, pick_device  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-p = snakemake.params
-test = read_json(snakemake.input.test)
+spec = EvalSpec.from_config(snakemake.params.spec)
+test, val = read_json(snakemake.input.test), read_json(snakemake.input.val)
 model, detector = load_model(snakemake.input.model, pick_device())
 predictions = predict(model, test, snakemake.input.images, agnostic_nms=detector.class_agnostic_nms)
-references = {"consensus": test}
+threshold = choose_score(val, predict(model, val, snakemake.input.images, agnostic_nms=detector.class_agnostic_nms),
+                         spec)
+score = threshold["score"]
+log.info("headline score threshold %.2f (%s)", score, threshold["source"])
+references = {"consensus": evaluate_reference(test, predictions, spec, score)}
 if "truth" in snakemake.input.keys():
-    references["truth"] = read_json(snakemake.input.truth)
-metrics = {"iou": p.iou, "score": p.score, "n_images": len(test["images"]), "n_predictions": len(predictions),
-           "references": {name: evaluate_predictions(gt, predictions, p.iou, p.score)
-                          for name, gt in references.items()}}
+    references["truth"] = evaluate_reference(read_json(snakemake.input.truth), predictions, spec, score,
+                                             flux_field="flux_fraction_g")
+metrics = {"iou": spec.iou, "score": score, "threshold": threshold, "n_images": len(test["images"]),
+           "n_predictions": len(predictions), "references": references}
 write_json(predictions, snakemake.output.predictions, indent=None)
 write_json(metrics, snakemake.output.metrics)
-for name, m in metrics["references"].items():
-    log.info("vs %s: AP50 %.3f completeness %.3f purity %.3f", name, m["AP50"], m["merged"]["completeness"],
-             m["merged"]["purity"])
+for name, m in references.items():
+    ci = m["merged"]["ci"]
+    log.info("vs %s: AP50 %.3f completeness %.3f [%.3f, %.3f] purity %.3f [%.3f, %.3f]", name, m["AP50"],
+             m["merged"]["completeness"], ci["completeness"]["low"], ci["completeness"]["high"],
+             m["merged"]["purity"], ci["purity"]["low"], ci["purity"]["high"])

@@ -16,6 +16,7 @@ import io
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from clumpfinder import metrics
 from clumpfinder.detector import class_agnostic_nms
 from clumpfinder.train import load_images
 
@@ -144,4 +146,69 @@ def evaluate_predictions(
     out["merged"] = completeness_purity(gt_dataset, results, iou, score, use_cats=False)
     out["by_class"] = completeness_purity(gt_dataset, results, iou, score, use_cats=True)
     out["n_images"] = len(gt_dataset["images"])
+    return out
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """The ``evaluation`` section of the configuration."""
+
+    iou: float
+    score: float | None
+    ious: tuple[float, ...]
+    scores: tuple[float, ...]
+    bootstrap: dict[str, Any]
+    flux_bins: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.iou not in self.ious:
+            raise ValueError(f"evaluation.iou {self.iou} is not one of evaluation.ious {list(self.ious)}")
+        if list(self.flux_bins) != sorted(self.flux_bins):
+            raise ValueError(f"evaluation.flux_bins must increase, got {list(self.flux_bins)}")
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "EvalSpec":
+        return cls(float(cfg["iou"]), None if cfg["score"] is None else float(cfg["score"]),
+                   tuple(float(t) for t in cfg["ious"]), tuple(sorted(float(s) for s in cfg["scores"])),
+                   dict(cfg["bootstrap"]), tuple(float(b) for b in cfg["flux_bins"]))
+
+
+def choose_score(val: dict[str, Any], val_results: list[dict[str, Any]], spec: EvalSpec) -> dict[str, Any]:
+    """The headline score threshold: fixed in the configuration, or the F1-best one on the
+    validation split (classes merged, IoU ``spec.iou``, against the consensus)."""
+    if spec.score is not None:
+        return {"score": spec.score, "source": "configuration (evaluation.score)"}
+    m = metrics.match(val, val_results, (spec.iou,))
+    best = metrics.best_score(m, spec.iou, spec.scores)
+    return {"score": best, "source": "highest F1 on the validation split (consensus, classes merged)",
+            "val_at_score": metrics.counts(m, spec.iou, best),
+            "val_grid": metrics.grid(m, spec.scores)}
+
+
+def evaluate_reference(gt: dict[str, Any], results: list[dict[str, Any]], spec: EvalSpec, score: float,
+                       flux_field: str | None = None) -> dict[str, Any]:
+    """Everything about one label set: COCO AP numbers; headline completeness / purity / F1
+    (classes merged, with a bootstrap interval, and per class); the grid over IoU x score; the
+    precision-recall curve at each IoU; optionally the completeness of the clumps binned by
+    ``flux_field``, every clump counted (the faint ones the headline ignores included)."""
+    out: dict[str, Any] = coco_ap(gt, results)
+    merged = metrics.match(gt, results, spec.ious)
+    per_class = metrics.match(gt, results, spec.ious, use_cats=True)
+    b = spec.bootstrap
+    out["merged"] = metrics.counts(merged, spec.iou, score)
+    out["merged"]["ci"] = metrics.bootstrap(merged, spec.iou, score, n=b["n"], seed=b["seed"], level=b["level"])
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    out["by_class"] = {"per_class": {names[c]: metrics.counts(per_class, spec.iou, score, c) for c in names}}
+    out["grid"] = metrics.grid(merged, spec.scores)
+    out["grid_per_class"] = [dict(metrics.counts(per_class, t, s, c), category=names[c])
+                             for c in names for t in spec.ious for s in spec.scores]
+    out["pr"] = {f"{t:g}": metrics.pr_curve(merged, t) for t in spec.ious}
+    if flux_field is not None:
+        every = copy.deepcopy(gt)
+        for a in every["annotations"]:
+            a["iscrowd"] = 0
+        m = metrics.match(every, results, (spec.iou,), extra_fields=(flux_field,))
+        clump = next(c["id"] for c in gt["categories"] if c["name"] == "clump")
+        out["by_flux"] = metrics.completeness_by(m, flux_field, spec.flux_bins, spec.iou, score, category_id=clump)
+    out["n_images"] = len(gt["images"])
     return out

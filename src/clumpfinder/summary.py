@@ -27,6 +27,8 @@ def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dic
             row[f"{ref}_{k}"] = m[k]
         for k in ("completeness", "purity", "f1", "tp", "fp", "n_gt"):
             row[f"{ref}_{k}"] = m["merged"][k]
+        for k, ci in m["merged"].get("ci", {}).items():  # bootstrap interval over test galaxies
+            row[f"{ref}_{k}_low"], row[f"{ref}_{k}_high"] = ci["low"], ci["high"]
         for cls, c in m["by_class"]["per_class"].items():
             row[f"{ref}_{cls}_completeness"] = c["completeness"]
             row[f"{ref}_{cls}_purity"] = c["purity"]
@@ -47,7 +49,8 @@ def summary_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
     """Completeness and purity vs training-set size, a line per backbone; solid against the
     consensus labels, dashed against the simulated truth where present. With several training
-    seeds the line is their mean and a shaded band spans their range."""
+    seeds the line is their mean and a shaded band spans their range. Error bars: the bootstrap
+    interval over test galaxies (mean of the seeds' bounds) where the table has one."""
     refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, constrained_layout=True)
     for ax, measure in zip(axes, ("completeness", "purity")):
@@ -57,8 +60,14 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
                 stats = g.groupby("n_train")[f"{ref}_{measure}"].agg(["mean", "min", "max", "count"])
                 n_seeds = int(stats["count"].max())
                 label = f"{backbone} vs {ref}" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else "")
-                ax.plot(stats.index, stats["mean"], style, marker=marker, color=colour,
-                        markerfacecolor=face or colour, label=label)
+                if f"{ref}_{measure}_low" in g:
+                    lo = g.groupby("n_train")[f"{ref}_{measure}_low"].mean()
+                    hi = g.groupby("n_train")[f"{ref}_{measure}_high"].mean()
+                    yerr = [(stats["mean"] - lo).clip(lower=0), (hi - stats["mean"]).clip(lower=0)]
+                else:
+                    yerr = None
+                ax.errorbar(stats.index, stats["mean"], yerr=yerr, fmt=style, marker=marker, color=colour,
+                            markerfacecolor=face or colour, capsize=3, label=label)
                 if n_seeds > 1:
                     ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
         ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
@@ -67,7 +76,9 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
         ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.minorticks_off()
         ax.set_xlabel("training-set size (images)")
-        ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, score >= {table['score'].iloc[0]:g})")
+        score = table["score"]
+        threshold = f"score >= {score.iloc[0]:g}" if score.nunique() == 1 else "score: F1-best on val"
+        ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, {threshold})")
         ax.set_ylim(0, 1)
         ax.tick_params(labelleft=True)  # both panels carry their own scale
         ax.set_title(measure.capitalize())

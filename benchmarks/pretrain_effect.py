@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
-from clumpfinder.evaluate import evaluate_predictions, predict  # noqa: E402
+from clumpfinder import metrics  # noqa: E402
+from clumpfinder.evaluate import coco_ap, predict  # noqa: E402
 from clumpfinder.io import read_json  # noqa: E402
 from clumpfinder.train import TrainSpec, train_detector  # noqa: E402
 
@@ -45,15 +46,15 @@ def one_job(args: tuple[str, int, int, str]) -> dict:
     backbone = BackboneSpec(**entry)
     detector = DetectorSpec.from_config(cfg["detector"])
     spec = TrainSpec.from_config({**cfg["training"], "seed": seed})
-    model, metrics = train_detector(read_json(res / "labels" / f"train_n{n}.json"), res / "survey" / "png",
+    model, trained = train_detector(read_json(res / "labels" / f"train_n{n}.json"), res / "survey" / "png",
                                     backbone, detector, spec, threads=1)
     model.eval()
     test = read_json(res / "labels" / "test.json")
     preds = predict(model, test, res / "survey" / "png", agnostic_nms=detector.class_agnostic_nms)
-    out = {"arm": arm, "n_train": n, "seed": seed, "train_seconds": metrics["seconds"]}
+    out = {"arm": arm, "n_train": n, "seed": seed, "train_seconds": trained["seconds"]}
     for name, gt in {"consensus": test, "truth": read_json(res / "labels" / "test_truth.json")}.items():
-        m = evaluate_predictions(gt, preds, 0.5, 0.5)
-        out[name] = {"completeness": m["merged"]["completeness"], "purity": m["merged"]["purity"], "AP50": m["AP50"]}
+        c = metrics.counts(metrics.match(gt, preds, (0.5,)), 0.5, 0.5)
+        out[name] = {"completeness": c["completeness"], "purity": c["purity"], "AP50": coco_ap(gt, preds)["AP50"]}
     print(json.dumps(out), flush=True)
     return out
 

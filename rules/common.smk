@@ -76,18 +76,24 @@ def clumpy_base_spec(backbone):
     return spec
 
 
+def _weights_input(backbone, init):
+    path = init_weights(backbone, init)
+    return {"init_weights": path} if path else {}
+
+
 def init_input(wildcards):
     """Input of the train rule: the init's weights, so a new encoder retrains."""
-    path = init_weights(
+    return _weights_input(
         wildcards.backbone, config["backbones"][wildcards.backbone]["init"]
     )
-    return {"init_weights": path} if path else {}
 
 
 def clumpy_base_input(wildcards):
-    base = config["backbones"][wildcards.backbone].get("base_init", "scratch")
-    path = init_weights(wildcards.backbone, base)
-    return {"init_weights": path} if path else {}
+    """Input of pretrain_clumpy: the weights its classifier starts from."""
+    return _weights_input(
+        wildcards.backbone,
+        config["backbones"][wildcards.backbone].get("base_init", "scratch"),
+    )
 
 
 def hub_backbones():

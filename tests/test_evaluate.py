@@ -1,4 +1,5 @@
-"""Completeness, purity and AP on hand-built cases with known answers."""
+"""Completeness, purity and AP on hand-built cases with known answers (through the evaluate
+rule's own path: pycocotools AP, and clumpfinder.metrics on one matching)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import math
 
 import pytest
 
-from clumpfinder.evaluate import coco_ap, completeness_purity, evaluate_predictions
+from clumpfinder import metrics as M
+from clumpfinder.evaluate import EvalSpec, coco_ap, evaluate_reference
 from clumpfinder.labels import CATEGORIES
 
 
@@ -26,12 +28,22 @@ def det(iid, x, y, w=8, h=8, c=1, s=0.9):
     return {"image_id": iid, "category_id": c, "bbox": [x, y, w, h], "score": s}
 
 
+def completeness_purity(gt_dataset, results, iou, score, use_cats=False):
+    """Counts at one (IoU, score); with ``use_cats`` also per category name."""
+    m = M.match(gt_dataset, results, (iou,), use_cats=use_cats)
+    out = M.counts(m, iou, score)
+    if use_cats:
+        out["per_class"] = {c["name"]: M.counts(m, iou, score, c["id"]) for c in gt_dataset["categories"]}
+    return out
+
+
 GT = gt({1: [(10, 10, 8, 8, 1), (40, 40, 8, 8, 2)], 2: [(20, 20, 8, 8, 1)], 3: []})
 
 
 def test_perfect_predictions():
     res = [det(1, 10, 10), det(1, 40, 40, c=2), det(2, 20, 20)]
-    m = evaluate_predictions(GT, res, iou=0.5, score=0.5)
+    spec = EvalSpec(0.5, 0.5, (0.5,), (0.5,), {"n": 50, "seed": 0, "level": 0.9}, (0.0, 1.0))
+    m = evaluate_reference(GT, res, spec, 0.5)
     assert m["merged"]["completeness"] == 1.0 and m["merged"]["purity"] == 1.0 and m["merged"]["f1"] == 1.0
     assert m["AP50"] == pytest.approx(1.0) and m["AP"] == pytest.approx(1.0)
     assert m["by_class"]["per_class"]["odd_clump"]["completeness"] == 1.0
@@ -41,13 +53,13 @@ def test_all_false_positives():
     res = [det(1, 70, 70), det(3, 30, 30), det(2, 60, 10)]
     m = completeness_purity(GT, res, 0.5, 0.5)
     assert m["tp"] == 0 and m["fp"] == 3 and m["n_gt"] == 3
-    assert m["completeness"] == 0.0 and m["purity"] == 0.0 and math.isnan(m["f1"])
+    assert m["completeness"] == 0.0 and m["purity"] == 0.0 and m["f1"] == 0.0
     assert coco_ap(GT, res)["AP"] == 0.0
 
 
 def test_no_predictions():
     m = completeness_purity(GT, [], 0.5, 0.5)
-    assert m["completeness"] == 0.0 and math.isnan(m["purity"]) and m["n_det"] == 0
+    assert m["completeness"] == 0.0 and math.isnan(m["purity"]) and m["tp"] + m["fp"] == 0
     assert coco_ap(GT, []) == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
 
 

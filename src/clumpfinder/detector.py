@@ -214,14 +214,19 @@ def _hub_error(repo: str, err: Exception) -> FileNotFoundError:
     )
 
 
-def _hub_architecture(repo: str) -> str:
-    """The timm architecture named by a hub repository's config.json (from the cache or the hub)."""
+def _hub_architecture(spec: BackboneSpec) -> str:
+    """The timm architecture named by the config.json of an ``hf_hub:`` init (from the cache or
+    the hub); for a ``timm:`` arch it must be that architecture."""
     from timm.models import load_model_config_from_hf
 
+    repo = spec.init.partition(":")[2]
     try:
         _, model_name, _ = load_model_config_from_hf(repo)
     except Exception as err:
         raise _hub_error(repo, err) from None
+    name = timm_name(spec.arch)
+    if name is not None and name != model_name:
+        raise ValueError(f"backbone init {spec.init!r} holds a timm {model_name!r}, but the backbone arch is {spec.arch!r}")
     return model_name
 
 
@@ -236,16 +241,13 @@ def fetch_weights(spec: BackboneSpec) -> dict[str, Any]:
         from huggingface_hub import try_to_load_from_cache
         from timm.models import load_state_dict_from_hf
 
-        arch = _hub_architecture(value)
+        _hub_architecture(spec)
         try:
             load_state_dict_from_hf(value)
         except Exception as err:
             raise _hub_error(value, err) from None
         cached = try_to_load_from_cache(value, "model.safetensors") or try_to_load_from_cache(value, "pytorch_model.bin")
         state_path = Path(cached) if isinstance(cached, str) else hf_hub_cache_dir(value)
-        name = timm_name(spec.arch)
-        if name is not None and name != arch:
-            raise ValueError(f"backbone init {spec.init!r} holds a timm {arch!r}, but the backbone arch is {spec.arch!r}")
     else:
         raise ValueError(f"backbone init {spec.init!r} is not fetched from a hub")
     return {"init": spec.init, "path": str(state_path), "bytes": state_path.stat().st_size if state_path.is_file() else None}
@@ -272,12 +274,10 @@ def init_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
     if kind == "hf_hub":
         import timm
 
-        _hub_architecture(value)  # a clear error when the hub files are missing
+        _hub_architecture(spec)  # a clear error when the hub files are missing
         try:
             model = timm.create_model(f"hf-hub:{value}", pretrained=True, num_classes=0,
                                       pretrained_cfg_overlay={"num_classes": 0})
-        except FileNotFoundError:
-            raise
         except OSError as err:
             raise _hub_error(value, err) from None
         return model.state_dict()
@@ -316,13 +316,9 @@ def _timm_kwargs(spec: BackboneSpec, pretrained: bool) -> tuple[str, dict[str, A
     kwargs: dict[str, Any] = {"num_classes": 0}
     if not pretrained or kind == "scratch":
         return name, kwargs
-    if kind == "torchvision":
-        raise ValueError(f"backbone init {spec.init!r} does not apply to {spec.arch!r}")
-    overlay: dict[str, Any] = {"num_classes": 0}
+    overlay: dict[str, Any] = {"num_classes": 0}  # (check_init refuses torchvision weights here)
     if kind == "hf_hub":
-        arch = _hub_architecture(value)
-        if arch != name:
-            raise ValueError(f"backbone init {spec.init!r} holds a timm {arch!r}, but the backbone arch is {spec.arch!r}")
+        _hub_architecture(spec)
         name = f"hf-hub:{value}"
     else:
         path = init_file(spec)

@@ -1,11 +1,10 @@
-"""COCO-style evaluation of a trained detector: predictions, AP (pycocotools), completeness and
-purity at an IoU and a score threshold.
+"""COCO-style evaluation of a trained detector: predictions, AP (pycocotools), the headline score
+threshold, and per label set everything :mod:`clumpfinder.metrics` derives from pycocotools' own
+matching (completeness, purity, F1 with bootstrap intervals, grids, curves, flux bins).
 
-Completeness (recall) and purity (precision) are read from pycocotools' own matching
-(``COCOeval.evalImgs``, greedy by score) with a single IoU threshold, one area range and no
-truncation, so they are consistent with the AP numbers: a detection with score >= s is a true
-positive if COCO matched it to a ground-truth box, a false positive if it matched nothing, and
-ignored if it matched an ignored ("crowd") ground truth such as a sub-threshold simulated clump.
+A detection with score >= s is a true positive if COCO matched it to a ground-truth box, a false
+positive if it matched nothing, and ignored if it matched an ignored ("crowd") ground truth such
+as a sub-threshold simulated clump, so the counts are consistent with the AP numbers.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ import contextlib
 import copy
 import io
 import logging
-import math
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from clumpfinder import metrics
@@ -58,26 +53,13 @@ def predict(
     return results
 
 
-def _coco(dataset: dict[str, Any]) -> COCO:
-    gt = COCO()
-    gt.dataset = copy.deepcopy(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    return gt
-
-
-def _load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return gt.loadRes(copy.deepcopy(results))
-
-
 def coco_ap(gt_dataset: dict[str, Any], results: list[dict[str, Any]], use_cats: bool = True) -> dict[str, float]:
     """AP@[.5:.95], AP50, AP75 and AR@100 from pycocotools (0 when there are no detections)."""
     keys = ("AP", "AP50", "AP75", "AR")
     if not results or not gt_dataset["annotations"]:
         return {k: 0.0 for k in keys}
-    gt = _coco(gt_dataset)
-    ev = COCOeval(gt, _load_results(gt, results), "bbox")
+    gt = metrics.coco_index(gt_dataset)
+    ev = COCOeval(gt, metrics.load_results(gt, results), "bbox")
     ev.params.useCats = int(use_cats)
     with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
@@ -85,68 +67,6 @@ def coco_ap(gt_dataset: dict[str, Any], results: list[dict[str, Any]], use_cats:
         ev.summarize()
     stats = [max(0.0, float(s)) for s in ev.stats]  # -1 means "no ground truth"
     return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR": stats[8]}
-
-
-def completeness_purity(
-    gt_dataset: dict[str, Any], results: list[dict[str, Any]], iou: float = 0.5, score: float = 0.5,
-    use_cats: bool = False, max_dets: int = 1000,
-) -> dict[str, Any]:
-    """Counts and ratios at one IoU and score threshold.
-
-    ``use_cats=False`` merges the classes (a detection matches any ground truth); with
-    ``use_cats=True`` the counts are also given per category name.
-    """
-    gt = _coco(gt_dataset)
-    n_gt_by_cat = {c["id"]: 0 for c in gt_dataset["categories"]}
-    for a in gt_dataset["annotations"]:
-        if not a.get("iscrowd", 0):
-            n_gt_by_cat[a["category_id"]] += 1
-    kept = [r for r in results if r["score"] >= score]
-    tp: Counter[int] = Counter()  # keyed by category id, or -1 when classes are merged
-    fp: Counter[int] = Counter()
-    if results:
-        ev = COCOeval(gt, _load_results(gt, results), "bbox")
-        ev.params.iouThrs = np.array([iou])
-        ev.params.areaRng = [[0.0, 1e10]]
-        ev.params.areaRngLbl = ["all"]
-        ev.params.maxDets = [max_dets]
-        ev.params.useCats = int(use_cats)
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev.evaluate()
-        for e in ev.evalImgs:
-            if e is None:
-                continue
-            scores = np.asarray(e["dtScores"])
-            matched = np.asarray(e["dtMatches"])[0] > 0
-            ignored = np.asarray(e["dtIgnore"])[0].astype(bool)
-            sel = (scores >= score) & ~ignored
-            tp[e["category_id"]] += int((sel & matched).sum())
-            fp[e["category_id"]] += int((sel & ~matched).sum())
-
-    def ratios(t: int, f: int, g: int) -> dict[str, Any]:
-        c = t / g if g else float("nan")
-        p = t / (t + f) if (t + f) else float("nan")
-        f1 = 2 * c * p / (c + p) if not (math.isnan(c) or math.isnan(p)) and c + p > 0 else float("nan")
-        return {"tp": t, "fp": f, "n_gt": g, "completeness": c, "purity": p, "f1": f1}
-
-    n_gt = sum(n_gt_by_cat.values())
-    out: dict[str, Any] = {"iou": iou, "score": score, "n_det": len(kept)}
-    out.update(ratios(sum(tp.values()), sum(fp.values()), n_gt))
-    if use_cats:
-        names = {c["id"]: c["name"] for c in gt_dataset["categories"]}
-        out["per_class"] = {names[c]: ratios(tp[c], fp[c], n_gt_by_cat[c]) for c in n_gt_by_cat}
-    return out
-
-
-def evaluate_predictions(
-    gt_dataset: dict[str, Any], results: list[dict[str, Any]], iou: float, score: float
-) -> dict[str, Any]:
-    """AP numbers plus merged and per-class completeness/purity."""
-    out: dict[str, Any] = coco_ap(gt_dataset, results)
-    out["merged"] = completeness_purity(gt_dataset, results, iou, score, use_cats=False)
-    out["by_class"] = completeness_purity(gt_dataset, results, iou, score, use_cats=True)
-    out["n_images"] = len(gt_dataset["images"])
-    return out
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ class Matches:
     image_ids: np.ndarray
 
 
-def _coco(dataset: dict[str, Any]) -> COCO:
+def coco_index(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools COCO object for an in-memory dataset (quietly; the dataset is copied)."""
     gt = COCO()
     gt.dataset = copy.deepcopy(dataset)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -48,17 +49,22 @@ def _coco(dataset: dict[str, Any]) -> COCO:
     return gt
 
 
+def load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    """pycocotools' ``loadRes`` without its prints and without touching ``results``."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes(copy.deepcopy(results))
+
+
 def match(gt_dataset: dict[str, Any], results: list[dict[str, Any]], ious: Sequence[float] = (0.3, 0.5),
           use_cats: bool = False, extra_fields: Sequence[str] = ()) -> Matches:
     """Match ``results`` to ``gt_dataset`` with pycocotools at each IoU (one area range, no
     truncation); ``use_cats=False`` merges the classes."""
     ious = tuple(float(t) for t in ious)
-    gt = _coco(gt_dataset)
+    gt = coco_index(gt_dataset)
     det_rows: list[dict[str, Any]] = []
     found: dict[int, list[float]] = {}
     if results:
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes(copy.deepcopy(results))
+        dt = load_results(gt, results)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.iouThrs = np.array(ious)
         ev.params.areaRng = [[0.0, 1e10]]

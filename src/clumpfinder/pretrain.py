@@ -206,8 +206,7 @@ def pretrain_encoder(
         "device": str(device), "history": history,
     }
     if n_val:
-        val_images = [images[i] for i in val_idx]
-        val_logits = _predict(model, val_images, device)
+        val_images = [images[i] for i in val_idx]  # val_logits: the last epoch's, of the final model
         metrics["val_fraction_rmse"] = fraction_rmse(val_logits, targets[val_idx], slices)
         # baseline: every galaxy gets the training pool's mean vote fractions
         mean_logits = torch.log(targets[train_idx].sum(0, keepdim=True).clamp_min(1e-6)).expand(len(val_idx), -1)

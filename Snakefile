@@ -1,6 +1,6 @@
 # Giant star-forming clumps with Faster R-CNN, after Popp et al. 2024 (RASTI 3, 174).
 # DAG: simulated survey + volunteers -> consensus -> labels -> train (backbone x size)
-#      -> evaluate -> summary table and figure. See README.md.
+#      -> evaluate -> summary tables, figures and the report (snakemake --report). See README.md.
 import os
 
 from snakemake.utils import min_version
@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/consensus.smk"
@@ -19,6 +22,7 @@ include: "rules/pretrain.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
+include: "rules/plots.smk"
 
 
 rule all:

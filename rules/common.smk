@@ -15,6 +15,14 @@ for _name in BACKBONES:
         )
 N_TRAIN = sorted(config["labels"]["n_train"])
 SEEDS = config["sweep"]["seeds"]
+BASELINE = config["report"]["baseline"] or next(
+    (b for b in BACKBONES if config["backbones"][b]["init"] == "scratch"), BACKBONES[0]
+)
+if BASELINE not in BACKBONES:
+    raise ValueError(
+        f"report.baseline {BASELINE!r} is not a backbone of the sweep ({', '.join(BACKBONES)})"
+    )
+SIMULATED = config["data"]["source"] == "simulate"
 
 
 def morphology_key(entry):
@@ -123,14 +131,50 @@ def training_spec(backbone, seed):
 
 def truth_inputs(wildcards):
     """Simulated truth is only available when the data are simulated."""
-    if config["data"]["source"] == "simulate":
+    if SIMULATED:
         return {"truth": f"{RESULTS}/labels/test_truth.json"}
     return {}
 
 
+def true_volunteer_inputs(wildcards):
+    """The simulated volunteers' true skills, for the consensus diagnostics."""
+    if SIMULATED:
+        return {"true_volunteers": f"{RESULTS}/survey/volunteers.csv"}
+    return {}
+
+
+def sweep_files(name):
+    """One evaluation or training file per (backbone, n_train, seed), in expand()'s order."""
+    folder = "models" if name == "train_metrics.json" else "eval"
+    return expand(
+        f"{RESULTS}/{folder}/{{backbone}}/n{{n_train}}/seed{{seed}}/{name}",
+        backbone=BACKBONES,
+        n_train=N_TRAIN,
+        seed=SEEDS,
+    )
+
+
+def gallery_files(name):
+    """Each backbone's file for the gallery of one training-set size (first seed)."""
+    return lambda wildcards: expand(
+        f"{RESULTS}/eval/{{backbone}}/n{wildcards.n_train}/seed{SEEDS[0]}/{name}",
+        backbone=BACKBONES,
+    )
+
+
+def plot_targets(name):
+    return [f"{RESULTS}/plots/{name}.png", f"{RESULTS}/plots/{name}.pdf"]
+
+
 def final_targets():
-    return [
+    targets = [
         f"{RESULTS}/summary.csv",
-        f"{RESULTS}/plots/completeness_purity.png",
-        f"{RESULTS}/plots/completeness_purity.pdf",
+        f"{RESULTS}/comparison.csv",
+        f"{RESULTS}/summary.md",
+        f"{RESULTS}/summary.html",
     ]
+    names = ["completeness_purity", "pr_curves", "consensus"]
+    names += [f"gallery/n{n}" for n in N_TRAIN]
+    if SIMULATED:
+        names.append("completeness_vs_flux")
+    return targets + [t for name in names for t in plot_targets(name)]

@@ -1,23 +1,34 @@
-# Summary table and completeness/purity figure over the whole sweep.
+# Summary table, the backbone comparison and the headline figure over the whole sweep.
 
 
 rule summary:
     input:
-        metrics=expand(
-            f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/metrics.json",
-            backbone=BACKBONES,
-            n_train=N_TRAIN,
-            seed=SEEDS,
-        ),
-        train=expand(
-            f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/train_metrics.json",
-            backbone=BACKBONES,
-            n_train=N_TRAIN,
-            seed=SEEDS,
-        ),
+        metrics=sweep_files("metrics.json"),
+        train=sweep_files("train_metrics.json"),
     output:
-        table=f"{RESULTS}/summary.csv",
-        png=f"{RESULTS}/plots/completeness_purity.png",
+        table=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="5. Tables",
+        ),
+        comparison=report(
+            f"{RESULTS}/comparison.csv",
+            caption="../report/comparison_csv.rst",
+            category="5. Tables",
+        ),
+        markdown=f"{RESULTS}/summary.md",
+        html=report(
+            f"{RESULTS}/summary.html",
+            caption="../report/summary_html.rst",
+            category="1. Headline",
+            labels={"item": "comparison table"},
+        ),
+        png=report(
+            f"{RESULTS}/plots/completeness_purity.png",
+            caption="../report/completeness_purity.rst",
+            category="1. Headline",
+            labels={"item": "completeness and purity vs size"},
+        ),
         pdf=f"{RESULTS}/plots/completeness_purity.pdf",
     log:
         f"{RESULTS}/logs/summary.log",
@@ -27,5 +38,7 @@ rule summary:
         backbones=BACKBONES,
         n_train=N_TRAIN,
         seeds=SEEDS,
+        baseline=BASELINE,
+        evaluation=config["evaluation"],
     script:
         "../scripts/summary.py"

@@ -1,18 +1,28 @@
-"""Collect every evaluation into results/summary.csv and plot completeness/purity vs size."""
+"""Collect every evaluation into results/summary.csv, compare the backbones with the baseline
+(comparison.csv, summary.md, summary.html) and plot completeness/purity vs training-set size."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
-from clumpfinder.io import read_json, setup_logging, write_csv  # noqa: E402
-from clumpfinder.summary import plot_completeness_purity, summary_row, summary_table  # noqa: E402
+from clumpfinder.figures import plot_completeness_purity  # noqa: E402
+from clumpfinder.io import read_json, setup_logging, write_csv, write_text  # noqa: E402
+from clumpfinder.summary import (compare, summary_html, summary_markdown, summary_row,  # noqa: E402
+                                 summary_table, threshold_text)
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
 cells = [(b, n, s) for b in p.backbones for n in p.n_train for s in p.seeds]  # expand()'s order
-rows = [summary_row(b, n, read_json(m), read_json(t), seed=s)
-        for (b, n, s), m, t in zip(cells, snakemake.input.metrics, snakemake.input.train)]
+metrics = [read_json(m) for m in snakemake.input.metrics]
+rows = [summary_row(b, n, m, read_json(t), seed=s)
+        for (b, n, s), m, t in zip(cells, metrics, snakemake.input.train)]
 table = summary_table(rows)
 write_csv(table, snakemake.output.table)
+boot = p.evaluation["bootstrap"]
+comparison = compare([(b, n, s, m) for (b, n, s), m in zip(cells, metrics)], p.baseline, boot)
+write_csv(comparison, snakemake.output.comparison)
+text = dict(iou=p.evaluation["iou"], threshold=threshold_text(metrics), level=boot["level"], n_boot=boot["n"])
+write_text(summary_markdown(comparison, **text), snakemake.output.markdown)
+write_text(summary_html(comparison, **text), snakemake.output.html)
 plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf)
-log.info("\n%s", table[["backbone", "n_train", "seed", "consensus_completeness", "consensus_purity"]].to_string())
+log.info("\n%s", summary_markdown(comparison, **text))

@@ -114,3 +114,45 @@ def test_headline_threshold_from_validation_and_reference_metrics():
     assert [b["n"] for b in out["by_flux"]] == [1, 1]  # the two clumps (flux 0.01, 0.02); the odd one is left out
     with pytest.raises(ValueError, match="evaluation.iou 0.4 is not one of"):
         EvalSpec(0.4, None, (0.3, 0.5), (0.5,), {"n": 10, "seed": 0, "level": 0.9}, (0.0, 1.0))
+
+
+def _record(m, score=0.5):
+    return M.per_image_record(m, 0.5, score)
+
+
+def test_paired_bootstrap_single_seed_matches_the_bootstrap_and_is_zero_against_itself():
+    gt = dataset([[(10, 10, 1)] for _ in range(40)])
+    res = [det(i, 10, 10, 0.9) for i in range(1, 41) if i % 3] + [det(i, 60, 60, 0.9) for i in range(1, 41, 4)]
+    m = M.match(gt, res)
+    rec = _record(m)
+    assert rec["image_id"] == list(range(1, 41)) and sum(rec["n_gt"]) == 40 and sum(rec["tp"]) == 27
+    out = M.paired_bootstrap({"a": [rec], "b": [rec]}, "a", n=300, seed=7, level=0.9)
+    single = M.bootstrap(m, 0.5, 0.5, n=300, seed=7, level=0.9)
+    c = M.counts(m, 0.5, 0.5)
+    for k in ("completeness", "purity", "f1"):
+        assert out["a"][k]["value"] == pytest.approx(c[k])
+        assert (out["a"][k]["low"], out["a"][k]["high"]) == pytest.approx((single[k]["low"], single[k]["high"]))
+        assert out["b"][k]["diff"] == 0 and out["b"][k]["diff_low"] == 0 and out["b"][k]["diff_high"] == 0
+        assert math.isnan(out["b"][k]["seed_sd"]) and out["b"][k]["n_seeds"] == 1
+    assert out == M.paired_bootstrap({"a": [rec], "b": [rec]}, "a", n=300, seed=7, level=0.9)  # seeded
+
+
+def test_paired_bootstrap_difference_seeds_and_errors():
+    gt = dataset([[(10, 10, 1), (50, 50, 1)] for _ in range(30)])
+    weak = M.match(gt, [det(i, 10, 10, 0.9) for i in range(1, 31)])  # finds half
+    strong = M.match(gt, [det(i, x, x, 0.9) for i in range(1, 31) for x in (10, 50)])  # finds all
+    out = M.paired_bootstrap({"weak": [_record(weak)] * 2, "strong": [_record(strong), _record(weak)]}, "weak",
+                             n=200, seed=0)
+    c = out["strong"]["completeness"]
+    assert c["value"] == pytest.approx(0.75) and c["diff"] == pytest.approx(0.25)  # mean of 1.0 and 0.5 seeds
+    assert c["diff_low"] == pytest.approx(0.25) and c["diff_high"] == pytest.approx(0.25)  # every image alike
+    assert c["seed_sd"] == pytest.approx(math.sqrt(0.125)) and c["n_seeds"] == 2
+    assert out["weak"]["purity"]["value"] == 1.0
+    with pytest.raises(ValueError, match="baseline 'x' is not one of"):
+        M.paired_bootstrap({"weak": [_record(weak)]}, "x")
+    other = M.match(dataset([[(10, 10, 1)]] * 5), [])
+    with pytest.raises(ValueError, match="'other' was scored on other test images"):
+        M.paired_bootstrap({"weak": [_record(weak)], "other": [_record(other)]}, "weak")
+    nothing = M.paired_bootstrap({"none": [_record(other)]}, "none", n=50)["none"]
+    assert nothing["completeness"]["value"] == 0 and nothing["f1"]["value"] == 0
+    assert math.isnan(nothing["purity"]["value"]) and math.isnan(nothing["purity"]["low"])

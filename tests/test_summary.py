@@ -1,16 +1,26 @@
-"""The summary table and the headline figure, with one and with several training seeds."""
+"""The summary table, the backbone comparison (Markdown / HTML) and the headline figure, with one
+and with several training seeds."""
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
 
-from clumpfinder.summary import plot_completeness_purity, summary_row, summary_table
+from clumpfinder.figures import plot_completeness_purity
+from clumpfinder.summary import compare, headline, summary_html, summary_markdown, summary_row, summary_table
 
 
-def _metrics(c: float, p: float) -> dict:
+def _metrics(c: float, p: float, found: int = 10, false: int = 3, n_images: int = 20) -> dict:
+    """A metrics.json whose per-image record has ``found`` of the ``n_images`` one-clump images
+    right and ``false`` extra false positives."""
+    per_image = {"iou": 0.5, "score": 0.5, "image_id": list(range(n_images)),
+                 "tp": [int(i < found) for i in range(n_images)], "fp": [int(i < false) for i in range(n_images)],
+                 "n_gt": [1] * n_images}
     m = {"AP": 0.3, "AP50": 0.5, "AP75": 0.2, "AR": 0.4,
          "merged": {"completeness": c, "purity": p, "f1": 2 * c * p / (c + p), "tp": 10, "fp": 3, "n_gt": 12},
-         "by_class": {"per_class": {"clump": {"completeness": c, "purity": p}}}}
-    return {"iou": 0.5, "score": 0.5, "n_images": 20, "references": {"consensus": m}}
+         "by_class": {"per_class": {"clump": {"completeness": c, "purity": p}}}, "per_image": per_image}
+    return {"iou": 0.5, "score": 0.5, "n_images": n_images, "references": {"consensus": m},
+            "threshold": {"score": 0.5, "source": "highest F1 on the validation split"}}
 
 
 TRAIN = {"backbone": {"arch": "resnet18", "init": "scratch"}, "steps": 10, "seconds": 1.0, "img_per_s": 8.0,
@@ -30,3 +40,40 @@ def test_rows_per_seed_and_plot(tmp_path):
     single = summary_table(rows[::2])
     assert set(single["seed"]) == {1}
     plot_completeness_purity(single, tmp_path / "g.png", tmp_path / "g.pdf")
+
+
+BOOT = {"n": 200, "seed": 0, "level": 0.95}
+
+
+def test_comparison_headline_and_documents():
+    cells = [("scratch", n, s, _metrics(0.5, 0.7, found=8 + s, false=3)) for n in (30, 100) for s in (0, 1)]
+    cells += [("galaxy", n, s, _metrics(0.8, 0.8, found=16 + s, false=3)) for n in (30, 100) for s in (0, 1)]
+    cells += [("lonely", 30, 5, _metrics(0.9, 0.9, found=19, false=0))]  # no seed shared with the baseline
+    comp = compare(cells, "scratch", BOOT)
+    assert set(comp["backbone"]) == {"scratch", "galaxy"} and len(comp) == 4
+    row = comp[(comp["n_train"] == 30) & (comp["backbone"] == "galaxy")].iloc[0]
+    assert row["completeness"] == pytest.approx((16 / 20 + 17 / 20) / 2)
+    assert row["completeness_diff"] == pytest.approx(0.4) and row["n_seeds"] == 2
+    assert row["completeness_diff_low"] > 0  # every resample favours it
+    assert row["purity"] == pytest.approx((16 / 19 + 17 / 20) / 2)
+    base = comp[(comp["n_train"] == 30) & (comp["backbone"] == "scratch")].iloc[0]
+    assert base["f1_diff"] == 0 and base["baseline"] == "scratch"
+    text = headline(comp, "consensus", 0.95, "threshold text")
+    assert "n = 30" in text and "**galaxy**" in text and "beats scratch by ΔF1 = +" in text
+    assert "interval excludes zero" in text and "2 training seeds" in text and "20 test galaxies" in text
+    md = summary_markdown(comp, 0.5, "threshold text", 0.95, 200)
+    assert "## Against the consensus labels" in md and "| baseline" in md and "**+0.400 [" in md
+    page = summary_html(comp, 0.5, "threshold text", 0.95, 200)
+    assert page.startswith("<!DOCTYPE html>") and "<b>galaxy</b>" in page and "<table" in page
+    assert "**" not in page
+    with pytest.raises(ValueError, match="baseline 'resnet' is not among the evaluated backbones"):
+        compare(cells, "resnet", BOOT)
+
+
+def test_headline_when_the_baseline_wins_or_ties():
+    cells = [("scratch", 30, 0, _metrics(0.8, 0.8, found=16)), ("galaxy", 30, 0, _metrics(0.8, 0.8, found=15))]
+    comp = compare(cells, "scratch", BOOT)
+    text = headline(comp, "consensus", 0.95, "t")
+    assert "**scratch**" in text and "beats galaxy by ΔF1 = +" in text and "includes zero" in text
+    assert "seeds" not in text.split("mean of")[1]  # one seed
+    assert headline(pd.DataFrame(comp), "truth", 0.95, "t") == "No evaluation against the truth labels."

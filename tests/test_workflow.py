@@ -55,8 +55,9 @@ def test_default_dry_run(tmp_path, default_config):
     n_b, n_n = len(default_config["backbones"]), len(default_config["labels"]["n_train"])
     assert n_b >= 2 and n_n >= 3
     assert jobs["train"] == n_b * n_n and jobs["evaluate"] == n_b * n_n and jobs["subset"] == n_n
+    assert jobs["gallery"] == n_n
     for rule in ("simulate_survey", "simulate_volunteers", "simulate_morphology", "pretrain_morphology", "consensus",
-                 "split", "truth_labels", "summary", "all"):
+                 "split", "truth_labels", "summary", "plot_pr", "plot_flux", "plot_consensus", "all"):
         assert jobs[rule] == 1
 
 
@@ -95,8 +96,10 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
     for rel in ("survey/manifest.csv", "survey/truth.csv", "survey/classifications.csv", "survey/gold.csv",
                 "consensus/boxes.csv", "consensus/subjects.csv", "consensus/volunteers.csv",
                 "consensus/report.json", "labels/train.json", "labels/val.json", "labels/test.json",
-                "labels/test_truth.json", "summary.csv", "plots/completeness_purity.png",
-                "plots/completeness_purity.pdf"):
+                "labels/test_truth.json", "summary.csv", "comparison.csv", "summary.md", "summary.html",
+                *[f"plots/{name}.{ext}" for ext in ("png", "pdf")
+                  for name in ("completeness_purity", "pr_curves", "completeness_vs_flux", "consensus",
+                               *[f"gallery/n{n}" for n in tiny_config["labels"]["n_train"]])]):
         assert (res / rel).stat().st_size > 0, rel
     n_gal = tiny_config["simulate"]["n_galaxies"]
     assert len(list((res / "survey" / "png").glob("*.png"))) == n_gal
@@ -168,16 +171,20 @@ def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
     [
         # one backbone's learning rate: only its train/evaluate jobs and the summary
         ("backbones:\n  resnet18_morphology:\n    training: {lr: 0.0005}\n",
-         {"train": 2, "evaluate": 2, "summary": 1, "all": 1}),
+         {"train": 2, "evaluate": 2, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "all": 1}),
         # the morphology pretraining: its encoder, the clumpy classifier built on it, their detectors
         ("pretrain:\n  morphology: {epochs: 2}\n",
-         {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 4, "evaluate": 4, "summary": 1, "all": 1}),
-        # a second training seed: one more train/evaluate job per cell, the same labels
-        ("sweep:\n  seeds: [0, 1]\n", {"train": 6, "evaluate": 6, "summary": 1, "all": 1}),
+         {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 4, "evaluate": 4, "summary": 1, "plot_pr": 1,
+          "plot_flux": 1, "gallery": 2, "all": 1}),
+        # a second training seed: one more train/evaluate job per cell, the same labels (the
+        # galleries show the first seed's models and stay)
+        ("sweep:\n  seeds: [0, 1]\n",
+         {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "all": 1}),
         # the consensus method: everything downstream of the consensus, nothing upstream
         ("consensus:\n  method: dbscan\n",
          {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_morphology": 1,
-          "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "all": 1}),
+          "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2,
+          "plot_consensus": 1, "all": 1}),
     ],
 )
 def test_a_change_reruns_only_what_depends_on_it(tiny_run, tmp_path, override, expected):
@@ -185,6 +192,33 @@ def test_a_change_reruns_only_what_depends_on_it(tiny_run, tmp_path, override, e
     cfg.write_text(override)
     proc = smk("-n", "--cores", "2", "--configfile", str(TEST_CONFIG), str(cfg), cwd=tiny_run["dir"])
     assert _jobs(proc.stdout + proc.stderr) == expected
+
+
+def test_summary_documents_and_report(tiny_run, tiny_config):
+    """summary.md answers the question in its first lines; the Snakemake report builds with every
+    figure and table under its category, with captions."""
+    res = tiny_run["dir"] / "results"
+    md = (res / "summary.md").read_text()
+    smallest = min(tiny_config["labels"]["n_train"])
+    assert f"With n = {smallest} training images, **" in md and "## Against the truth labels" in md
+    comparison = pd.read_csv(res / "comparison.csv")
+    assert set(comparison["backbone"]) == set(tiny_config["backbones"])
+    assert (comparison.loc[comparison["backbone"] == "resnet18_scratch", "f1_diff"] == 0).all()  # the baseline
+    smk("--report", "results/report.html", "--configfile", str(TEST_CONFIG), cwd=tiny_run["dir"])
+    page = (res / "report.html").read_text()
+    assert len(page) > 100_000
+    for text in ("1. Headline", "2. Detection quality", "3. Gallery", "4. Volunteer consensus", "5. Tables",
+                 "Giant star-forming clumps with Faster R-CNN", "summary.html", "completeness_purity.png",
+                 "pr_curves.png", "completeness_vs_flux.png", "consensus.png", "comparison.csv",
+                 "paired difference to the baseline", "Are the faint clumps the ones missed?"):
+        assert text in page, text
+
+
+def test_report_baseline_must_be_in_the_sweep(tmp_path):
+    cfg = tmp_path / "baseline.yaml"
+    cfg.write_text("report:\n  baseline: resnet50_imagenet\n")
+    proc = smk("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "report.baseline 'resnet50_imagenet' is not a backbone" in proc.stdout + proc.stderr
 
 
 def test_paper_config_dry_run(tmp_path):

@@ -108,7 +108,7 @@ def choose_score(val: dict[str, Any], val_results: list[dict[str, Any]], spec: E
 def evaluate_reference(gt: dict[str, Any], results: list[dict[str, Any]], spec: EvalSpec, score: float,
                        flux_field: str | None = None) -> dict[str, Any]:
     """Everything about one label set: COCO AP numbers; headline completeness / purity / F1
-    (classes merged, with a bootstrap interval, and per class); the grid over IoU x score; the
+    (classes merged, with a bootstrap interval, and per class) and its per-image counts; the grid over IoU x score; the
     precision-recall curve at each IoU; optionally the completeness of the clumps binned by
     ``flux_field``, every clump counted (the faint ones the headline ignores included)."""
     out: dict[str, Any] = coco_ap(gt, results)
@@ -117,6 +117,7 @@ def evaluate_reference(gt: dict[str, Any], results: list[dict[str, Any]], spec: 
     b = spec.bootstrap
     out["merged"] = metrics.counts(merged, spec.iou, score)
     out["merged"]["ci"] = metrics.bootstrap(merged, spec.iou, score, n=b["n"], seed=b["seed"], level=b["level"])
+    out["per_image"] = metrics.per_image_record(merged, spec.iou, score)  # for paired comparisons of models
     names = {c["id"]: c["name"] for c in gt["categories"]}
     out["by_class"] = {"per_class": {names[c]: metrics.counts(per_class, spec.iou, score, c) for c in names}}
     out["grid"] = metrics.grid(merged, spec.scores)

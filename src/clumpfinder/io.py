@@ -130,3 +130,9 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
 
     sys.excepthook = _excepthook
     return logging.getLogger("clumpfinder")
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    """Write a text file (Markdown, HTML) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -202,3 +202,73 @@ def completeness_by(m: Matches, field: str, bins: Sequence[float], iou: float, s
         out.append({"low": lo, "high": hi, "n": n, "found": int((found & sel).sum()),
                     "completeness": float((found & sel).sum() / n) if n else math.nan})
     return out
+
+
+def per_image_record(m: Matches, iou: float, score: float) -> dict[str, Any]:
+    """:func:`per_image` as plain lists (for metrics.json), so later stages can resample the same
+    test images for several models (a paired bootstrap) without re-matching."""
+    t = per_image(m, iou, score)
+    return {"iou": iou, "score": score, "image_id": [int(i) for i in t.index],
+            **{k: [int(v) for v in t[k]] for k in ("tp", "fp", "n_gt")}}
+
+
+def _seed_mean_ratios(tables: Sequence[np.ndarray], idx: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Completeness, purity and F1 of each table (rows: images; columns: tp, fp, n_gt) summed over
+    the image indices ``idx`` (resamples x images; None: every image once), averaged over tables."""
+    out: dict[str, list[np.ndarray]] = {"completeness": [], "purity": [], "f1": []}
+    for t in tables:
+        tp, fp, g = ((t[:, k].sum(keepdims=True) if idx is None else t[idx, k].sum(axis=1)) for k in range(3))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c, p = tp / g, tp / (tp + fp)
+            f1 = np.where((tp == 0) & (g > 0), 0.0, 2 * c * p / (c + p))
+        for k, v in (("completeness", c), ("purity", p), ("f1", f1)):
+            out[k].append(v)
+    return {k: np.mean(v, axis=0) for k, v in out.items()}
+
+
+def paired_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
+    """Compare detectors scored on the same test images.
+
+    ``arms`` maps a name to one :func:`per_image_record` per training seed. For each arm and
+    measure (completeness, purity, F1) the value is the mean over its seeds; ``low``/``high`` is a
+    percentile interval from resampling the test images with replacement; ``diff`` and its
+    ``diff_low``/``diff_high`` compare the arm with ``baseline`` on the *same* resamples, which
+    removes the galaxy-to-galaxy variance the two share; ``seed_sd`` is the standard deviation
+    over seeds (NaN for one seed), the training-randomness part of the uncertainty.
+    """
+    if baseline not in arms:
+        raise ValueError(f"baseline {baseline!r} is not one of the compared arms {sorted(arms)}")
+    ref_ids = arms[baseline][0]["image_id"]
+    tables: dict[str, list[np.ndarray]] = {}
+    for name, records in arms.items():
+        if not records:
+            raise ValueError(f"arm {name!r} has no per-image record")
+        for r in records:
+            if r["image_id"] != ref_ids:
+                raise ValueError(f"arm {name!r} was scored on other test images than {baseline!r}; "
+                                 "a paired comparison needs the same test split")
+        tables[name] = [np.column_stack([r["tp"], r["fp"], r["n_gt"]]).astype(np.float64) for r in records]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(ref_ids), size=(n, len(ref_ids)))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    resampled = {name: _seed_mean_ratios(t, idx) for name, t in tables.items()}
+
+    def interval(v: np.ndarray) -> tuple[float, float]:
+        v = v[np.isfinite(v)]
+        return (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if len(v) else (math.nan, math.nan)
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, t in tables.items():
+        full = _seed_mean_ratios(t, None)
+        base_full = _seed_mean_ratios(tables[baseline], None)
+        out[name] = {}
+        for k in ("completeness", "purity", "f1"):
+            per_seed = [float(_seed_mean_ratios([s], None)[k][0]) for s in t]
+            low, high = interval(resampled[name][k])
+            d_low, d_high = interval(resampled[name][k] - resampled[baseline][k])
+            out[name][k] = {"value": float(full[k][0]), "low": low, "high": high,
+                            "diff": float(full[k][0] - base_full[k][0]), "diff_low": d_low, "diff_high": d_high,
+                            "seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan,
+                            "n_seeds": len(per_seed)}
+    return out

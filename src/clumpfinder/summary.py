@@ -1,20 +1,18 @@
-"""Summary over the sweep: one table row per (backbone, n_train, seed) and the headline figure."""
+"""Summary over the sweep: one table row per (backbone, n_train, seed), and the headline
+comparison of every backbone with a baseline at each training-set size (paired bootstrap over
+the shared test galaxies), written as a table and as Markdown / HTML with a one-line answer."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import html
+import math
 from typing import Any, Iterable
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from clumpfinder.metrics import paired_bootstrap
 
-from clumpfinder.io import atomic_path  # noqa: E402
-
-# Okabe & Ito (2008) colour-blind-safe palette
-PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+MEASURES = ("completeness", "purity", "f1")
 
 
 def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any],
@@ -46,45 +44,158 @@ def summary_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(list(rows)).sort_values(["backbone", "n_train", "seed"]).reset_index(drop=True)
 
 
-def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
-    """Completeness and purity vs training-set size, a line per backbone; solid against the
-    consensus labels, dashed against the simulated truth where present. With several training
-    seeds the line is their mean and a shaded band spans their range. Error bars: the bootstrap
-    interval over test galaxies (mean of the seeds' bounds) where the table has one."""
-    refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, constrained_layout=True)
-    for ax, measure in zip(axes, ("completeness", "purity")):
-        for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
-            for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
-                colour = PALETTE[k % len(PALETTE)]
-                stats = g.groupby("n_train")[f"{ref}_{measure}"].agg(["mean", "min", "max", "count"])
-                n_seeds = int(stats["count"].max())
-                label = f"{backbone} vs {ref}" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else "")
-                if f"{ref}_{measure}_low" in g:
-                    lo = g.groupby("n_train")[f"{ref}_{measure}_low"].mean()
-                    hi = g.groupby("n_train")[f"{ref}_{measure}_high"].mean()
-                    yerr = [(stats["mean"] - lo).clip(lower=0), (hi - stats["mean"]).clip(lower=0)]
-                else:
-                    yerr = None
-                ax.errorbar(stats.index, stats["mean"], yerr=yerr, fmt=style, marker=marker, color=colour,
-                            markerfacecolor=face or colour, capsize=3, label=label)
-                if n_seeds > 1:
-                    ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
-        ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        sizes = sorted(table["n_train"].unique())
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("training-set size (images)")
-        score = table["score"]
-        threshold = f"score >= {score.iloc[0]:g}" if score.nunique() == 1 else "score: F1-best on val"
-        ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, {threshold})")
-        ax.set_ylim(0, 1)
-        ax.tick_params(labelleft=True)  # both panels carry their own scale
-        ax.set_title(measure.capitalize())
-        ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=8, loc="lower right")
-    for path in (png, pdf):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150)
-    plt.close(fig)
+
+
+def compare(cells: Iterable[tuple[str, int, int, dict[str, Any]]], baseline: str,
+            bootstrap: dict[str, Any]) -> pd.DataFrame:
+    """Every backbone against ``baseline`` at each training-set size and label set.
+
+    ``cells``: (backbone, n_train, seed, metrics.json). Seeds are paired by value, so a backbone
+    is only compared on the seeds it shares with the baseline. One row per (reference, n_train,
+    backbone): mean over seeds of completeness, purity, F1 and AP50, their bootstrap intervals,
+    the paired difference to the baseline with its interval, and the seed standard deviation.
+    """
+    by_cell: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for backbone, n_train, seed, m in cells:
+        by_cell.setdefault((backbone, int(n_train)), {})[int(seed)] = m
+    if not any(b == baseline for b, _ in by_cell):
+        raise ValueError(f"summary baseline {baseline!r} is not among the evaluated backbones "
+                         f"{sorted({b for b, _ in by_cell})}")
+    rows = []
+    for n_train in sorted({n for _, n in by_cell}):
+        base = by_cell.get((baseline, n_train), {})
+        arms = {b: runs for (b, n), runs in by_cell.items() if n == n_train}
+        refs = [r for r in next(iter(base.values()))["references"]] if base else []
+        for ref in refs:
+            records, ap50 = {}, {}
+            for b, runs in arms.items():
+                seeds = sorted(set(runs) & set(base))
+                if not seeds or ref not in runs[seeds[0]]["references"]:
+                    continue
+                records[b] = [runs[s]["references"][ref]["per_image"] for s in seeds]
+                ap50[b] = sum(runs[s]["references"][ref]["AP50"] for s in seeds) / len(seeds)
+            stats = paired_bootstrap(records, baseline, n=bootstrap["n"], seed=bootstrap["seed"],
+                                     level=bootstrap["level"])
+            for b in sorted(stats, key=lambda name: (name != baseline, name)):
+                row: dict[str, Any] = {"reference": ref, "n_train": n_train, "backbone": b, "baseline": baseline,
+                                       "n_seeds": stats[b]["f1"]["n_seeds"],
+                                       "n_test_images": len(records[b][0]["image_id"]), "AP50": ap50[b]}
+                for k in MEASURES:
+                    for field in ("value", "low", "high", "diff", "diff_low", "diff_high", "seed_sd"):
+                        row[f"{k}_{field}" if field != "value" else k] = stats[b][k][field]
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _num(v: float, signed: bool = False) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:+.3f}" if signed else f"{v:.3f}")
+
+
+def _with_interval(v: float, low: float, high: float, signed: bool = False) -> str:
+    return f"{_num(v, signed)} [{_num(low, signed)}, {_num(high, signed)}]"
+
+
+def _excludes_zero(low: float, high: float) -> bool:
+    return not (math.isnan(low) or math.isnan(high)) and (low > 0 or high < 0)
+
+
+def headline(comparison: pd.DataFrame, reference: str, level: float, threshold: str) -> str:
+    """One sentence: which backbone wins at the smallest training-set size, by how much, with
+    what uncertainty (by F1, the measure the headline threshold maximises)."""
+    rows = comparison[comparison["reference"] == reference]
+    if rows.empty:
+        return f"No evaluation against the {reference} labels."
+    n_min = int(rows["n_train"].min())
+    at = rows[rows["n_train"] == n_min].sort_values("f1", ascending=False)
+    win, base_name = at.iloc[0], at.iloc[0]["baseline"]
+    n_seeds = int(win["n_seeds"])
+    seeds = f"{n_seeds} training seed{'s' if n_seeds > 1 else ''}"
+    pct = f"{level * 100:g} %"
+    head = (f"With n = {n_min} training images, **{win['backbone']}** has the highest F1 against the {reference} "
+            f"labels: {_with_interval(win['f1'], win['f1_low'], win['f1_high'])} "
+            f"(completeness {_num(win['completeness'])}, purity {_num(win['purity'])}; {threshold}; "
+            f"{pct} bootstrap intervals over {int(win['n_test_images'])} test galaxies, mean of {seeds}).")
+    if len(at) == 1:
+        return head
+    if win["backbone"] == base_name:
+        runner = at.iloc[1]
+        d, lo, hi = -runner["f1_diff"], -runner["f1_diff_high"], -runner["f1_diff_low"]
+        other = runner["backbone"]
+    else:
+        d, lo, hi, other = win["f1_diff"], win["f1_diff_low"], win["f1_diff_high"], base_name
+    verdict = ("the interval excludes zero" if _excludes_zero(lo, hi)
+               else "the interval includes zero: not a significant difference")
+    tail = f" It beats {other} by ΔF1 = {_with_interval(d, lo, hi, signed=True)} (paired bootstrap; {verdict})."
+    if n_seeds > 1 and not math.isnan(win["f1_seed_sd"]):
+        tail += f" Across seeds its F1 varies with a standard deviation of {win['f1_seed_sd']:.3f}."
+    return head + tail
+
+
+def comparison_table(comparison: pd.DataFrame, reference: str, bold=lambda s: f"**{s}**") -> pd.DataFrame:
+    """The comparison as display strings: value [interval], and the difference to the baseline
+    (emphasised with ``bold`` where its interval excludes zero)."""
+    rows = []
+    for _, r in comparison[comparison["reference"] == reference].iterrows():
+        row = {"n train": int(r["n_train"]), "backbone": r["backbone"], "seeds": int(r["n_seeds"])}
+        for k, label in (("completeness", "completeness"), ("purity", "purity"), ("f1", "F1")):
+            row[label] = _with_interval(r[k], r[f"{k}_low"], r[f"{k}_high"])
+        row["AP50"] = _num(r["AP50"])
+        for k, label in (("completeness", "Δ completeness"), ("purity", "Δ purity"), ("f1", "Δ F1")):
+            if r["backbone"] == r["baseline"]:
+                row[label] = "baseline"
+            else:
+                text = _with_interval(r[f"{k}_diff"], r[f"{k}_diff_low"], r[f"{k}_diff_high"], signed=True)
+                row[label] = bold(text) if _excludes_zero(r[f"{k}_diff_low"], r[f"{k}_diff_high"]) else text
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _context(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int) -> str:
+    base = comparison["baseline"].iloc[0] if len(comparison) else "n/a"
+    return (f"Matches at IoU >= {iou:g}; {threshold}; classes merged. Values are means over training seeds with "
+            f"{level * 100:g} % percentile intervals from {n_boot} bootstrap resamples of the test galaxies; "
+            f"Δ is the paired difference to the baseline **{base}** on the same resamples (bold where its interval "
+            f"excludes zero).")
+
+
+def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int) -> str:
+    """results/summary.md: the headline sentence and one table per label set."""
+    refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
+    parts = ["# Clump detection: which backbone, how much data?", ""]
+    parts += [f"- {headline(comparison, ref, level, threshold)}" for ref in refs] + [""]
+    parts += [_context(comparison, iou, threshold, level, n_boot), ""]
+    for ref in refs:
+        parts += [f"## Against the {ref} labels", "",
+                  comparison_table(comparison, ref).to_markdown(index=False), ""]
+    return "\n".join(parts)
+
+
+def _md_bold_to_html(text: str) -> str:
+    out = html.escape(text).split("**")
+    return "".join(f"<b>{s}</b>" if i % 2 else s for i, s in enumerate(out))
+
+
+def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int) -> str:
+    """The same content as :func:`summary_markdown` as a self-contained HTML page (for the
+    Snakemake report, which shows HTML results inline)."""
+    refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
+    body = ["<h1>Clump detection: which backbone, how much data?</h1>", "<ul>"]
+    body += [f"<li>{_md_bold_to_html(headline(comparison, ref, level, threshold))}</li>" for ref in refs]
+    body += ["</ul>", f"<p>{_md_bold_to_html(_context(comparison, iou, threshold, level, n_boot))}</p>"]
+    for ref in refs:
+        table = comparison_table(comparison, ref, bold=lambda s: f"<b>{html.escape(s)}</b>")
+        body += [f"<h2>Against the {html.escape(ref)} labels</h2>",
+                 table.to_html(index=False, escape=False, border=0, classes="summary")]
+    style = ("body{font-family:sans-serif;margin:1em} table.summary{border-collapse:collapse;font-size:0.9em}"
+             "table.summary td,table.summary th{padding:0.25em 0.6em;border-bottom:1px solid #ccc;text-align:right}"
+             "table.summary td:nth-child(2),table.summary th:nth-child(2){text-align:left}")
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Clump detection summary</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def threshold_text(metrics: Iterable[dict[str, Any]]) -> str:
+    """How the headline score threshold was chosen, for captions and tables."""
+    ms = list(metrics)
+    if ms and all(m["threshold"]["source"].startswith("configuration") for m in ms):
+        return f"detections with score >= {ms[0]['score']:g}"
+    return "each model's score threshold is the F1-best on the validation split"

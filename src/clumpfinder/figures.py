@@ -1,0 +1,302 @@
+"""Figures of the evaluation and of the volunteer consensus (PNG and PDF, written atomically).
+
+Colours follow Okabe & Ito (2008), which stay distinguishable with the common colour-vision
+deficiencies; lines also differ in style or marker where colour carries meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from astropy.stats import binom_conf_interval  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from clumpfinder.io import atomic_path  # noqa: E402
+
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+Run = tuple[str, int, int, dict[str, Any]]  # backbone, n_train, seed, metrics.json
+
+
+def save(fig: plt.Figure, png: str | Path, pdf: str | Path, dpi: int = 150) -> None:
+    for path in (png, pdf):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+
+
+def _colours(names: Iterable[str]) -> dict[str, str]:
+    return {n: PALETTE[k % len(PALETTE)] for k, n in enumerate(sorted(set(names)))}
+
+
+def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
+    """Completeness and purity vs training-set size, a line per backbone; solid against the
+    consensus labels, dashed against the simulated truth where present. With several training
+    seeds the line is their mean and a shaded band spans their range. Error bars: the bootstrap
+    interval over test galaxies (mean of the seeds' bounds) where the table has one."""
+    refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, constrained_layout=True)
+    for ax, measure in zip(axes, ("completeness", "purity")):
+        for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
+            for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
+                colour = PALETTE[k % len(PALETTE)]
+                stats = g.groupby("n_train")[f"{ref}_{measure}"].agg(["mean", "min", "max", "count"])
+                n_seeds = int(stats["count"].max())
+                label = f"{backbone} vs {ref}" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else "")
+                if f"{ref}_{measure}_low" in g:
+                    lo = g.groupby("n_train")[f"{ref}_{measure}_low"].mean()
+                    hi = g.groupby("n_train")[f"{ref}_{measure}_high"].mean()
+                    yerr = [(stats["mean"] - lo).clip(lower=0), (hi - stats["mean"]).clip(lower=0)]
+                else:
+                    yerr = None
+                ax.errorbar(stats.index, stats["mean"], yerr=yerr, fmt=style, marker=marker, color=colour,
+                            markerfacecolor=face or colour, capsize=3, label=label)
+                if n_seeds > 1:
+                    ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
+        ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        sizes = sorted(table["n_train"].unique())
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training-set size (images)")
+        score = table["score"]
+        threshold = f"score >= {score.iloc[0]:g}" if score.nunique() == 1 else "score: F1-best on val"
+        ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, {threshold})")
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelleft=True)  # both panels carry their own scale
+        ax.set_title(measure.capitalize())
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=8, loc="lower right")
+    save(fig, png, pdf)
+
+
+def plot_pr_curves(runs: Sequence[Run], iou: float, png: str | Path, pdf: str | Path) -> None:
+    """Precision (purity) against recall (completeness) as the score threshold falls, one panel
+    per training-set size (columns) and label set (rows), one line per backbone and seed; the
+    marker is the headline operating point (each model's own threshold)."""
+    refs = [r for r in ("consensus", "truth") if any(r in m["references"] for *_, m in runs)]
+    sizes = sorted({n for _, n, _, _ in runs})
+    colours = _colours(b for b, *_ in runs)
+    fig, axes = plt.subplots(len(refs), len(sizes), figsize=(3.4 * len(sizes), 3.2 * len(refs)),
+                             squeeze=False, sharex=True, sharey=True, constrained_layout=True)
+    key = f"{iou:g}"
+    for i, ref in enumerate(refs):
+        for j, n in enumerate(sizes):
+            ax = axes[i, j]
+            for backbone, n_train, seed, m in sorted(runs, key=lambda r: (r[0], r[2])):
+                if n_train != n or ref not in m["references"]:
+                    continue
+                r = m["references"][ref]
+                pr = r["pr"][key]
+                first = seed == min(s for b, nn, s, _ in runs if b == backbone and nn == n)
+                ax.plot(pr["recall"], pr["precision"], color=colours[backbone], lw=1.2, alpha=0.9 if first else 0.5,
+                        label=backbone if first else None)
+                ax.plot(r["merged"]["completeness"], r["merged"]["purity"], "o", color=colours[backbone], ms=5,
+                        mec="black", mew=0.5)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"n = {n}, vs {ref}", fontsize=10)
+            if i == len(refs) - 1:
+                ax.set_xlabel(f"completeness (recall, IoU >= {iou:g})")
+            if j == 0:
+                ax.set_ylabel("purity (precision)")
+    axes[0, -1].legend(fontsize=8, loc="lower left")
+    save(fig, png, pdf)
+
+
+def plot_flux_completeness(runs: Sequence[Run], min_flux_fraction: float | None, png: str | Path,
+                           pdf: str | Path, level: float = 0.95) -> None:
+    """Completeness of the simulated clumps against their share of the galaxy's g-band flux (at
+    each model's headline threshold), one panel per training-set size, one line per backbone
+    (mean over seeds). Error bars: Wilson binomial interval for the clumps of one bin; horizontal
+    bars: the bin's range. Clumps fainter than ``min_flux_fraction`` are not counted as missed in
+    the headline numbers (dotted line) but are shown here."""
+    runs = [r for r in runs if "by_flux" in r[3]["references"].get("truth", {})]
+    if not runs:
+        raise ValueError("no evaluation has completeness by flux fraction (it needs the simulated truth)")
+    sizes = sorted({n for _, n, _, _ in runs})
+    colours = _colours(b for b, *_ in runs)
+    backbones = sorted(colours)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 3.4), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    markers = "osD^vP*X"
+    for j, n in enumerate(sizes):
+        ax = axes[0, j]
+        for k, backbone in enumerate(backbones):
+            sel = [m["references"]["truth"]["by_flux"] for b, nn, _, m in runs if b == backbone and nn == n]
+            if not sel:
+                continue
+            bins = pd.DataFrame(sel[0])[["low", "high", "n"]]
+            found = np.mean([[b["found"] for b in s] for s in sel], axis=0)
+            ok = bins["n"].to_numpy() > 0
+            lo, hi = bins["low"].to_numpy() * 100, bins["high"].to_numpy() * 100
+            centre = np.sqrt(np.maximum(lo, 1e-3) * hi)  # geometric centre on the log axis
+            frac = np.where(ok, found / np.maximum(bins["n"], 1), np.nan)
+            ci = binom_conf_interval(np.round(found[ok]).astype(int), bins["n"].to_numpy()[ok],
+                                     confidence_level=level, interval="wilson")
+            shift = 1 + 0.04 * (k - (len(backbones) - 1) / 2)  # keep the error bars apart
+            ax.errorbar(centre[ok] * shift, frac[ok], yerr=[frac[ok] - ci[0], ci[1] - frac[ok]],
+                        xerr=[centre[ok] - lo[ok], hi[ok] - centre[ok]] if k == 0 else None,
+                        fmt="-", marker=markers[k % len(markers)], color=colours[backbone], capsize=2, lw=1.2,
+                        elinewidth=0.8, label=backbone + (f" (mean of {len(sel)} seeds)" if len(sel) > 1 else ""))
+        if min_flux_fraction:
+            ax.axvline(min_flux_fraction * 100, color="0.4", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(f"n = {n}", fontsize=10)
+        ax.set_xlabel("clump flux fraction, g band (%)")
+        if j == 0:
+            ax.set_ylabel("completeness vs truth (clumps)")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    save(fig, png, pdf)
+
+
+def pick_gallery(image_ids: Sequence[int], n: int, seed: int) -> list[int]:
+    """A seeded random sample of test galaxies (sorted ids): the same galaxies for every model."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(int(i) for i in image_ids)
+    return sorted(int(i) for i in rng.choice(ids, size=min(n, len(ids)), replace=False))
+
+
+def _boxes(ax: plt.Axes, anns: Iterable[dict[str, Any]], **style: Any) -> int:
+    k = 0
+    for a in anns:
+        x, y, w, h = a["bbox"]
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, **style))
+        k += 1
+    return k
+
+
+def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[str, list[dict[str, Any]]],
+                 scores: dict[str, float], image_ids: Sequence[int], png: str | Path, pdf: str | Path,
+                 truth: dict[str, Any] | None = None, title: str = "") -> None:
+    """Test galaxies (rows) as seen by each model (columns): the consensus boxes (white, dashed),
+    the simulated truth (blue, dotted; faint clumps that do not count thinner) and the model's
+    detections above its headline threshold (orange: clump, pink: odd clump), with their scores."""
+    images = {im["id"]: im for im in coco["images"]}
+    missing = [i for i in image_ids if i not in images]
+    if missing:
+        raise ValueError(f"gallery images {missing[:5]} are not in the test labels")
+    cons = {i: [a for a in coco["annotations"] if a["image_id"] == i] for i in image_ids}
+    true = {i: [a for a in truth["annotations"] if a["image_id"] == i] for i in image_ids} if truth else {}
+    cat_colour = {1: "#E69F00", 2: "#CC79A7"}
+    models = list(predictions)
+    fig, axes = plt.subplots(len(image_ids), len(models), figsize=(2.3 * len(models) + 0.4, 2.3 * len(image_ids)),
+                             squeeze=False, constrained_layout=True)
+    for i, image_id in enumerate(image_ids):
+        info = images[image_id]
+        with Image.open(Path(image_dir) / info["file_name"]) as pil:
+            rgb = np.asarray(pil.convert("RGB"))
+        for j, model in enumerate(models):
+            ax = axes[i, j]
+            ax.imshow(rgb, origin="upper", interpolation="nearest")
+            if true:
+                _boxes(ax, [a for a in true[image_id] if not a.get("iscrowd")], ec="#56B4E9", ls=":", lw=1.6)
+                _boxes(ax, [a for a in true[image_id] if a.get("iscrowd")], ec="#56B4E9", ls=":", lw=0.6)
+            _boxes(ax, cons[image_id], ec="white", ls="--", lw=1.0)
+            dets = [d for d in predictions[model] if d["image_id"] == image_id and d["score"] >= scores[model]]
+            for d in dets:
+                colour = cat_colour.get(d["category_id"], "#F0E442")
+                _boxes(ax, [d], ec=colour, lw=1.2)
+                ax.text(d["bbox"][0], d["bbox"][1] - 1, f"{d['score']:.2f}", color=colour, fontsize=6, va="bottom")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"{model}\n(score >= {scores[model]:.2f})", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{image_id}", fontsize=8)
+    handles = [Line2D([], [], color="white", ls="--", label="consensus"),
+               Line2D([], [], color="#E69F00", label="detected clump"),
+               Line2D([], [], color="#CC79A7", label="detected odd clump")]
+    if true:
+        handles.insert(1, Line2D([], [], color="#56B4E9", ls=":", lw=1.6, label="truth (thin: too faint to count)"))
+    leg = fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, facecolor="0.3",
+                     labelcolor="white")
+    leg.get_frame().set_edgecolor("0.3")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save(fig, png, pdf)
+
+
+def _logit_bins(lo: float = 1e-4, n: int = 41) -> np.ndarray:
+    x = np.linspace(math.log(lo / (1 - lo)), -math.log(lo / (1 - lo)), n)
+    return 1 / (1 + np.exp(-x))
+
+
+def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | Path, pdf: str | Path,
+                   true_volunteers: pd.DataFrame | None = None) -> None:
+    """Diagnostics of the volunteer consensus: the volunteers' SWAP skills (P(yes | clumpy) and
+    P(no | not clumpy), for those who saw gold subjects), their EM click skills (probability of
+    missing a clump and of a false click), the subjects' SWAP posteriors (gold subjects by
+    their known answer), and, when the true skills of simulated volunteers are given, the EM
+    miss probability against each volunteer's true miss rate."""
+    panels = 3 + (true_volunteers is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.8 * panels, 3.3), constrained_layout=True)
+    ax = axes[0]
+    trained = volunteers[volunteers["swap_n_trained"].fillna(0) > 0]
+    bins = np.linspace(0, 1, 21)
+    ax.hist(trained["swap_pl"].dropna(), bins=bins, histtype="step", lw=1.5, color=PALETTE[0],
+            label="P(yes | has clumps)")
+    ax.hist(trained["swap_pd"].dropna(), bins=bins, histtype="step", lw=1.5, ls="--", color=PALETTE[1],
+            label="P(no | no clumps)")
+    ax.set_xlabel("SWAP volunteer skill")
+    ax.set_ylabel(f"volunteers (of {len(trained)} who saw gold)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax = axes[1]
+    em = volunteers.dropna(subset=["p_fn", "p_fp"])
+    if len(em):
+        ax.hist(em["p_fn"], bins=bins, histtype="step", lw=1.5, color=PALETTE[0], label="p(miss a clump)")
+        ax.hist(em["p_fp"], bins=bins, histtype="step", lw=1.5, ls="--", color=PALETTE[1], label="p(false click)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.set_ylabel(f"volunteers (of {len(em)})")
+    else:
+        ax.text(0.5, 0.5, "no EM skills\n(consensus.method is not em)", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("EM volunteer click skill")
+    ax = axes[2]
+    logit_bins = _logit_bins()
+    p = subjects["swap_prob"].clip(logit_bins[0], logit_bins[-1])
+    gold = subjects["gold"].fillna(-1).astype(int)
+    for value, label, colour, style in ((-1, "not gold", "0.3", "-"), (1, "gold: has clumps", PALETTE[0], "--"),
+                                        (0, "gold: no clumps", PALETTE[1], ":")):
+        sel = p[gold == value]
+        if len(sel):
+            ax.hist(sel, bins=logit_bins, histtype="step", lw=1.5, color=colour, ls=style,
+                    label=f"{label} ({len(sel)})")
+    ax.set_xscale("logit")
+    ax.set_xlabel("SWAP posterior P(has clumps)")
+    ax.set_ylabel("subjects")
+    ax.legend(fontsize=8, loc="upper center")
+    if true_volunteers is not None:
+        ax = axes[3]
+        tv = true_volunteers.copy()
+        tv["user"] = [f"id:{int(u)}" if pd.notna(u) and u != "" else f"name:{n}"
+                      for u, n in zip(tv["user_id"], tv["user_name"])]
+        both = em.merge(tv[["user", "miss", "kind"]], on="user")
+        both = both[both["n_classifications"] >= 5]
+        for k, (kind, g) in enumerate(both.groupby("kind")):
+            ax.scatter(g["miss"], g["p_fn"], s=8, color=PALETTE[k % len(PALETTE)], marker="os^D"[k % 4],
+                       label=f"{kind} ({len(g)})", alpha=0.7)
+        rho = spearmanr(both["miss"], both["p_fn"]).statistic if len(both) > 2 else math.nan
+        ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls=":")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("true miss rate (simulated volunteer)")
+        ax.set_ylabel("EM p(miss a clump)")
+        ax.set_title(f"volunteers with >= 5 classifications, Spearman rho = {rho:.2f}", fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    save(fig, png, pdf)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,7 +56,14 @@ def test_pr_and_flux_figures(tmp_path):
     r = runs(labels())
     plot_pr_curves(r, 0.5, tmp_path / "pr.png", tmp_path / "pr.pdf")
     _written(tmp_path, "pr")
-    plot_flux_completeness(r, 0.03, tmp_path / "flux.png", tmp_path / "flux.pdf")
+    # a bin with every clump found (Wilson's upper bound rounds below 1 for n = 5) and an empty one
+    b, n, s, m = r[0]
+    perfect = copy.deepcopy(m)
+    perfect["references"]["truth"]["by_flux"] = [
+        {"low": 0.0, "high": 0.02, "n": 5, "found": 5, "completeness": 1.0},
+        {"low": 0.02, "high": 0.05, "n": 9, "found": 0, "completeness": 0.0},
+        {"low": 0.05, "high": 0.3, "n": 0, "found": 0, "completeness": float("nan")}]
+    plot_flux_completeness(r + [("perfect", n, s, perfect)], 0.03, tmp_path / "flux.png", tmp_path / "flux.pdf")
     _written(tmp_path, "flux")
     consensus_only = [(b, n, s, {**m, "references": {"consensus": m["references"]["consensus"]}})
                       for b, n, s, m in r]

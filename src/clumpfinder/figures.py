@@ -147,17 +147,22 @@ def plot_flux_completeness(runs: Sequence[Run], min_flux_fraction: float | None,
             ci = binom_conf_interval(np.round(found[ok]).astype(int), bins["n"].to_numpy()[ok],
                                      confidence_level=level, interval="wilson")
             shift = 1 + 0.04 * (k - (len(backbones) - 1) / 2)  # keep the error bars apart
-            ax.errorbar(centre[ok] * shift, frac[ok], yerr=[frac[ok] - ci[0], ci[1] - frac[ok]],
+            yerr = np.clip([frac[ok] - ci[0], ci[1] - frac[ok]], 0, None)  # rounding at 0 and 1
+            ax.errorbar(centre[ok] * shift, frac[ok], yerr=yerr,
                         xerr=[centre[ok] - lo[ok], hi[ok] - centre[ok]] if k == 0 else None,
                         fmt="-", marker=markers[k % len(markers)], color=colours[backbone], capsize=2, lw=1.2,
                         elinewidth=0.8, label=backbone + (f" (mean of {len(sel)} seeds)" if len(sel) > 1 else ""))
         if min_flux_fraction:
             ax.axvline(min_flux_fraction * 100, color="0.4", ls=":", lw=1)
         ax.set_xscale("log")
+        edges = sorted({e * 100 for b in runs[0][3]["references"]["truth"]["by_flux"] for e in (b["low"], b["high"])
+                        if e > 0})
+        ax.set_xticks(edges, [f"{e:g}" for e in edges])
+        ax.minorticks_off()
         ax.set_ylim(0, 1.05)
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         ax.set_title(f"n = {n}", fontsize=10)
-        ax.set_xlabel("clump flux fraction, g band (%)")
+        ax.set_xlabel("clump flux fraction, g band (%; ticks: bin edges)")
         if j == 0:
             ax.set_ylabel("completeness vs truth (clumps)")
     axes[0, -1].legend(fontsize=8, loc="lower right")
@@ -223,7 +228,8 @@ def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[
                Line2D([], [], color="#CC79A7", label="detected odd clump")]
     if true:
         handles.insert(1, Line2D([], [], color="#56B4E9", ls=":", lw=1.6, label="truth (thin: too faint to count)"))
-    leg = fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, facecolor="0.3",
+    leg = fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(models) < 4 else len(handles),
+                     fontsize=8, facecolor="0.3",
                      labelcolor="white")
     leg.get_frame().set_edgecolor("0.3")
     if title:
@@ -278,6 +284,7 @@ def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | 
             ax.hist(sel, bins=logit_bins, histtype="step", lw=1.5, color=colour, ls=style,
                     label=f"{label} ({len(sel)})")
     ax.set_xscale("logit")
+    ax.set_yscale("log")
     ax.set_xlabel("SWAP posterior P(has clumps)")
     ax.set_ylabel("subjects")
     ax.legend(fontsize=8, loc="upper center")

@@ -3,16 +3,19 @@
     python benchmarks/evaluation_speed.py [--images 10000] [--dets 10]
 
 Synthetic test set: 96 px images with 0-4 clumps each (a tenth odd), ``--dets`` detections per
-image (jittered copies of the clumps plus random boxes, random scores). Times what the evaluate
-rule does per reference label set: pycocotools AP/AP50/AP75/AR, the match at IoU 0.3 and 0.5
-(classes merged and per class), the completeness / purity / F1 grid over 19 score thresholds,
-a precision-recall curve and 1,000 bootstrap resamples. Writes
-benchmarks/results/evaluation_speed.json.
+image (jittered copies of the clumps plus random boxes, random scores). Times the functions the
+evaluate rule runs, with the default evaluation settings: the validation threshold choice
+(on a validation set as large as the test set), everything against the consensus (pycocotools
+AP numbers; matches at IoU 0.3 and 0.5, merged and per class; the grids; PR curves; 1,000
+bootstrap resamples; per-image counts) and the same against a truth with flux fractions (plus
+completeness by flux bin); and the summary's paired bootstrap for two arms x three seeds.
+Prediction itself is not included. Writes benchmarks/results/evaluation_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -24,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from clumpfinder import metrics as M  # noqa: E402
-from clumpfinder.evaluate import coco_ap  # noqa: E402
+from clumpfinder.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
 
 
 def synthetic(n_images: int, n_dets: int, seed: int = 0) -> tuple[dict, list[dict]]:
@@ -55,29 +58,32 @@ def main() -> None:
     ap.add_argument("--dets", type=int, default=10)
     args = ap.parse_args()
     gt, results = synthetic(args.images, args.dets)
-    scores = [round(0.05 * k, 2) for k in range(1, 20)]
+    rng = np.random.default_rng(1)
+    truth = copy.deepcopy(gt)
+    for a in truth["annotations"]:  # a flux fraction per clump, a tenth of them too faint to count
+        a["flux_fraction_g"] = float(rng.uniform(0.015, 0.25))
+        a["iscrowd"] = int(a["flux_fraction_g"] < 0.03)
+    spec = EvalSpec.from_config({"iou": 0.5, "score": None, "ious": [0.3, 0.5],
+                                 "scores": [round(0.05 * k, 2) for k in range(1, 20)],
+                                 "bootstrap": {"n": 1000, "seed": 0, "level": 0.95},
+                                 "flux_bins": [0.0, 0.015, 0.03, 0.05, 0.08, 0.12, 0.3]})
     times = {}
     t0 = time.perf_counter()
-    coco_ap(gt, results)
-    times["coco_ap"] = time.perf_counter() - t0
+    score = choose_score(gt, results, spec)["score"]  # the validation split, here as large as the test split
+    times["choose_score_on_val"] = time.perf_counter() - t0
     t = time.perf_counter()
-    merged = M.match(gt, results, (0.3, 0.5))
-    times["match_merged"] = time.perf_counter() - t
+    consensus = evaluate_reference(gt, results, spec, score)
+    times["evaluate_vs_consensus"] = time.perf_counter() - t
     t = time.perf_counter()
-    per_class = M.match(gt, results, (0.3, 0.5), use_cats=True)
-    times["match_per_class"] = time.perf_counter() - t
+    evaluate_reference(truth, results, spec, score, flux_field="flux_fraction_g")
+    times["evaluate_vs_truth_with_flux_bins"] = time.perf_counter() - t
+    times["evaluate_rule_total"] = time.perf_counter() - t0
     t = time.perf_counter()
-    M.grid(merged, scores)
-    s = M.best_score(merged, 0.5, scores)
-    [M.counts(per_class, 0.5, s, c) for c in (1, 2)]
-    M.pr_curve(merged, 0.5)
-    times["grid_threshold_curve"] = time.perf_counter() - t
-    t = time.perf_counter()
-    M.bootstrap(merged, 0.5, s, n=1000)
-    times["bootstrap_1000"] = time.perf_counter() - t
-    times["total"] = time.perf_counter() - t0
+    record = consensus["per_image"]
+    M.paired_bootstrap({"a": [record] * 3, "b": [record] * 3}, "a", n=1000)  # summary: 2 arms x 3 seeds
+    times["summary_paired_bootstrap_2_arms_3_seeds"] = time.perf_counter() - t
     out = {"images": args.images, "detections": len(results), "ground_truths": len(gt["annotations"]),
-           "seconds": {k: round(v, 2) for k, v in times.items()}}
+           "score": score, "seconds": {k: round(v, 2) for k, v in times.items()}}
     path = REPO / "benchmarks" / "results" / "evaluation_speed.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

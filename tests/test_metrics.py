@@ -156,3 +156,46 @@ def test_paired_bootstrap_difference_seeds_and_errors():
     nothing = M.paired_bootstrap({"none": [_record(other)]}, "none", n=50)["none"]
     assert nothing["completeness"]["value"] == 0 and nothing["f1"]["value"] == 0
     assert math.isnan(nothing["purity"]["value"]) and math.isnan(nothing["purity"]["low"])
+
+
+def test_matching_leaves_its_inputs_untouched():
+    import copy
+
+    gt = dataset([[(10, 10, 1), (50, 50, 2)], [(20, 20, 1)]], crowd={3})
+    res = [det(1, 10, 10, 0.9), det(2, 20, 20, 0.4), det(2, 70, 70, 0.3)]
+    before = copy.deepcopy((gt, res))
+    M.match(gt, res, use_cats=True)
+    evaluate_reference(gt, res, EvalSpec(0.5, None, (0.5,), (0.5,), {"n": 10, "seed": 0, "level": 0.9},
+                                         (0.0, 1.0)), 0.5, flux_field="flux_fraction_g")
+    assert (gt, res) == before
+
+
+def test_coco_ap_equals_pycocotools_summarize():
+    """coco_ap evaluates only the 'all' area range; its numbers must be summarize()'s."""
+    import contextlib
+    import io
+
+    import numpy as np
+    from pycocotools.cocoeval import COCOeval
+
+    from clumpfinder.evaluate import coco_ap
+
+    rng = np.random.default_rng(5)
+    gt = dataset([[(float(x), float(y), int(c)) for x, y, c in zip(rng.uniform(0, 80, k), rng.uniform(0, 80, k),
+                                                                   rng.integers(1, 3, k))]
+                  for k in rng.integers(0, 4, 60)])
+    res = [det(a["image_id"], a["bbox"][0] + rng.normal(0, 2), a["bbox"][1] + rng.normal(0, 2), float(rng.uniform()),
+               a["category_id"] if rng.random() < 0.8 else 3 - a["category_id"]) for a in gt["annotations"]]
+    res += [det(int(i), float(x), float(y), float(s)) for i, x, y, s in
+            zip(rng.integers(1, 61, 40), rng.uniform(0, 80, 40), rng.uniform(0, 80, 40), rng.uniform(0, 1, 40))]
+    for use_cats in (True, False):
+        coco = M.coco_index(gt)
+        ev = COCOeval(coco, M.load_results(coco, res), "bbox")
+        ev.params.useCats = int(use_cats)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        expected = {"AP": ev.stats[0], "AP50": ev.stats[1], "AP75": ev.stats[2], "AR": ev.stats[8]}
+        got = coco_ap(gt, res, use_cats=use_cats)
+        assert got == pytest.approx(expected, abs=1e-12) and 0.1 < got["AP50"] < 1

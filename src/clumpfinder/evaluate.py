@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pycocotools.cocoeval import COCOeval
 
@@ -54,19 +55,31 @@ def predict(
 
 
 def coco_ap(gt_dataset: dict[str, Any], results: list[dict[str, Any]], use_cats: bool = True) -> dict[str, float]:
-    """AP@[.5:.95], AP50, AP75 and AR@100 from pycocotools (0 when there are no detections)."""
+    """AP@[.5:.95], AP50, AP75 and AR@100 as pycocotools' ``summarize()`` reports them (0 when
+    there are no detections or no ground truth). Only the 'all' area range and 100 detections
+    per image are evaluated (the other ranges of the standard summary cost 3 more matchings
+    and are not used); the numbers are read from ``accumulate()``'s arrays as summarize does."""
     keys = ("AP", "AP50", "AP75", "AR")
     if not results or not gt_dataset["annotations"]:
         return {k: 0.0 for k in keys}
     gt = metrics.coco_index(gt_dataset)
     ev = COCOeval(gt, metrics.load_results(gt, results), "bbox")
     ev.params.useCats = int(use_cats)
+    ev.params.areaRng = [[0.0, 1e10]]
+    ev.params.areaRngLbl = ["all"]
+    ev.params.maxDets = [100]
     with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    stats = [max(0.0, float(s)) for s in ev.stats]  # -1 means "no ground truth"
-    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "AR": stats[8]}
+    precision, recall = ev.eval["precision"][..., 0, 0], ev.eval["recall"][..., 0, 0]  # [T, R, K], [T, K]
+    iou = list(np.round(ev.params.iouThrs, 2))
+
+    def mean(a: np.ndarray) -> float:
+        a = a[a > -1]  # -1: no ground truth of that category
+        return max(0.0, float(a.mean())) if a.size else 0.0
+
+    return {"AP": mean(precision), "AP50": mean(precision[iou.index(0.5)]), "AP75": mean(precision[iou.index(0.75)]),
+            "AR": mean(recall)}
 
 
 @dataclass(frozen=True)

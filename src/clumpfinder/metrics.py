@@ -12,7 +12,6 @@ bootstrap resample is then array arithmetic on those records.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 from dataclasses import dataclass
@@ -41,18 +40,20 @@ class Matches:
 
 
 def coco_index(dataset: dict[str, Any]) -> COCO:
-    """A pycocotools COCO object for an in-memory dataset (quietly; the dataset is copied)."""
+    """A pycocotools COCO object for an in-memory dataset (quietly). Its image and annotation
+    dicts are copied (COCOeval adds keys to them); the values inside are shared, never modified."""
     gt = COCO()
-    gt.dataset = copy.deepcopy(dataset)
+    gt.dataset = {**dataset, **{k: [dict(x) for x in dataset[k]] for k in ("images", "annotations")}}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     return gt
 
 
 def load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
-    """pycocotools' ``loadRes`` without its prints and without touching ``results``."""
+    """pycocotools' ``loadRes`` without its prints and without touching ``results`` (it adds
+    keys to each result dict, so those are copied)."""
     with contextlib.redirect_stdout(io.StringIO()):
-        return gt.loadRes(copy.deepcopy(results))
+        return gt.loadRes([dict(r) for r in results])
 
 
 def match(gt_dataset: dict[str, Any], results: list[dict[str, Any]], ious: Sequence[float] = (0.3, 0.5),

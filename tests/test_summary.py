@@ -77,3 +77,11 @@ def test_headline_when_the_baseline_wins_or_ties():
     assert "**scratch**" in text and "beats galaxy by ΔF1 = +" in text and "includes zero" in text
     assert "seeds" not in text.split("mean of")[1]  # one seed
     assert headline(pd.DataFrame(comp), "truth", 0.95, "t") == "No evaluation against the truth labels."
+
+
+def test_an_interval_touching_zero_at_the_shown_precision_is_not_called_significant():
+    from clumpfinder.summary import _excludes_zero
+
+    assert _excludes_zero(0.001, 0.2) and _excludes_zero(-0.3, -0.0006)
+    assert not _excludes_zero(0.0003, 0.2) and not _excludes_zero(-0.3, -0.0004)
+    assert not _excludes_zero(float("nan"), 0.2)

@@ -96,7 +96,9 @@ def _with_interval(v: float, low: float, high: float, signed: bool = False) -> s
 
 
 def _excludes_zero(low: float, high: float) -> bool:
-    return not (math.isnan(low) or math.isnan(high)) and (low > 0 or high < 0)
+    """Whether the interval excludes zero at the 3 decimals shown (a bound that prints as
+    0.000 does not count as excluding it)."""
+    return not (math.isnan(low) or math.isnan(high)) and (round(low, 3) > 0 or round(high, 3) < 0)
 
 
 def headline(comparison: pd.DataFrame, reference: str, level: float, threshold: str) -> str:

@@ -5,11 +5,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
 from clumpfinder.figures import plot_flux_completeness  # noqa: E402
-from clumpfinder.io import read_json, setup_logging  # noqa: E402
+from clumpfinder.io import setup_logging  # noqa: E402
+from clumpfinder.summary import sweep_runs  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-cells = [(b, n, s) for b in p.backbones for n in p.n_train for s in p.seeds]  # expand()'s order
-runs = [(b, n, s, read_json(m)) for (b, n, s), m in zip(cells, snakemake.input.metrics)]
+runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics)
 plot_flux_completeness(runs, p.min_flux_fraction, snakemake.output.png, snakemake.output.pdf, level=p.level)
 log.info("plotted completeness by flux fraction for %d models", len(runs))

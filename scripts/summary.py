@@ -8,21 +8,21 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 from clumpfinder.figures import plot_completeness_purity  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_csv, write_text  # noqa: E402
 from clumpfinder.summary import (compare, summary_html, summary_markdown, summary_row,  # noqa: E402
-                                 summary_table, threshold_text)
+                                 summary_table, sweep_runs, threshold_text)
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-cells = [(b, n, s) for b in p.backbones for n in p.n_train for s in p.seeds]  # expand()'s order
-metrics = [read_json(m) for m in snakemake.input.metrics]
-rows = [summary_row(b, n, m, read_json(t), seed=s)
-        for (b, n, s), m, t in zip(cells, metrics, snakemake.input.train)]
+runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics)
+rows = [summary_row(b, n, m, read_json(t), seed=s) for (b, n, s, m), t in zip(runs, snakemake.input.train)]
 table = summary_table(rows)
 write_csv(table, snakemake.output.table)
 boot = p.evaluation["bootstrap"]
-comparison = compare([(b, n, s, m) for (b, n, s), m in zip(cells, metrics)], p.baseline, boot)
+comparison = compare(runs, p.baseline, boot)
 write_csv(comparison, snakemake.output.comparison)
-text = dict(iou=p.evaluation["iou"], threshold=threshold_text(metrics), level=boot["level"], n_boot=boot["n"])
-write_text(summary_markdown(comparison, **text), snakemake.output.markdown)
+text = dict(iou=p.evaluation["iou"], threshold=threshold_text(m for *_, m in runs), level=boot["level"],
+            n_boot=boot["n"])
+markdown = summary_markdown(comparison, **text)
+write_text(markdown, snakemake.output.markdown)
 write_text(summary_html(comparison, **text), snakemake.output.html)
 plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf)
-log.info("\n%s", summary_markdown(comparison, **text))
+log.info("\n%s", markdown)

@@ -85,3 +85,19 @@ def test_an_interval_touching_zero_at_the_shown_precision_is_not_called_signific
     assert _excludes_zero(0.001, 0.2) and _excludes_zero(-0.3, -0.0006)
     assert not _excludes_zero(0.0003, 0.2) and not _excludes_zero(-0.3, -0.0004)
     assert not _excludes_zero(float("nan"), 0.2)
+
+
+def test_sweep_runs_pairs_files_with_cells_in_expand_order(tmp_path):
+    import json
+
+    from clumpfinder.summary import sweep_runs
+
+    files = []
+    for k in range(4):
+        files.append(str(tmp_path / f"{k}.json"))
+        (tmp_path / f"{k}.json").write_text(json.dumps({"k": k}))
+    runs = sweep_runs(["a", "b"], [30], [0, 1], files)
+    assert [(b, n, s, m["k"]) for b, n, s, m in runs] == [("a", 30, 0, 0), ("a", 30, 1, 1), ("b", 30, 0, 2),
+                                                          ("b", 30, 1, 3)]
+    with pytest.raises(ValueError, match="3 metrics files for 4"):
+        sweep_runs(["a", "b"], [30], [0, 1], files[:3])

@@ -214,13 +214,6 @@ def test_summary_documents_and_report(tiny_run, tiny_config):
         assert text in page, text
 
 
-def test_report_baseline_must_be_in_the_sweep(tmp_path):
-    cfg = tmp_path / "baseline.yaml"
-    cfg.write_text("report:\n  baseline: resnet50_imagenet\n")
-    proc = smk("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "report.baseline 'resnet50_imagenet' is not a backbone" in proc.stdout + proc.stderr
-
-
 def test_paper_config_dry_run(tmp_path):
     """config/paper.yaml: Popp's five ResNet-50 arms x six sizes; hub weights fetched by a
     localrule, the clumpy arm pretrained once."""
@@ -230,11 +223,18 @@ def test_paper_config_dry_run(tmp_path):
     assert jobs["train"] == jobs["evaluate"] == 30 and jobs["subset"] == 6
 
 
-def test_sweep_names_an_unknown_backbone(tmp_path):
-    cfg = tmp_path / "sweep.yaml"
-    cfg.write_text("sweep:\n  backbones: [resnet18_scratch, nope]\n")
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sweep:\n  backbones: [resnet18_scratch, nope]\n", "sweep.backbones names 'nope'"),
+        ("report:\n  baseline: resnet50_imagenet\n", "report.baseline 'resnet50_imagenet' is not a backbone"),
+    ],
+)
+def test_a_name_outside_the_sweep_is_an_error(tmp_path, override, message):
+    cfg = tmp_path / "names.yaml"
+    cfg.write_text(override)
     proc = smk("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "sweep.backbones names 'nope'" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
 
 
 def test_tiny_run_pretraining_outputs(tiny_run):

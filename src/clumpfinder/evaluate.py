@@ -121,8 +121,8 @@ def choose_score(val: dict[str, Any], val_results: list[dict[str, Any]], spec: E
 def evaluate_reference(gt: dict[str, Any], results: list[dict[str, Any]], spec: EvalSpec, score: float,
                        flux_field: str | None = None) -> dict[str, Any]:
     """Everything about one label set: COCO AP numbers; headline completeness / purity / F1
-    (classes merged, with a bootstrap interval, and per class) and its per-image counts; the grid over IoU x score; the
-    precision-recall curve at each IoU; optionally the completeness of the clumps binned by
+    (classes merged, with a bootstrap interval, and per class) and its per-image counts; the grid
+    over IoU x score; the precision-recall curve at each IoU; optionally the completeness of the clumps binned by
     ``flux_field``, every clump counted (the faint ones the headline ignores included)."""
     out: dict[str, Any] = coco_ap(gt, results)
     merged = metrics.match(gt, results, spec.ious)

@@ -172,20 +172,9 @@ def bootstrap(m: Matches, iou: float, score: float, n: int = 1000, seed: int = 0
     """Percentile confidence intervals of completeness, purity and F1, resampling test images
     with replacement (``n`` resamples, seeded: the same inputs give the same intervals)."""
     table = per_image(m, iou, score).to_numpy(dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(table), size=(n, len(table)))
-    tp, fp, g = (table[idx, k].sum(axis=1) for k in range(3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = tp / g
-        p = tp / (tp + fp)
-        f1 = 2 * c * p / (c + p)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    out = {}
-    for name, v in (("completeness", c), ("purity", p), ("f1", f1)):
-        v = v[np.isfinite(v)]
-        out[name] = {"low": float(np.percentile(v, lo)), "high": float(np.percentile(v, hi))} if len(v) else {
-            "low": math.nan, "high": math.nan}
-    return out
+    idx = np.random.default_rng(seed).integers(0, len(table), size=(n, len(table)))
+    resampled = _seed_mean_ratios([table], idx)
+    return {k: dict(zip(("low", "high"), _interval(v, level))) for k, v in resampled.items()}
 
 
 def completeness_by(m: Matches, field: str, bins: Sequence[float], iou: float, score: float,
@@ -215,7 +204,8 @@ def per_image_record(m: Matches, iou: float, score: float) -> dict[str, Any]:
 
 def _seed_mean_ratios(tables: Sequence[np.ndarray], idx: np.ndarray | None) -> dict[str, np.ndarray]:
     """Completeness, purity and F1 of each table (rows: images; columns: tp, fp, n_gt) summed over
-    the image indices ``idx`` (resamples x images; None: every image once), averaged over tables."""
+    the image indices ``idx`` (resamples x images; None: every image once), averaged over tables.
+    F1 is 0 where nothing was found, as in :func:`counts`."""
     out: dict[str, list[np.ndarray]] = {"completeness": [], "purity": [], "f1": []}
     for t in tables:
         tp, fp, g = ((t[:, k].sum(keepdims=True) if idx is None else t[idx, k].sum(axis=1)) for k in range(3))
@@ -225,6 +215,14 @@ def _seed_mean_ratios(tables: Sequence[np.ndarray], idx: np.ndarray | None) -> d
         for k, v in (("completeness", c), ("purity", p), ("f1", f1)):
             out[k].append(v)
     return {k: np.mean(v, axis=0) for k, v in out.items()}
+
+
+def _interval(v: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite values (NaN, NaN when there are none)."""
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return math.nan, math.nan
+    return float(np.percentile(v, (1 - level) / 2 * 100)), float(np.percentile(v, (1 + level) / 2 * 100))
 
 
 def paired_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n: int = 1000, seed: int = 0,
@@ -250,26 +248,18 @@ def paired_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n
                 raise ValueError(f"arm {name!r} was scored on other test images than {baseline!r}; "
                                  "a paired comparison needs the same test split")
         tables[name] = [np.column_stack([r["tp"], r["fp"], r["n_gt"]]).astype(np.float64) for r in records]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ref_ids), size=(n, len(ref_ids)))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    idx = np.random.default_rng(seed).integers(0, len(ref_ids), size=(n, len(ref_ids)))
     resampled = {name: _seed_mean_ratios(t, idx) for name, t in tables.items()}
-
-    def interval(v: np.ndarray) -> tuple[float, float]:
-        v = v[np.isfinite(v)]
-        return (float(np.percentile(v, lo)), float(np.percentile(v, hi))) if len(v) else (math.nan, math.nan)
-
+    full = {name: _seed_mean_ratios(t, None) for name, t in tables.items()}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, t in tables.items():
-        full = _seed_mean_ratios(t, None)
-        base_full = _seed_mean_ratios(tables[baseline], None)
+        per_seed = [_seed_mean_ratios([s], None) for s in t]
         out[name] = {}
         for k in ("completeness", "purity", "f1"):
-            per_seed = [float(_seed_mean_ratios([s], None)[k][0]) for s in t]
-            low, high = interval(resampled[name][k])
-            d_low, d_high = interval(resampled[name][k] - resampled[baseline][k])
-            out[name][k] = {"value": float(full[k][0]), "low": low, "high": high,
-                            "diff": float(full[k][0] - base_full[k][0]), "diff_low": d_low, "diff_high": d_high,
-                            "seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else math.nan,
-                            "n_seeds": len(per_seed)}
+            low, high = _interval(resampled[name][k], level)
+            d_low, d_high = _interval(resampled[name][k] - resampled[baseline][k], level)
+            out[name][k] = {"value": float(full[name][k][0]), "low": low, "high": high,
+                            "diff": float(full[name][k][0] - full[baseline][k][0]), "diff_low": d_low,
+                            "diff_high": d_high, "n_seeds": len(t),
+                            "seed_sd": float(np.std([r[k][0] for r in per_seed], ddof=1)) if len(t) > 1 else math.nan}
     return out

@@ -10,9 +10,21 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from clumpfinder.io import read_json
 from clumpfinder.metrics import paired_bootstrap
 
 MEASURES = ("completeness", "purity", "f1")
+
+
+def sweep_runs(backbones: Iterable[str], n_train: Iterable[int], seeds: Iterable[int],
+               metrics_files: Iterable[str]) -> list[tuple[str, int, int, dict[str, Any]]]:
+    """(backbone, n_train, seed, metrics.json) for the sweep's evaluation files, which the rules
+    list in expand()'s order: backbones outermost, seeds innermost."""
+    cells = [(b, n, s) for b in backbones for n in n_train for s in seeds]
+    files = list(metrics_files)
+    if len(files) != len(cells):
+        raise ValueError(f"{len(files)} metrics files for {len(cells)} (backbone, n_train, seed) cells")
+    return [(b, n, s, read_json(f)) for (b, n, s), f in zip(cells, files)]
 
 
 def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any],

@@ -122,6 +122,23 @@ def test_workflow_filter(tmp_path):
     assert parsed.report["rows_used"] == 1 and parsed.report["rows_skipped"] == {"other_workflow": 1}
 
 
+def test_mixed_workflow_versions(tmp_path):
+    """Real exports mix workflow versions; rows older than min_workflow_version are counted and
+    left out (compared as numbers: 10.1 is newer than 9.30), unreadable versions too."""
+    rows = [row(1), dict(row(2, user="b", user_id=2), workflow_version="10.1"),
+            dict(row(3, user="c", user_id=3), workflow_version="9.30"),
+            dict(row(4, user="d", user_id=4), workflow_version="draft")]
+    path = tmp_path / "export.csv"
+    write_export(rows, path)
+    parsed = read_export(path, min_workflow_version="9.31")
+    assert parsed.classifications["classification_id"].tolist() == [2]
+    assert parsed.report["rows_skipped"] == {"old_workflow_version": 2, "bad_workflow_version": 1}
+    assert [e["reason"] for e in parsed.report["examples"]] == ["bad_workflow_version"]
+    assert read_export(path).report["rows_used"] == 4
+    with pytest.raises(ValueError, match="min_workflow_version 'v2' is not a version"):
+        read_export(path, min_workflow_version="v2")
+
+
 def test_not_an_export_names_file_and_columns(tmp_path):
     path = tmp_path / "subjects.csv"
     path.write_text("subject_id,ra,dec\n1,2,3\n")

@@ -223,8 +223,16 @@ class _Chunk:
     first_row_broken: bool = False  # a split inside a quoted field shows here
 
 
+def _version(text: str) -> tuple[int, ...]:
+    """'51.78' -> (51, 78); raises ValueError on anything else."""
+    parts = tuple(int(p) for p in text.strip().split("."))
+    if not parts or any(p < 0 for p in parts):
+        raise ValueError(text)
+    return parts
+
+
 def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[str], task: str | None,
-                 workflow_id: str | None, max_examples: int) -> _Chunk:
+                 workflow_id: str | None, max_examples: int, min_version: tuple[int, ...] | None = None) -> _Chunk:
     """Parse the rows in bytes [start, end) of the export (``start`` is a row boundary and
     ``first_line`` its 1-based physical line number)."""
     out = _Chunk()
@@ -265,6 +273,12 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
                 raise _Skip("wrong_field_count")
             if workflow_id is not None and (i_wf is None or values[i_wf] != workflow_id):
                 raise _Skip("other_workflow")
+            if min_version is not None:
+                try:
+                    if _version(values[i_ver] if i_ver is not None else "") < min_version:
+                        raise _Skip("old_workflow_version")
+                except ValueError:
+                    raise _Skip("bad_workflow_version") from None
             try:
                 cid = int(values[i_cid])
                 if not 0 <= cid < INT64_MAX:
@@ -284,7 +298,7 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
             marks = _marks(values[i_ann], task)
         except _Skip as s:
             out.skipped[s.reason] += 1
-            if s.reason != "other_workflow":
+            if s.reason not in ("other_workflow", "old_workflow_version"):
                 note(line, s.reason)
             continue
         fwhm = fwhm_cache.get(sid)
@@ -358,18 +372,25 @@ def _row_boundaries(path: Path, data_start: int, first_line: int, chunk_bytes: i
 def read_export(
     path: str | Path, task: str | None = "T0", workflow_id: str | int | None = None,
     max_examples: int = 20, workers: int = 1, chunk_bytes: int = CHUNK_BYTES,
+    min_workflow_version: str | float | None = None,
 ) -> ParsedExport:
     """Parse a classification export into clicks and classifications.
 
     Rows that cannot be used are skipped and counted by reason; clicks that cannot be used are
     dropped and counted (the classification still counts: the volunteer saw the subject). A
     second classification of the same subject by the same volunteer is dropped (the earliest by
-    ``created_at`` counts, so the result does not depend on row order). ``report['examples']``
+    ``created_at`` counts, so the result does not depend on row order). ``min_workflow_version``
+    ('51.78') skips rows of older workflow versions, whose task layout may differ (counted as
+    ``old_workflow_version``). ``report['examples']``
     lists the first few problems with their CSV line numbers. Large files are parsed in byte
     ranges by ``workers`` processes.
     """
     path = Path(path)
     wf = None if workflow_id is None else str(workflow_id)
+    try:
+        min_version = None if min_workflow_version is None else _version(str(min_workflow_version))
+    except ValueError:
+        raise ValueError(f"min_workflow_version {min_workflow_version!r} is not a version like '51.78'") from None
     csv.field_size_limit(sys.maxsize)
     with open(path, "rb") as fh:
         head = fh.readline()
@@ -383,12 +404,13 @@ def read_export(
             f"{path}: not a Zooniverse classification export, missing column(s) {', '.join(missing)}"
         )
     ranges = _row_boundaries(path, data_start, 2, chunk_bytes)
-    args = [(str(path), s, e, line, header, task, wf, max_examples) for s, e, line in ranges]
+    args = [(str(path), s, e, line, header, task, wf, max_examples, min_version) for s, e, line in ranges]
     chunks = _parse_ranges(args, workers)
     if any(ch.first_row_broken for ch in chunks[1:]):
         # a stray quote outside a quoted field can fool the quote-parity split: parse in one piece
         log.warning("%s: malformed CSV structure, parsing the file in one piece", path)
-        chunks = _parse_ranges([(str(path), data_start, path.stat().st_size, 2, header, task, wf, max_examples)], 1)
+        chunks = _parse_ranges([(str(path), data_start, path.stat().st_size, 2, header, task, wf, max_examples,
+                                 min_version)], 1)
     return _assemble(path, chunks, max_examples)
 
 

@@ -1,6 +1,7 @@
 # Giant star-forming clumps with Faster R-CNN, after Popp et al. 2024 (RASTI 3, 174).
-# DAG: simulated survey + volunteers -> consensus -> labels -> train (backbone x size)
-#      -> evaluate -> summary tables, figures and the report (snakemake --report). See README.md.
+# DAG: simulated survey + volunteers (or downloaded cutouts + a real export or a clump catalogue)
+#      -> consensus -> labels -> train (backbone x size) -> evaluate -> summary tables, figures
+#      and the report (snakemake --report). See README.md.
 import os
 
 from snakemake.utils import min_version
@@ -15,7 +16,17 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/simulate.smk"
+
+
+if SIMULATED:
+
+    include: "rules/simulate.smk"
+
+else:
+
+    include: "rules/download.smk"
+
+
 include: "rules/consensus.smk"
 include: "rules/labels.smk"
 include: "rules/pretrain.smk"

@@ -13,7 +13,9 @@ for _name in BACKBONES:
         raise ValueError(
             f"sweep.backbones names {_name!r}, which is not an entry of backbones ({', '.join(config['backbones'])})"
         )
-N_TRAIN = sorted(config["labels"]["n_train"])
+N_TRAIN = sorted(
+    config["labels"]["n_train"], key=lambda n: (n == "full", n if n != "full" else 0)
+)
 SEEDS = config["sweep"]["seeds"]
 BASELINE = config["report"]["baseline"] or next(
     (b for b in BACKBONES if config["backbones"][b]["init"] == "scratch"), BACKBONES[0]
@@ -22,7 +24,82 @@ if BASELINE not in BACKBONES:
     raise ValueError(
         f"report.baseline {BASELINE!r} is not a backbone of the sweep ({', '.join(BACKBONES)})"
     )
-SIMULATED = config["data"]["source"] == "simulate"
+SOURCE = config["data"]["source"]
+SIMULATED = SOURCE == "simulate"
+# the survey's images and subject table, whichever rule makes them (simulate_survey or download)
+SURVEY_MANIFEST = f"{RESULTS}/survey/manifest.csv"
+SURVEY_PNG = f"{RESULTS}/survey/png"
+SURVEY_TRUTH = f"{RESULTS}/survey/truth.csv"
+# the label tables the split reads: the volunteer consensus, or the clump catalogue's boxes
+LABEL_TABLES = {
+    name: f"{RESULTS}/{'catalogue' if SOURCE == 'catalogue' else 'consensus'}/{name}.csv"
+    for name in ("boxes", "subjects")
+}
+
+
+if SOURCE == "catalogue" and not config["data"]["catalogue"]["path"]:
+    raise ValueError(
+        "data.source is 'catalogue' but data.catalogue.path is not set (the MRT clump table)"
+    )
+if (
+    SOURCE == "zooniverse"
+    and config["consensus"]["swap"]["mode"] == "supervised"
+    and not config["data"]["gold"]
+):
+    raise ValueError(
+        "consensus.swap.mode is 'supervised' but data.gold is not set: give gold subjects "
+        "(CSV subject_id, has_clumps) or use mode 'unsupervised'"
+    )
+if SOURCE == "zooniverse" and not config["data"]["classifications"]:
+    raise ValueError(
+        "data.source is 'zooniverse' but data.classifications is not set (the classification export)"
+    )
+
+
+def _uses(init):
+    return [
+        b
+        for b in BACKBONES
+        if init
+        in (config["backbones"][b]["init"], config["backbones"][b].get("base_init"))
+    ]
+
+
+if SOURCE == "catalogue" and _uses("pretrain:clumpy"):
+    raise ValueError(
+        f"backbone(s) {', '.join(_uses('pretrain:clumpy'))} use pretrain:clumpy, which learns from the "
+        "volunteers' SWAP posteriors; data.source 'catalogue' has no volunteer classifications"
+    )
+if (
+    not SIMULATED
+    and _uses("pretrain:morphology")
+    and not config["pretrain"]["catalogue"]
+):
+    raise ValueError(
+        f"backbone(s) {', '.join(_uses('pretrain:morphology'))} use pretrain:morphology, whose votes are "
+        "simulated only for data.source 'simulate'; give real Galaxy Zoo votes in pretrain.catalogue "
+        "or leave these backbones out of sweep.backbones"
+    )
+
+
+def subject_list_input():
+    """The file the subject list of a real-data run is read from."""
+    if SOURCE == "catalogue":
+        return config["data"]["catalogue"]["path"]
+    return config["data"]["subjects"] or config["data"]["classifications"]
+
+
+def export_inputs(wildcards):
+    """The classification export (and gold subjects) the consensus reads."""
+    if SIMULATED:
+        return {
+            "export": f"{RESULTS}/survey/classifications.csv",
+            "gold": f"{RESULTS}/survey/gold.csv",
+        }
+    files = {"export": config["data"]["classifications"]}
+    if config["data"]["gold"]:
+        files["gold"] = config["data"]["gold"]
+    return files
 
 
 def morphology_key(entry):
@@ -39,7 +116,7 @@ MORPHOLOGY_KEYS = {
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
-    n_train=r"\d+",
+    n_train=r"\d+|full",
     seed=r"\d+",
     morphology="|".join(re.escape(k) for k in MORPHOLOGY_KEYS) or "(?!)",
 
@@ -173,7 +250,9 @@ def final_targets():
         f"{RESULTS}/summary.md",
         f"{RESULTS}/summary.html",
     ]
-    names = ["completeness_purity", "pr_curves", "consensus"]
+    names = ["completeness_purity", "pr_curves"]
+    if SOURCE != "catalogue":
+        names.append("consensus")
     names += [f"gallery/n{n}" for n in N_TRAIN]
     if SIMULATED:
         names.append("completeness_vs_flux")

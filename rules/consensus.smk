@@ -3,8 +3,7 @@
 
 rule consensus:
     input:
-        export=rules.simulate_volunteers.output.export,
-        gold=rules.simulate_volunteers.output.gold,
+        unpack(export_inputs),
     output:
         boxes=f"{RESULTS}/consensus/boxes.csv",
         subjects=f"{RESULTS}/consensus/subjects.csv",

@@ -7,7 +7,7 @@ rule evaluate:
         model=rules.train.output.model,
         test=rules.split.output.test,
         val=rules.split.output.val,
-        images=rules.simulate_survey.output.png,
+        images=SURVEY_PNG,
     output:
         predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/predictions.json",
         metrics=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/metrics.json",
@@ -19,8 +19,9 @@ rule evaluate:
         "../envs/train.yaml"
     threads: config["threads"]["evaluate"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=config["resources"]["evaluate"]["gpu"],
+        mem_mb=config["resources"]["evaluate"]["mem_mb"],
+        runtime=config["resources"]["evaluate"]["runtime"],
     params:
         spec=config["evaluation"],
     script:

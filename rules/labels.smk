@@ -3,9 +3,9 @@
 
 rule split:
     input:
-        manifest=rules.simulate_survey.output.manifest,
-        boxes=rules.consensus.output.boxes,
-        subjects=rules.consensus.output.subjects,
+        manifest=SURVEY_MANIFEST,
+        boxes=LABEL_TABLES["boxes"],
+        subjects=LABEL_TABLES["subjects"],
     output:
         train=f"{RESULTS}/labels/train.json",
         val=f"{RESULTS}/labels/val.json",
@@ -18,6 +18,7 @@ rule split:
     params:
         fractions=config["labels"]["split_fractions"],
         seed=config["labels"]["seed"],
+        crop=config["labels"]["crop"],
     script:
         "../scripts/split.py"
 
@@ -38,8 +39,8 @@ rule subset:
 
 rule truth_labels:
     input:
-        manifest=rules.simulate_survey.output.manifest,
-        truth=rules.simulate_survey.output.truth,
+        manifest=SURVEY_MANIFEST,
+        truth=SURVEY_TRUTH,
         splits=rules.split.output.splits,
     output:
         f"{RESULTS}/labels/test_truth.json",
@@ -50,5 +51,6 @@ rule truth_labels:
     params:
         box_scale=config["consensus"]["box_scale"],
         min_flux_fraction=config["evaluation"]["truth_min_flux_fraction"],
+        crop=config["labels"]["crop"],
     script:
         "../scripts/truth_labels.py"

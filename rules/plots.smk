@@ -4,6 +4,7 @@
 
 rule plot_pr:
     input:
+        splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
     output:
         png=report(
@@ -28,6 +29,7 @@ rule plot_pr:
 
 rule plot_flux:
     input:
+        splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
     output:
         png=report(
@@ -57,7 +59,7 @@ rule gallery:
         predictions=gallery_files("predictions.json"),
         metrics=gallery_files("metrics.json"),
         test=rules.split.output.test,
-        images=rules.simulate_survey.output.png,
+        images=SURVEY_PNG,
     output:
         png=report(
             f"{RESULTS}/plots/gallery/n{{n_train}}.png",

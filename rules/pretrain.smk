@@ -21,8 +21,8 @@ rule fetch_weights:
 
 rule simulate_morphology:
     input:
-        manifest=rules.simulate_survey.output.manifest,
-        truth=rules.simulate_survey.output.truth,
+        manifest=SURVEY_MANIFEST,
+        truth=SURVEY_TRUTH,
     output:
         f"{RESULTS}/survey/morphology_votes.csv",
     log:
@@ -38,9 +38,9 @@ rule simulate_morphology:
 rule pretrain_morphology:
     input:
         votes=votes_input,
-        manifest=rules.simulate_survey.output.manifest,
+        manifest=SURVEY_MANIFEST,
         splits=rules.split.output.splits,
-        images=rules.simulate_survey.output.png,
+        images=SURVEY_PNG,
     output:
         encoder=f"{RESULTS}/pretrain/morphology/{{morphology}}/encoder.pt",
         metrics=f"{RESULTS}/pretrain/morphology/{{morphology}}/metrics.json",
@@ -53,8 +53,9 @@ rule pretrain_morphology:
         "../envs/train.yaml"
     threads: config["threads"]["pretrain"]
     resources:
-        mem_mb=6000,
-        runtime=120,
+        gpu=config["resources"]["pretrain"]["gpu"],
+        mem_mb=config["resources"]["pretrain"]["mem_mb"],
+        runtime=config["resources"]["pretrain"]["runtime"],
     params:
         backbone=lambda wildcards: {
             "arch": MORPHOLOGY_KEYS[wildcards.morphology]["arch"],
@@ -73,9 +74,9 @@ rule pretrain_clumpy:
     input:
         unpack(clumpy_base_input),
         votes=rules.consensus.output.subjects,
-        manifest=rules.simulate_survey.output.manifest,
+        manifest=SURVEY_MANIFEST,
         splits=rules.split.output.splits,
-        images=rules.simulate_survey.output.png,
+        images=SURVEY_PNG,
     output:
         encoder=f"{RESULTS}/pretrain/clumpy/{{backbone}}/encoder.pt",
         metrics=f"{RESULTS}/pretrain/clumpy/{{backbone}}/metrics.json",
@@ -88,8 +89,9 @@ rule pretrain_clumpy:
         "../envs/train.yaml"
     threads: config["threads"]["pretrain"]
     resources:
-        mem_mb=6000,
-        runtime=120,
+        gpu=config["resources"]["pretrain"]["gpu"],
+        mem_mb=config["resources"]["pretrain"]["mem_mb"],
+        runtime=config["resources"]["pretrain"]["runtime"],
     params:
         backbone=lambda wildcards: clumpy_base_spec(wildcards.backbone),
         spec=config["pretrain"]["clumpy"],

@@ -3,9 +3,9 @@
 
 rule simulate_survey:
     output:
-        manifest=f"{RESULTS}/survey/manifest.csv",
-        truth=f"{RESULTS}/survey/truth.csv",
-        png=directory(f"{RESULTS}/survey/png"),
+        manifest=SURVEY_MANIFEST,
+        truth=SURVEY_TRUTH,
+        png=directory(SURVEY_PNG),
         fits=directory(f"{RESULTS}/survey/fits"),
     log:
         f"{RESULTS}/logs/simulate_survey.log",
@@ -25,8 +25,8 @@ rule simulate_survey:
 
 rule simulate_volunteers:
     input:
-        manifest=rules.simulate_survey.output.manifest,
-        truth=rules.simulate_survey.output.truth,
+        manifest=SURVEY_MANIFEST,
+        truth=SURVEY_TRUTH,
     output:
         export=f"{RESULTS}/survey/classifications.csv",
         volunteers=f"{RESULTS}/survey/volunteers.csv",

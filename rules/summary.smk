@@ -3,6 +3,7 @@
 
 rule summary:
     input:
+        splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
         train=sweep_files("train_metrics.json"),
     output:

@@ -5,7 +5,7 @@ rule train:
     input:
         unpack(init_input),
         labels=f"{RESULTS}/labels/train_n{{n_train}}.json",
-        images=rules.simulate_survey.output.png,
+        images=SURVEY_PNG,
     output:
         model=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/model.pt",
         metrics=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/train_metrics.json",
@@ -17,8 +17,9 @@ rule train:
         "../envs/train.yaml"
     threads: config["threads"]["train"]
     resources:
-        mem_mb=6000,
-        runtime=120,
+        gpu=config["resources"]["train"]["gpu"],
+        mem_mb=config["resources"]["train"]["mem_mb"],
+        runtime=config["resources"]["train"]["runtime"],
     params:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),
         detector=config["detector"],

@@ -14,9 +14,11 @@ log = setup_logging(snakemake.log[0])
 cfg = snakemake.params.spec
 spec = ConsensusSpec.from_config(cfg)
 parsed = read_export(snakemake.input.export, task=cfg["task"], workflow_id=cfg["workflow_id"],
+                     min_workflow_version=cfg["min_workflow_version"],
                      workers=snakemake.threads)
 numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))  # after the forked parse
-result = run_consensus(parsed, spec, read_gold(snakemake.input.gold))
+gold = read_gold(snakemake.input.gold) if "gold" in snakemake.input.keys() else None
+result = run_consensus(parsed, spec, gold)
 write_csv(result.boxes, snakemake.output.boxes)
 write_csv(result.subjects, snakemake.output.subjects)
 write_csv(result.volunteers, snakemake.output.volunteers)

@@ -4,12 +4,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
+import pandas as pd  # noqa: E402
+
 from clumpfinder.figures import plot_flux_completeness  # noqa: E402
+from clumpfinder.labels import pool_size  # noqa: E402
 from clumpfinder.io import setup_logging  # noqa: E402
 from clumpfinder.summary import sweep_runs  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics)
+runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics,
+                  full=pool_size(pd.read_csv(snakemake.input.splits)))
 plot_flux_completeness(runs, p.min_flux_fraction, snakemake.output.png, snakemake.output.pdf, level=p.level)
 log.info("plotted completeness by flux fraction for %d models", len(runs))

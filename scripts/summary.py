@@ -5,14 +5,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
+import pandas as pd  # noqa: E402
+
 from clumpfinder.figures import plot_completeness_purity  # noqa: E402
+from clumpfinder.labels import pool_size  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_csv, write_text  # noqa: E402
 from clumpfinder.summary import (compare, summary_html, summary_markdown, summary_row,  # noqa: E402
                                  summary_table, sweep_runs, threshold_text)
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
-runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics)
+runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics,
+                  full=pool_size(pd.read_csv(snakemake.input.splits)))
 rows = [summary_row(b, n, m, read_json(t), seed=s) for (b, n, s, m), t in zip(runs, snakemake.input.train)]
 table = summary_table(rows)
 write_csv(table, snakemake.output.table)

@@ -118,3 +118,29 @@ def test_truth_boxes_ignore_faint_clumps(tiny_survey):
     size = tiny_survey["spec"].image_size
     inside = (truth["x"] - side / 2 > 0) & (truth["x"] + side / 2 < size)
     np.testing.assert_allclose((tb["x2"] - tb["x1"])[inside], side[inside])
+
+
+def test_central_crop_moves_clips_and_drops_boxes(tmp_path):
+    """labels.crop: the detector sees the central crop (Popp et al.: 200 of 400 px)."""
+    from PIL import Image
+
+    from clumpfinder.labels import read_image
+
+    images = pd.DataFrame({"subject_id": [1], "file_name": ["1.png"], "width": [40], "height": [40]})
+    boxes = pd.DataFrame({"subject_id": [1, 1, 1], "x1": [18.0, 9.0, 0.0], "y1": [18.0, 9.0, 0.0],
+                          "x2": [22.0, 13.0, 4.0], "y2": [22.0, 13.0, 4.0], "category": ["clump", "odd_clump", "clump"]})
+    coco = coco_dataset(images, boxes, "t", crop=20)
+    assert coco["images"] == [{"id": 1, "file_name": "1.png", "width": 20, "height": 20, "crop": [10, 10]}]
+    # centre (20, 20) -> (10, 10); centre (11, 11) -> (1, 1), clipped at 0; centre (2, 2) is outside
+    assert [a["bbox"] for a in coco["annotations"]] == [[8.0, 8.0, 4.0, 4.0], [0.0, 0.0, 3.0, 3.0]]
+    assert [a["id"] for a in coco["annotations"]] == [1, 2] and coco["info"]["boxes_outside_crop"] == 1
+    arr = np.zeros((40, 40, 3), np.uint8)
+    arr[10, 10] = 255
+    Image.fromarray(arr).save(tmp_path / "1.png")
+    cut = read_image(tmp_path, coco["images"][0])
+    assert cut.shape == (20, 20, 3) and cut[0, 0].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError, match="too small for the 35x35 px crop"):
+        read_image(tmp_path, {**coco["images"][0], "width": 35, "height": 35})
+    with pytest.raises(ValueError, match="larger than image 1"):
+        coco_dataset(images, boxes, "t", crop=50)
+    assert "crop" not in coco_dataset(images, boxes, "t")["images"][0]

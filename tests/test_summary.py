@@ -101,3 +101,16 @@ def test_sweep_runs_pairs_files_with_cells_in_expand_order(tmp_path):
                                                           ("b", 30, 1, 3)]
     with pytest.raises(ValueError, match="3 metrics files for 4"):
         sweep_runs(["a", "b"], [30], [0, 1], files[:3])
+
+
+def test_sweep_runs_full_is_the_pool_size(tmp_path):
+    import json
+
+    from clumpfinder.summary import sweep_runs
+
+    files = [str(tmp_path / f"{k}.json") for k in range(2)]
+    for f in files:
+        open(f, "w").write(json.dumps({}))
+    assert [n for _, n, _, _ in sweep_runs(["a"], [30, "full"], [0], files, full=812)] == [30, 812]
+    with pytest.raises(ValueError, match="'full' needs the size of the training pool"):
+        sweep_runs(["a"], [30, "full"], [0], files)

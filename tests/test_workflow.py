@@ -217,10 +217,20 @@ def test_summary_documents_and_report(tiny_run, tiny_config):
 def test_paper_config_dry_run(tmp_path):
     """config/paper.yaml: Popp's five ResNet-50 arms x six sizes; hub weights fetched by a
     localrule, the clumpy arm pretrained once."""
+    (tmp_path / "data").mkdir()
+    for name in ("clump_scout_subjects.csv", "clump_scout_classifications.csv"):  # the user's exports
+        (tmp_path / "data" / name).write_text("")
     proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
     jobs = _jobs(proc.stdout + proc.stderr)
     assert jobs["fetch_weights"] == 5 and jobs["pretrain_clumpy"] == 1 and "pretrain_morphology" not in jobs
-    assert jobs["train"] == jobs["evaluate"] == 30 and jobs["subset"] == 6
+    assert jobs["train"] == jobs["evaluate"] == 35 and jobs["subset"] == 7  # 200 ... 12,000 and full
+    assert jobs["subject_list"] == jobs["download"] == jobs["consensus"] == 1 and "simulate_survey" not in jobs
+    assert re.search(r"rule train:.*?gpu=1", proc.stdout, re.S)  # a GPU per training job
+    # the same setup on the simulated survey
+    proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), "--config",
+               "data={'source': 'simulate'}", cwd=tmp_path)
+    jobs = _jobs(proc.stdout + proc.stderr)
+    assert jobs["simulate_survey"] == 1 and jobs["train"] == 35 and "download" not in jobs
 
 
 @pytest.mark.parametrize(

@@ -168,3 +168,65 @@ def clumps_to_pixels(clumps: pd.DataFrame, wcs: WCS, width: int, height: int) ->
     out["x"], out["y"] = x, y
     out["inside"] = (x >= 0) & (x <= width) & (y >= 0) & (y <= height)
     return out
+
+
+def catalogue_labels(clumps: pd.DataFrame, manifest: pd.DataFrame, box_scale: float,
+                     min_flux_ratio: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Training labels from a clump catalogue: one box per catalogued clump on each galaxy's cutout.
+
+    ``clumps`` (from :func:`read_clump_catalogue`, with the ``subject_id`` of its galaxy) are
+    projected through the WCS stored in each cutout's FITS (``manifest['fits']``, r band); the box
+    is a square of side ``box_scale`` x the PSF FWHM in pixels, as for volunteer clicks. Clumps
+    whose flux ratio is known and below ``min_flux_ratio`` are left out (Adams et al. use 3 % or
+    8 % in the u band), as are clumps falling off the cutout; both are counted.
+
+    Returns (boxes, subjects, report) with the columns of the volunteer consensus tables that the
+    label stage reads, so the catalogue can stand in for the consensus: every catalogued galaxy
+    is a "yes" (swap_prob 1) with one classification and n_clicks catalogued clumps.
+    """
+    from astropy.io import fits
+
+    man = manifest.set_index("subject_id")
+    counts = {"clumps_read": len(clumps), "galaxy_without_image": 0, "below_min_flux_ratio": 0,
+              "outside_image": 0}
+    have = clumps["subject_id"].isin(man.index)
+    counts["galaxy_without_image"] = int((~have).sum())
+    faint = clumps["flux_ratio"].notna() & (clumps["flux_ratio"] < min_flux_ratio)
+    counts["below_min_flux_ratio"] = int((faint & have).sum())
+    use = clumps[have & ~faint]
+    parts = []
+    for sid, group in use.groupby("subject_id", sort=True):
+        m = man.loc[sid]
+        with fits.open(m["fits"], memmap=False) as hdul:
+            wcs = WCS(hdul["R"].header)
+        px = clumps_to_pixels(group, wcs, int(m["width"]), int(m["height"]))
+        counts["outside_image"] += int((~px["inside"]).sum())
+        parts.append(px[px["inside"]].assign(side=float(m["psf_fwhm_pixels"]) * box_scale,
+                                             width=float(m["width"]), height=float(m["height"])))
+    cols = ["subject_id", "x", "y", "side", "x1", "y1", "x2", "y2", "category", "flux_ratio", "n_votes",
+            "odd_fraction", "false_pos_prob", "inaccurate_prob", "width", "height"]
+    if parts:
+        b = pd.concat(parts, ignore_index=True)
+        half = b["side"] / 2
+        boxes = pd.DataFrame({
+            "subject_id": b["subject_id"].astype(np.int64), "x": b["x"], "y": b["y"], "side": b["side"],
+            "x1": (b["x"] - half).clip(lower=0), "y1": (b["y"] - half).clip(lower=0),
+            "x2": np.minimum(b["x"] + half, b["width"]), "y2": np.minimum(b["y"] + half, b["height"]),
+            "category": b["kind"], "flux_ratio": b["flux_ratio"], "n_votes": 1,
+            "odd_fraction": (b["kind"] == "odd_clump").astype(float), "false_pos_prob": np.nan,
+            "inaccurate_prob": np.nan, "width": b["width"], "height": b["height"],
+        }, columns=cols)
+    else:
+        boxes = pd.DataFrame(columns=cols)
+    n_boxes = boxes.groupby("subject_id").size().reindex(man.index, fill_value=0)
+    subjects = pd.DataFrame({
+        "subject_id": man.index.to_numpy(np.int64), "width": man["width"].to_numpy(float),
+        "height": man["height"].to_numpy(float), "fwhm_px": man["psf_fwhm_pixels"].to_numpy(float),
+        "box_side": man["psf_fwhm_pixels"].to_numpy(float) * box_scale, "n_classifications": 1,
+        "n_clicks": n_boxes.to_numpy(), "n_boxes": n_boxes.to_numpy(), "swap_prob": 1.0,
+    })
+    report = {**counts, "boxes": len(boxes), "galaxies": len(subjects),
+              "galaxies_without_boxes": int((n_boxes == 0).sum()),
+              "clumps": int((boxes["category"] == "clump").sum()),
+              "odd_clumps": int((boxes["category"] == "odd_clump").sum())}
+    return boxes, subjects, report

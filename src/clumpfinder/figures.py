@@ -19,10 +19,10 @@ import pandas as pd  # noqa: E402
 from astropy.stats import binom_conf_interval  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from clumpfinder.io import atomic_path  # noqa: E402
+from clumpfinder.labels import read_image  # noqa: E402
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
@@ -203,8 +203,7 @@ def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[
                              squeeze=False, constrained_layout=True)
     for i, image_id in enumerate(image_ids):
         info = images[image_id]
-        with Image.open(Path(image_dir) / info["file_name"]) as pil:
-            rgb = np.asarray(pil.convert("RGB"))
+        rgb = read_image(image_dir, info)
         for j, model in enumerate(models):
             ax = axes[i, j]
             ax.imshow(rgb, origin="upper", interpolation="nearest")

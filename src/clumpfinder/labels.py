@@ -8,10 +8,12 @@ order, so it lies inside every larger subset and has about the pool's mix of str
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn.model_selection import train_test_split
 
 CATEGORIES = [
@@ -83,27 +85,78 @@ def nested_order(splits: pd.DataFrame, seed: int) -> np.ndarray:
     return train["subject_id"].to_numpy()[np.argsort(keys, kind="stable")]
 
 
+def read_image(image_dir: str | Path, image: dict[str, Any]) -> np.ndarray:
+    """RGB uint8 array (H, W, 3) of one COCO image entry, cut to its ``crop`` window [x0, y0] when
+    it has one; a missing, unreadable or wrongly sized image raises an error naming the file."""
+    path = Path(image_dir) / image["file_name"]
+    try:
+        with Image.open(path) as pil:
+            arr = np.asarray(pil.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"cannot read image {path} (image id {image['id']}): {err}") from err
+    w, h = image["width"], image["height"]
+    if "crop" in image:
+        x0, y0 = image["crop"]
+        if arr.shape[0] < y0 + h or arr.shape[1] < x0 + w:
+            raise ValueError(f"image {path} is {arr.shape[1]}x{arr.shape[0]} px, too small for the "
+                             f"{w}x{h} px crop at ({x0}, {y0}) in the labels")
+        arr = arr[y0:y0 + h, x0:x0 + w]
+    elif arr.shape[:2] != (h, w):
+        raise ValueError(f"image {path} is {arr.shape[1]}x{arr.shape[0]} px but the labels say {w}x{h}")
+    return arr
+
+
+def pool_size(splits: pd.DataFrame) -> int:
+    """Size of the training pool: what training-set size 'full' means."""
+    return int((splits["split"] == "train").sum())
+
+
 def coco_dataset(
-    images: pd.DataFrame, boxes: pd.DataFrame, description: str, extra_fields: Iterable[str] = ()
+    images: pd.DataFrame, boxes: pd.DataFrame, description: str, extra_fields: Iterable[str] = (),
+    crop: int | None = None,
 ) -> dict[str, Any]:
     """COCO detection dataset. ``images``: subject_id, file_name, width, height (+ image scale
     of the click frame: click_width/click_height, optional); ``boxes``: subject_id, x1, y1, x2,
-    y2, category (+ iscrowd and ``extra_fields`` kept per annotation)."""
+    y2, category (+ iscrowd and ``extra_fields`` kept per annotation).
+
+    ``crop``: the images are the central ``crop`` x ``crop`` pixels of the files (Popp et al. fed
+    the detector the central 200 px of the 400 px Clump Scout images): each image entry carries
+    its window as ``crop: [x0, y0]``, boxes are moved into the window, clipped to it, and boxes
+    whose centre falls outside are left out (counted in ``info['boxes_outside_crop']``).
+    """
     imgs = []
     scale: dict[int, tuple[float, float]] = {}
+    offset: dict[int, tuple[int, int, int, int]] = {}
     for r in images.itertuples(index=False):
         sid = int(r.subject_id)
-        imgs.append({"id": sid, "file_name": r.file_name, "width": int(r.width), "height": int(r.height)})
+        w, h = int(r.width), int(r.height)
+        entry = {"id": sid, "file_name": r.file_name, "width": w, "height": h}
+        if crop is not None:
+            if crop > min(w, h):
+                raise ValueError(f"labels.crop {crop} is larger than image {sid} ({w}x{h} px)")
+            x0, y0 = (w - crop) // 2, (h - crop) // 2
+            entry.update(width=crop, height=crop, crop=[x0, y0])
+            offset[sid] = (x0, y0, crop, crop)
+        else:
+            offset[sid] = (0, 0, w, h)
+        imgs.append(entry)
         cw = getattr(r, "click_width", np.nan)
         ch = getattr(r, "click_height", np.nan)
         scale[sid] = (r.width / cw if pd.notna(cw) else 1.0, r.height / ch if pd.notna(ch) else 1.0)
     anns = []
+    outside = 0
     sel = boxes[boxes["subject_id"].isin(scale)]
-    for k, b in enumerate(sel.itertuples(index=False), start=1):
+    for b in sel.itertuples(index=False):
         sx, sy = scale[int(b.subject_id)]
-        x1, y1, x2, y2 = b.x1 * sx, b.y1 * sy, b.x2 * sx, b.y2 * sy
+        x0, y0, w, h = offset[int(b.subject_id)]
+        x1, y1, x2, y2 = b.x1 * sx - x0, b.y1 * sy - y0, b.x2 * sx - x0, b.y2 * sy - y0
+        if crop is not None:
+            if not (0 <= (x1 + x2) / 2 <= w and 0 <= (y1 + y2) / 2 <= h):
+                outside += 1
+                continue
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
         ann = {
-            "id": k, "image_id": int(b.subject_id), "category_id": CATEGORY_ID[b.category],
+            "id": len(anns) + 1, "image_id": int(b.subject_id), "category_id": CATEGORY_ID[b.category],
             "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
             "area": round((x2 - x1) * (y2 - y1), 3), "iscrowd": int(getattr(b, "iscrowd", 0)),
         }
@@ -112,8 +165,11 @@ def coco_dataset(
             v = v.item() if hasattr(v, "item") else v
             ann[f] = None if isinstance(v, float) and np.isnan(v) else v  # JSON has no NaN
         anns.append(ann)
+    info: dict[str, Any] = {"description": description}
+    if crop is not None:
+        info.update(crop=crop, boxes_outside_crop=outside)
     return {
-        "info": {"description": description},
+        "info": info,
         "images": imgs,
         "annotations": anns,
         "categories": CATEGORIES,

@@ -16,11 +16,16 @@ from clumpfinder.metrics import paired_bootstrap
 MEASURES = ("completeness", "purity", "f1")
 
 
-def sweep_runs(backbones: Iterable[str], n_train: Iterable[int], seeds: Iterable[int],
-               metrics_files: Iterable[str]) -> list[tuple[str, int, int, dict[str, Any]]]:
+def sweep_runs(backbones: Iterable[str], n_train: Iterable[int | str], seeds: Iterable[int],
+               metrics_files: Iterable[str], full: int | None = None) -> list[tuple[str, int, int, dict[str, Any]]]:
     """(backbone, n_train, seed, metrics.json) for the sweep's evaluation files, which the rules
-    list in expand()'s order: backbones outermost, seeds innermost."""
-    cells = [(b, n, s) for b in backbones for n in n_train for s in seeds]
+    list in expand()'s order: backbones outermost, seeds innermost. The size 'full' (the whole
+    training pool) becomes ``full``, the pool's size."""
+    sizes = list(n_train)
+    if "full" in sizes and full is None:
+        raise ValueError("n_train 'full' needs the size of the training pool")
+    sizes = [full if n == "full" else int(n) for n in sizes]
+    cells = [(b, n, s) for b in backbones for n in sizes for s in seeds]
     files = list(metrics_files)
     if len(files) != len(cells):
         raise ValueError(f"{len(files)} metrics files for {len(cells)} (backbone, n_train, seed) cells")

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from clumpfinder.detector import CLASSES, BackboneSpec, DetectorSpec, build_detector, init_file, init_kind
 from clumpfinder.io import atomic_path
+from clumpfinder.labels import read_image
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def load_images(coco: dict[str, Any], image_dir: str | Path) -> list[torch.Tensor]:
-    """RGB uint8 tensors (3, H, W) in the order of ``coco['images']``; a missing or unreadable
-    image raises an error naming the file."""
-    out = []
-    for im in coco["images"]:
-        path = Path(image_dir) / im["file_name"]
-        try:
-            with Image.open(path) as pil:
-                arr = np.asarray(pil.convert("RGB"))
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"cannot read image {path} (image id {im['id']}): {err}") from err
-        if arr.shape[:2] != (im["height"], im["width"]):
-            raise ValueError(
-                f"image {path} is {arr.shape[1]}x{arr.shape[0]} px but the labels say "
-                f"{im['width']}x{im['height']}"
-            )
-        out.append(torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous())
-    return out
+    """RGB uint8 tensors (3, H, W) in the order of ``coco['images']`` (cut to each image's crop
+    window); a missing or unreadable image raises an error naming the file."""
+    return [torch.from_numpy(read_image(image_dir, im).copy()).permute(2, 0, 1).contiguous()
+            for im in coco["images"]]
 
 
 def load_targets(coco: dict[str, Any]) -> list[dict[str, torch.Tensor]]:

@@ -1,0 +1,68 @@
+# Real data: a subject list (clump catalogue or Zooniverse export), cutouts from a hips2fits
+# service, and, for the catalogue route, labels from the catalogued clumps.
+
+
+localrules:
+    subject_list,
+    download,
+
+
+rule subject_list:
+    input:
+        subject_list_input(),
+    output:
+        subjects=f"{RESULTS}/survey/subjects.csv",
+        clumps=f"{RESULTS}/survey/catalogue_clumps.csv",
+        report=f"{RESULTS}/survey/subjects_report.json",
+    log:
+        f"{RESULTS}/logs/subject_list.log",
+    conda:
+        "../envs/download.yaml"
+    params:
+        source=SOURCE,
+        labels=config["data"]["catalogue"]["labels"],
+    script:
+        "../scripts/subject_list.py"
+
+
+rule download:
+    input:
+        subjects=rules.subject_list.output.subjects,
+    output:
+        manifest=SURVEY_MANIFEST,
+        png=directory(SURVEY_PNG),
+        failures=f"{RESULTS}/survey/download_failures.csv",
+        report=f"{RESULTS}/survey/download_report.json",
+    log:
+        f"{RESULTS}/logs/download.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/download.tsv"
+    conda:
+        "../envs/download.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=600,
+    params:
+        spec=config["data"]["download"],
+    script:
+        "../scripts/download.py"
+
+
+rule catalogue_labels:
+    input:
+        clumps=rules.subject_list.output.clumps,
+        manifest=SURVEY_MANIFEST,
+    output:
+        boxes=f"{RESULTS}/catalogue/boxes.csv",
+        subjects=f"{RESULTS}/catalogue/subjects.csv",
+        report=f"{RESULTS}/catalogue/report.json",
+    log:
+        f"{RESULTS}/logs/catalogue_labels.log",
+    conda:
+        "../envs/download.yaml"
+    params:
+        box_scale=config["consensus"]["box_scale"],
+        min_flux_ratio=config["data"]["catalogue"]["min_flux_ratio"],
+    script:
+        "../scripts/catalogue_labels.py"

@@ -1,0 +1,149 @@
+"""Real-data routes through the DAG, offline: a clump catalogue (MRT) written here, cutouts from a
+local hips2fits stand-in, labels from the catalogued clumps, a one-epoch training, evaluation,
+summary; and the Zooniverse route's DAG and configuration errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from astropy import units as u
+from astropy.table import Table
+
+from conftest import REPO
+from test_workflow import TEST_CONFIG, _jobs, smk
+
+sys.path.insert(0, str(REPO / "tests"))
+from hips_server import HipsServer, position_key  # noqa: E402
+
+pytestmark = pytest.mark.workflow
+
+
+def write_catalogue(path, n_galaxies: int = 24, seed: int = 3):
+    """An Adams et al. (2022) Table 3-like MRT file: one row per clump, 1-3 clumps per galaxy
+    within 6 arcsec of the centre, every fifth clump 'Unusual'. Returns (path, clump sources)."""
+    rng = np.random.default_rng(seed)
+    rows, sources = [], []
+    for g in range(n_galaxies):
+        ra, dec = 150.0 + 0.05 * g, 2.0 + 0.03 * g
+        oid = 1237648720693755000 + g
+        for _ in range(1 + g % 3):
+            dra, ddec = rng.uniform(-6, 6, 2)
+            cra, cdec = ra + dra / 3600 / np.cos(np.radians(dec)), dec + ddec / 3600
+            rows.append((oid, 0.05, ra, dec, 1.3, cra, cdec, rng.uniform(0.03, 0.3), int(len(rows) % 5 == 4)))
+            sources.append((cra, cdec, 2.0))
+    t = Table(rows=rows, names=("objID", "z", "RAdeg", "DEdeg", "rFWHM", "RAcl", "DEcl", "FluxRatio", "Unusual"))
+    for k in ("RAdeg", "DEdeg", "RAcl", "DEcl"):
+        t[k].unit = u.deg
+    t["rFWHM"].unit = u.arcsec
+    t.write(path, format="ascii.mrt", overwrite=True)
+    return path, sources
+
+
+def real_config(tmp_path, server_url: str, source: str = "catalogue", **data) -> str:
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    cfg["data"] = {"source": source, **data,
+                   "download": {"server": server_url, "image_size": 64, "workers": 4, "retries": 2, "backoff": 0.05,
+                                "timeout": 20, "cache": str(tmp_path / "cutouts"),
+                                "fov": {"default_arcsec": 24.0, "factor": 4.0, "min_arcsec": 20.0,
+                                        "max_arcsec": 40.0}}}
+    cfg["sweep"] = {"backbones": ["resnet18_scratch"]}
+    cfg["labels"] = {"n_train": [4, "full"]}
+    cfg["detector"] = {"image_size": 64}
+    cfg["consensus"] = {"swap": {"mode": "unsupervised"}}
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def catalogue_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("catalogue_run")
+    mrt, sources = write_catalogue(work / "table3.txt")
+    missing = (150.0 + 0.05 * 23, 2.0 + 0.03 * 23)  # the last galaxy is outside the "footprint"
+    with HipsServer({position_key(*missing): "missing"}, sources=sources) as srv:
+        cfg = real_config(work, srv.url, catalogue={"path": str(mrt)})
+        proc = smk("--cores", "2", "--configfile", cfg, cwd=work)
+        requests = sum(srv.requests.values())
+        rerun = smk("--cores", "2", "--configfile", cfg, "--forcerun", "download", cwd=work)
+        requests_rerun = sum(srv.requests.values()) - requests
+    return {"dir": work, "proc": proc, "rerun": rerun, "requests": requests, "requests_rerun": requests_rerun,
+            "config": cfg}
+
+
+def test_catalogue_route_end_to_end(catalogue_run):
+    res = catalogue_run["dir"] / "results"
+    man = pd.read_csv(res / "survey" / "manifest.csv")
+    failures = pd.read_csv(res / "survey" / "download_failures.csv")
+    assert len(man) == 23 and failures["reason"].tolist() == ["not_found"] and failures["attempts"].tolist() == [1]
+    assert (man["width"] == 64).all() and np.allclose(man["pixel_scale_arcsec"], 24.0 / 64)
+    assert all((res / "survey" / "png" / f).is_file() for f in man["png"])
+    # catalogued clumps became boxes on the right pixels of the downloaded cutouts
+    boxes = pd.read_csv(res / "catalogue" / "boxes.csv")
+    report = json.loads((res / "catalogue" / "report.json").read_text())
+    clumps = pd.read_csv(res / "survey" / "catalogue_clumps.csv")
+    assert report["galaxy_without_image"] == (clumps["subject_id"] == man["subject_id"].max() + 1).sum() == 3
+    assert len(boxes) == report["boxes"] == len(clumps) - 3
+    assert set(boxes["category"]) == {"clump", "odd_clump"}
+    c = clumps.merge(man[["subject_id", "ra", "dec", "pixel_scale_arcsec"]], on="subject_id", suffixes=("", "_g"))
+    expect_x = 32 - (c["ra"] - c["ra_g"]) * 3600 * np.cos(np.radians(c["dec_g"])) / c["pixel_scale_arcsec"]
+    got = boxes.merge(c.assign(ex=expect_x)[["subject_id", "ex"]], on="subject_id")
+    assert (got.groupby("subject_id").apply(lambda g: np.abs(np.subtract.outer(g["x"].unique(), g["ex"].unique()))
+                                            .min(axis=1).max(), include_groups=False) < 0.05).all()
+    side = boxes["x2"] - boxes["x1"]
+    assert np.allclose(side[boxes["x1"] > 0], (1.3 / (24.0 / 64) * 2.0), atol=1e-6)
+    # labels -> 1-epoch trainings at n=4 and n=full -> evaluation -> summary
+    train = json.loads((res / "labels" / "train.json").read_text())
+    full = json.loads((res / "labels" / "train_nfull.json").read_text())
+    assert len(full["images"]) == len(train["images"]) > 4
+    summary = pd.read_csv(res / "summary.csv")
+    assert sorted(summary["n_train"]) == [4, len(train["images"])]
+    assert (res / "plots" / "pr_curves.png").is_file() and not (res / "plots" / "consensus.png").exists()
+
+
+def test_download_resumes_from_the_cache(catalogue_run):
+    """A forced rerun of the download fetches nothing the cache holds valid: only the
+    galaxy that failed is asked for again."""
+    assert catalogue_run["requests"] >= 23 * 3
+    assert catalogue_run["requests_rerun"] == 1
+    rep = json.loads((catalogue_run["dir"] / "results" / "survey" / "download_report.json").read_text())
+    assert rep["from_cache"] == 23 and rep["fetched"] == 0
+
+
+def test_real_sources_need_their_files(tmp_path):
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none")
+    proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "data.catalogue.path is not set" in proc.stdout + proc.stderr
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse")
+    proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "data.classifications is not set" in proc.stdout + proc.stderr
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse", classifications="c.csv")
+    text = yaml.safe_load(open(cfg))
+    text["consensus"]["swap"]["mode"] = "supervised"
+    open(cfg, "w").write(yaml.safe_dump(text))
+    proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "'supervised' but data.gold is not set" in proc.stdout + proc.stderr
+    # pretrain:morphology has simulated votes only; pretrain:clumpy needs volunteers' classifications
+    for backbone, message in (("resnet18_morphology", "give real Galaxy Zoo votes in pretrain.catalogue"),
+                              ("resnet18_clumpy", "data.source 'catalogue' has no volunteer classifications")):
+        cfg = real_config(tmp_path, "http://127.0.0.1:9/none", catalogue={"path": "t.txt"})
+        text = yaml.safe_load(open(cfg))
+        text["sweep"]["backbones"] = [backbone]
+        open(cfg, "w").write(yaml.safe_dump(text))
+        proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+def test_zooniverse_route_dry_run(tmp_path, tiny_export):
+    """Subject list from the classification export's subject_data, cutouts, consensus with no
+    gold (unsupervised SWAP), labels, training."""
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse",
+                      classifications=str(tiny_export["path"]))
+    proc = smk("-n", "--cores", "1", "--configfile", cfg, cwd=tmp_path)
+    jobs = _jobs(proc.stdout + proc.stderr)
+    assert jobs["subject_list"] == jobs["download"] == jobs["consensus"] == 1
+    assert "simulate_survey" not in jobs and "catalogue_labels" not in jobs and jobs["plot_consensus"] == 1

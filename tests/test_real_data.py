@@ -14,7 +14,7 @@ import yaml
 from astropy import units as u
 from astropy.table import Table
 
-from conftest import REPO
+from conftest import REPO, deep_update
 from test_workflow import TEST_CONFIG, _jobs, smk
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -114,28 +114,26 @@ def test_download_resumes_from_the_cache(catalogue_run):
     assert rep["from_cache"] == 23 and rep["fetched"] == 0
 
 
-def test_real_sources_need_their_files(tmp_path):
-    cfg = real_config(tmp_path, "http://127.0.0.1:9/none")
-    proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "data.catalogue.path is not set" in proc.stdout + proc.stderr
-    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse")
-    proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "data.classifications is not set" in proc.stdout + proc.stderr
-    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse", classifications="c.csv")
-    text = yaml.safe_load(open(cfg))
-    text["consensus"]["swap"]["mode"] = "supervised"
+@pytest.mark.parametrize(
+    "source, data, override, message",
+    [
+        ("catalogue", {}, {}, "data.catalogue.path is not set"),
+        ("zooniverse", {}, {}, "data.classifications is not set"),
+        ("zooniverse", {"classifications": "c.csv"}, {"consensus": {"swap": {"mode": "supervised"}}},
+         "'supervised' but data.gold is not set"),
+        # pretrain:morphology has simulated votes only; pretrain:clumpy needs volunteers' classifications
+        ("catalogue", {"catalogue": {"path": "t.txt"}}, {"sweep": {"backbones": ["resnet18_morphology"]}},
+         "give real Galaxy Zoo votes in pretrain.catalogue"),
+        ("catalogue", {"catalogue": {"path": "t.txt"}}, {"sweep": {"backbones": ["resnet18_clumpy"]}},
+         "data.source 'catalogue' has no volunteer classifications"),
+    ],
+)
+def test_real_sources_need_their_files(tmp_path, source, data, override, message):
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source=source, **data)
+    text = deep_update(yaml.safe_load(open(cfg)), override)
     open(cfg, "w").write(yaml.safe_dump(text))
     proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "'supervised' but data.gold is not set" in proc.stdout + proc.stderr
-    # pretrain:morphology has simulated votes only; pretrain:clumpy needs volunteers' classifications
-    for backbone, message in (("resnet18_morphology", "give real Galaxy Zoo votes in pretrain.catalogue"),
-                              ("resnet18_clumpy", "data.source 'catalogue' has no volunteer classifications")):
-        cfg = real_config(tmp_path, "http://127.0.0.1:9/none", catalogue={"path": "t.txt"})
-        text = yaml.safe_load(open(cfg))
-        text["sweep"]["backbones"] = [backbone]
-        open(cfg, "w").write(yaml.safe_dump(text))
-        proc = smk("-n", "--configfile", cfg, cwd=tmp_path, check=False)
-        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr, proc.stdout[-2000:]
 
 
 def test_zooniverse_route_dry_run(tmp_path, tiny_export):

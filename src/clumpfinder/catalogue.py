@@ -26,6 +26,7 @@ from astropy.table import Table
 from astropy.units import UnitsWarning
 from astropy.wcs import WCS
 
+from clumpfinder.labels import square_boxes
 from clumpfinder.simulate import fits_pixel_to_png
 
 # quantity -> labels tried in order (case-insensitive); the first five are required
@@ -207,11 +208,9 @@ def catalogue_labels(clumps: pd.DataFrame, manifest: pd.DataFrame, box_scale: fl
             "odd_fraction", "false_pos_prob", "inaccurate_prob", "width", "height"]
     if parts:
         b = pd.concat(parts, ignore_index=True)
-        half = b["side"] / 2
         boxes = pd.DataFrame({
             "subject_id": b["subject_id"].astype(np.int64), "x": b["x"], "y": b["y"], "side": b["side"],
-            "x1": (b["x"] - half).clip(lower=0), "y1": (b["y"] - half).clip(lower=0),
-            "x2": np.minimum(b["x"] + half, b["width"]), "y2": np.minimum(b["y"] + half, b["height"]),
+            **square_boxes(b["x"], b["y"], b["side"], b["width"], b["height"]),
             "category": b["kind"], "flux_ratio": b["flux_ratio"], "n_votes": 1,
             "odd_fraction": (b["kind"] == "odd_clump").astype(float), "false_pos_prob": np.nan,
             "inaccurate_prob": np.nan, "width": b["width"], "height": b["height"],

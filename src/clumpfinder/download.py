@@ -26,6 +26,8 @@ Robustness, in the order a demanding user will hit it:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -41,8 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import astropy.units as u
 import numpy as np
 import pandas as pd
+import requests
+from astropy.coordinates import Angle
 from astropy.io import fits
 from PIL import Image
 
@@ -193,10 +198,6 @@ class Fetcher:
 
     def fetch_band(self, ra: float, dec: float, side_arcsec: float, band: str) -> fits.ImageHDU:
         """One band as an ImageHDU with the service's WCS; raises :class:`FetchError`."""
-        import astropy.units as u
-        import requests
-        from astropy.coordinates import Angle
-
         spec = self.spec
         try:
             response = self.client().query_async(
@@ -245,17 +246,19 @@ def _error_text(response) -> str:
 
 
 def _with_retries(fn, spec: DownloadSpec, outcome: _Outcome):
-    for attempt in range(spec.retries + 1):
+    """``fn()``, retried on retryable :class:`FetchError`; the final error carries ``attempts``."""
+    attempt = 0
+    while True:
+        attempt += 1
         outcome.requests += 1
         try:
-            return fn(), attempt + 1
+            return fn()
         except FetchError as err:
-            if not err.retry or attempt == spec.retries:
-                err.attempts = attempt + 1
+            if not err.retry or attempt > spec.retries:
+                err.attempts = attempt
                 raise
             outcome.retried[err.reason] += 1
-            time.sleep(spec.backoff * 2**attempt)
-    raise AssertionError("unreachable")
+            time.sleep(spec.backoff * 2 ** (attempt - 1))
 
 
 def _one(subject: dict[str, Any], spec: DownloadSpec, fetcher: Fetcher, cache_dir: Path, png_dir: Path) -> _Outcome:
@@ -270,7 +273,7 @@ def _one(subject: dict[str, Any], spec: DownloadSpec, fetcher: Fetcher, cache_di
         hdus = [fits.PrimaryHDU()]
         for band in spec.bands:
             try:
-                hdu, _ = _with_retries(lambda b=band: fetcher.fetch_band(ra, dec, side, b), spec, out)
+                hdu = _with_retries(lambda b=band: fetcher.fetch_band(ra, dec, side, b), spec, out)
             except FetchError as err:
                 out.failure = {"subject_id": sid, "ra": ra, "dec": dec, "band": band, "reason": err.reason,
                                "detail": err.detail, "attempts": err.attempts}
@@ -333,19 +336,17 @@ def download_cutouts(subjects: pd.DataFrame, spec: DownloadSpec, cache_dir: str 
     threads = -(-spec.workers // processes)
     t0 = time.perf_counter()
     outcomes: list[_Outcome] = []
-    with atomic_dir(png_dir) as tmp_png:
+    with atomic_dir(png_dir) as tmp_png, contextlib.ExitStack() as stack:
+        work = functools.partial(_chunk, spec=spec, cache_dir=cache_dir, png_dir=tmp_png, threads=threads)
         if processes > 1:
             # fork: spawned workers would re-run the caller's main module (a Snakemake script)
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-                results = pool.map(_chunk, chunks, *zip(*[(spec, cache_dir, tmp_png, threads)] * len(chunks)))
-                for part in results:
-                    outcomes.extend(part)
-                    log.info("%d / %d subjects (%.1f s)", len(outcomes), len(records), time.perf_counter() - t0)
+            pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")))
+            parts = pool.map(work, chunks)
         else:
-            for chunk in chunks:
-                outcomes.extend(_chunk(chunk, spec, cache_dir, tmp_png, threads))
-                log.info("%d / %d subjects (%.1f s)", len(outcomes), len(records), time.perf_counter() - t0)
+            parts = map(work, chunks)
+        for part in parts:
+            outcomes.extend(part)
+            log.info("%d / %d subjects (%.1f s)", len(outcomes), len(records), time.perf_counter() - t0)
     for o in outcomes:
         if o.failure:
             log.warning("subject %d: %s (%s) after %d attempt(s)", o.subject_id, o.failure["reason"],

@@ -189,6 +189,13 @@ def subset(coco: dict[str, Any], image_ids: Iterable[int], description: str) -> 
     }
 
 
+def square_boxes(x, y, side, width, height) -> dict[str, np.ndarray]:
+    """Corners x1, y1, x2, y2 of squares of ``side`` centred on (x, y), clipped to the image."""
+    x, y, half = np.asarray(x, float), np.asarray(y, float), np.asarray(side, float) / 2
+    return {"x1": np.maximum(x - half, 0.0), "y1": np.maximum(y - half, 0.0),
+            "x2": np.minimum(x + half, width), "y2": np.minimum(y + half, height)}
+
+
 def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, min_flux_fraction: float) -> pd.DataFrame:
     """Boxes around the simulated objects, sized like the consensus boxes (box_scale x FWHM).
 
@@ -202,10 +209,7 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
     out = pd.DataFrame(
         {
             "subject_id": truth["subject_id"],
-            "x1": (truth["x"] - side / 2).clip(lower=0),
-            "y1": (truth["y"] - side / 2).clip(lower=0),
-            "x2": np.minimum(truth["x"] + side / 2, w),
-            "y2": np.minimum(truth["y"] + side / 2, h),
+            **square_boxes(truth["x"], truth["y"], side, w, h),
             "category": np.where(truth["kind"] == "odd", "odd_clump", "clump"),
             "iscrowd": ((truth["kind"] == "clump") & (truth["flux_fraction_g"] < min_flux_fraction)).astype(int),
             "flux_fraction_g": truth["flux_fraction_g"],

@@ -40,9 +40,10 @@ def _norm(key: str) -> str:
     return key.lstrip("#!").strip().lower()
 
 
-def _pick(meta: dict[str, Any], name: str) -> Any:
+def _quantities(meta: dict[str, Any]) -> dict[str, Any]:
+    """The subject-list quantities found in one metadata record (None where absent or empty)."""
     norm = {_norm(k): v for k, v in meta.items()}
-    return next((norm[k] for k in KEYS[name] if k in norm and norm[k] not in ("", None)), None)
+    return {name: next((norm[k] for k in keys if norm.get(k) not in ("", None)), None) for name, keys in KEYS.items()}
 
 
 def _finish(rows: list[dict[str, Any]], path: Path, kind: str, skipped: dict[str, int],
@@ -111,7 +112,7 @@ def read_subject_list(path: str | Path, max_examples: int = 20) -> tuple[pd.Data
                     bad(line, "bad_subject_data_json")
                     continue
                 seen.add(sid)
-                rows.append({"subject_id": sid, **{q: _pick(meta, q) for q in KEYS}})
+                rows.append({"subject_id": sid, **_quantities(meta)})
     elif "metadata" in header and "subject_id" in header:
         kind = "zooniverse_subjects"
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -129,7 +130,7 @@ def read_subject_list(path: str | Path, max_examples: int = 20) -> tuple[pd.Data
             except ValueError:
                 bad(i + 2, "bad_metadata_json")
                 continue
-            rows.append({"subject_id": sid, **{q: _pick(meta, q) for q in KEYS}})
+            rows.append({"subject_id": sid, **_quantities(meta)})
         # a subject in several subject sets is listed once per set: keep its first row
         seen: set[int] = set()
         rows = [r for r in rows if not (r["subject_id"] in seen or seen.add(r["subject_id"]))]
@@ -149,7 +150,7 @@ def read_subject_list(path: str | Path, max_examples: int = 20) -> tuple[pd.Data
         else:
             ids = np.arange(1, len(table) + 1, dtype=np.int64)
         for i, r in enumerate(table.to_dict("records")):
-            rows.append({"subject_id": ids[i], **{q: _pick(r, q) for q in KEYS}})
+            rows.append({"subject_id": ids[i], **_quantities(r)})
     return _finish(rows, path, kind, skipped, examples, max_examples)
 
 

@@ -1,5 +1,8 @@
 # Configuration validation and helpers shared by all rules (no rules in this file).
+import ast
 import copy
+import functools
+import os
 import re
 
 from snakemake.utils import validate
@@ -80,6 +83,55 @@ if (
         "simulated only for data.source 'simulate'; give real Galaxy Zoo votes in pretrain.catalogue "
         "or leave these backbones out of sweep.backbones"
     )
+
+
+PACKAGE_DIR = os.path.join(workflow.basedir, "src", "clumpfinder")
+
+
+@functools.cache
+def _package_imports(path):
+    """Modules of the clumpfinder package that one source file imports."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read(), filename=path)):
+        if isinstance(node, ast.ImportFrom):
+            # absolute (clumpfinder.x) or, inside the package, relative (.x)
+            parts = node.module.split(".") if node.module else []
+            if node.level == 0 and parts[:1] != ["clumpfinder"]:
+                continue
+            parts = parts[1:] if node.level == 0 else parts
+            found.update(parts[:1])  # from clumpfinder.x import ...
+            if not parts:  # from clumpfinder import x
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(
+                a.name.split(".")[1]
+                for a in node.names
+                if a.name.startswith("clumpfinder.")
+            )
+    return {m for m in found if os.path.exists(os.path.join(PACKAGE_DIR, f"{m}.py"))}
+
+
+def package_code(script):
+    """The package modules a script runs, directly or through other modules, as input files.
+
+    Snakemake reruns a script rule when its script changes, but it does not see the modules the
+    script imports; declaring them as input makes a change to a stage's code rerun that stage
+    (and only the stages whose code imports the changed module)."""
+    modules = {"__init__"}  # runs whenever the package is imported
+    todo = [
+        os.path.join(workflow.basedir, "scripts", script),
+        os.path.join(PACKAGE_DIR, "__init__.py"),
+    ]
+    while todo:
+        for module in _package_imports(todo.pop()) - modules:
+            modules.add(module)
+            todo.append(os.path.join(PACKAGE_DIR, f"{module}.py"))
+    return sorted(os.path.join(PACKAGE_DIR, f"{m}.py") for m in modules)
+
+
+def scaled_memory(mb):
+    """mem_mb that grows with the attempt: a job retried after running out of memory asks for more."""
+    return lambda wildcards, attempt: mb * attempt
 
 
 def subject_list_input():

@@ -4,6 +4,7 @@
 rule consensus:
     input:
         unpack(export_inputs),
+        code=package_code("consensus.py"),
     output:
         boxes=f"{RESULTS}/consensus/boxes.csv",
         subjects=f"{RESULTS}/consensus/subjects.csv",
@@ -17,7 +18,7 @@ rule consensus:
         "../envs/consensus.yaml"
     threads: config["threads"]["consensus"]
     resources:
-        mem_mb=4000,
+        mem_mb=scaled_memory(4000),
         runtime=30,
     params:
         spec=config["consensus"],

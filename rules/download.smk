@@ -10,6 +10,7 @@ localrules:
 rule subject_list:
     input:
         subject_list_input(),
+        code=package_code("subject_list.py"),
     output:
         subjects=f"{RESULTS}/survey/subjects.csv",
         clumps=f"{RESULTS}/survey/catalogue_clumps.csv",
@@ -28,6 +29,7 @@ rule subject_list:
 rule download:
     input:
         subjects=rules.subject_list.output.subjects,
+        code=package_code("download.py"),
     output:
         manifest=SURVEY_MANIFEST,
         png=directory(SURVEY_PNG),
@@ -41,7 +43,7 @@ rule download:
         "../envs/download.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
+        mem_mb=scaled_memory(2000),
         runtime=600,
     params:
         spec=config["data"]["download"],
@@ -53,6 +55,7 @@ rule catalogue_labels:
     input:
         clumps=rules.subject_list.output.clumps,
         manifest=SURVEY_MANIFEST,
+        code=package_code("catalogue_labels.py"),
     output:
         boxes=f"{RESULTS}/catalogue/boxes.csv",
         subjects=f"{RESULTS}/catalogue/subjects.csv",

@@ -8,6 +8,7 @@ rule evaluate:
         test=rules.split.output.test,
         val=rules.split.output.val,
         images=SURVEY_PNG,
+        code=package_code("evaluate.py"),
     output:
         predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/predictions.json",
         metrics=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/metrics.json",
@@ -20,7 +21,7 @@ rule evaluate:
     threads: config["threads"]["evaluate"]
     resources:
         gpu=config["resources"]["evaluate"]["gpu"],
-        mem_mb=config["resources"]["evaluate"]["mem_mb"],
+        mem_mb=scaled_memory(config["resources"]["evaluate"]["mem_mb"]),
         runtime=config["resources"]["evaluate"]["runtime"],
     params:
         spec=config["evaluation"],

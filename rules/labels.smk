@@ -1,11 +1,19 @@
 # Splits, nested training subsets and COCO labels (consensus and, in simulation, truth).
 
 
+# seconds of bookkeeping: on a cluster they run where snakemake runs, not in the queue
+localrules:
+    split,
+    subset,
+    truth_labels,
+
+
 rule split:
     input:
         manifest=SURVEY_MANIFEST,
         boxes=LABEL_TABLES["boxes"],
         subjects=LABEL_TABLES["subjects"],
+        code=package_code("split.py"),
     output:
         train=f"{RESULTS}/labels/train.json",
         val=f"{RESULTS}/labels/val.json",
@@ -27,6 +35,7 @@ rule subset:
     input:
         train=rules.split.output.train,
         splits=rules.split.output.splits,
+        code=package_code("subset.py"),
     output:
         f"{RESULTS}/labels/train_n{{n_train}}.json",
     log:
@@ -42,6 +51,7 @@ rule truth_labels:
         manifest=SURVEY_MANIFEST,
         truth=SURVEY_TRUTH,
         splits=rules.split.output.splits,
+        code=package_code("truth_labels.py"),
     output:
         f"{RESULTS}/labels/test_truth.json",
     log:

@@ -2,10 +2,19 @@
 # the volunteer consensus.
 
 
+# light plotting jobs: on a cluster they run where snakemake runs, not in the queue
+localrules:
+    plot_pr,
+    plot_flux,
+    gallery,
+    plot_consensus,
+
+
 rule plot_pr:
     input:
         splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
+        code=package_code("plot_pr.py"),
     output:
         png=report(
             f"{RESULTS}/plots/pr_curves.png",
@@ -31,6 +40,7 @@ rule plot_flux:
     input:
         splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
+        code=package_code("plot_flux.py"),
     output:
         png=report(
             f"{RESULTS}/plots/completeness_vs_flux.png",
@@ -60,6 +70,7 @@ rule gallery:
         metrics=gallery_files("metrics.json"),
         test=rules.split.output.test,
         images=SURVEY_PNG,
+        code=package_code("gallery.py"),
     output:
         png=report(
             f"{RESULTS}/plots/gallery/n{{n_train}}.png",
@@ -86,6 +97,7 @@ rule plot_consensus:
         unpack(true_volunteer_inputs),
         volunteers=rules.consensus.output.volunteers,
         subjects=rules.consensus.output.subjects,
+        code=package_code("plot_consensus.py"),
     output:
         png=report(
             f"{RESULTS}/plots/consensus.png",

@@ -7,6 +7,8 @@ localrules:
 
 
 rule fetch_weights:
+    input:
+        code=package_code("fetch_weights.py"),
     output:
         f"{RESULTS}/weights/{{backbone}}.json",
     log:
@@ -23,6 +25,7 @@ rule simulate_morphology:
     input:
         manifest=SURVEY_MANIFEST,
         truth=SURVEY_TRUTH,
+        code=package_code("simulate_morphology.py"),
     output:
         f"{RESULTS}/survey/morphology_votes.csv",
     log:
@@ -41,6 +44,7 @@ rule pretrain_morphology:
         manifest=SURVEY_MANIFEST,
         splits=rules.split.output.splits,
         images=SURVEY_PNG,
+        code=package_code("pretrain.py"),
     output:
         encoder=f"{RESULTS}/pretrain/morphology/{{morphology}}/encoder.pt",
         metrics=f"{RESULTS}/pretrain/morphology/{{morphology}}/metrics.json",
@@ -54,7 +58,7 @@ rule pretrain_morphology:
     threads: config["threads"]["pretrain"]
     resources:
         gpu=config["resources"]["pretrain"]["gpu"],
-        mem_mb=config["resources"]["pretrain"]["mem_mb"],
+        mem_mb=scaled_memory(config["resources"]["pretrain"]["mem_mb"]),
         runtime=config["resources"]["pretrain"]["runtime"],
     params:
         backbone=lambda wildcards: {
@@ -77,6 +81,7 @@ rule pretrain_clumpy:
         manifest=SURVEY_MANIFEST,
         splits=rules.split.output.splits,
         images=SURVEY_PNG,
+        code=package_code("pretrain.py"),
     output:
         encoder=f"{RESULTS}/pretrain/clumpy/{{backbone}}/encoder.pt",
         metrics=f"{RESULTS}/pretrain/clumpy/{{backbone}}/metrics.json",
@@ -90,7 +95,7 @@ rule pretrain_clumpy:
     threads: config["threads"]["pretrain"]
     resources:
         gpu=config["resources"]["pretrain"]["gpu"],
-        mem_mb=config["resources"]["pretrain"]["mem_mb"],
+        mem_mb=scaled_memory(config["resources"]["pretrain"]["mem_mb"]),
         runtime=config["resources"]["pretrain"]["runtime"],
     params:
         backbone=lambda wildcards: clumpy_base_spec(wildcards.backbone),

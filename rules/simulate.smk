@@ -2,6 +2,8 @@
 
 
 rule simulate_survey:
+    input:
+        code=package_code("simulate_survey.py"),
     output:
         manifest=SURVEY_MANIFEST,
         truth=SURVEY_TRUTH,
@@ -15,7 +17,7 @@ rule simulate_survey:
         "../envs/simulate.yaml"
     threads: config["threads"]["simulate"]
     resources:
-        mem_mb=2000,
+        mem_mb=scaled_memory(2000),
         runtime=30,
     params:
         spec=config["simulate"],
@@ -27,6 +29,7 @@ rule simulate_volunteers:
     input:
         manifest=SURVEY_MANIFEST,
         truth=SURVEY_TRUTH,
+        code=package_code("simulate_volunteers.py"),
     output:
         export=f"{RESULTS}/survey/classifications.csv",
         volunteers=f"{RESULTS}/survey/volunteers.csv",
@@ -36,7 +39,7 @@ rule simulate_volunteers:
     conda:
         "../envs/simulate.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=scaled_memory(2000),
         runtime=10,
     params:
         spec=config["volunteers"],

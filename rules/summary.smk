@@ -1,11 +1,17 @@
 # Summary table, the backbone comparison and the headline figure over the whole sweep.
 
 
+# seconds of pandas and matplotlib: on a cluster it runs where snakemake runs, not in the queue
+localrules:
+    summary,
+
+
 rule summary:
     input:
         splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
         train=sweep_files("train_metrics.json"),
+        code=package_code("summary.py"),
     output:
         table=report(
             f"{RESULTS}/summary.csv",

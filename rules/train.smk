@@ -6,6 +6,7 @@ rule train:
         unpack(init_input),
         labels=f"{RESULTS}/labels/train_n{{n_train}}.json",
         images=SURVEY_PNG,
+        code=package_code("train.py"),
     output:
         model=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/model.pt",
         metrics=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/train_metrics.json",
@@ -18,7 +19,7 @@ rule train:
     threads: config["threads"]["train"]
     resources:
         gpu=config["resources"]["train"]["gpu"],
-        mem_mb=config["resources"]["train"]["mem_mb"],
+        mem_mb=scaled_memory(config["resources"]["train"]["mem_mb"]),
         runtime=config["resources"]["train"]["runtime"],
     params:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),

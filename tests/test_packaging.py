@@ -35,7 +35,7 @@ def test_env_files_match_pyproject():
             assert _spec(d) == deps[name], f"{env.name}: {d!r} differs from pyproject's {deps[name]!r}"
             seen.add(name)
     # every runtime library the stages import is in some env (snakemake itself runs the envs)
-    assert set(deps) - seen <= {"snakemake", "pyyaml", "jsonschema"}, set(deps) - seen
+    assert set(deps) - seen <= {"snakemake", "snakemake-executor-plugin-slurm", "pyyaml", "jsonschema"}, set(deps) - seen
 
 
 def test_rules_declare_envs_logs():

@@ -14,8 +14,7 @@ import yaml
 from astropy import units as u
 from astropy.table import Table
 
-from conftest import REPO, deep_update
-from test_workflow import TEST_CONFIG, _jobs, smk
+from conftest import REPO, TEST_CONFIG, deep_update, job_counts, smk
 
 sys.path.insert(0, str(REPO / "tests"))
 from hips_server import HipsServer, position_key  # noqa: E402
@@ -142,6 +141,6 @@ def test_zooniverse_route_dry_run(tmp_path, tiny_export):
     cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse",
                       classifications=str(tiny_export["path"]))
     proc = smk("-n", "--cores", "1", "--configfile", cfg, cwd=tmp_path)
-    jobs = _jobs(proc.stdout + proc.stderr)
+    jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["subject_list"] == jobs["download"] == jobs["consensus"] == 1
     assert "simulate_survey" not in jobs and "catalogue_labels" not in jobs and jobs["plot_consensus"] == 1

@@ -9,26 +9,18 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TEST_CONFIG, job_blocks, job_counts, smk
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-TEST_CONFIG = REPO / "tests" / "config" / "config.yaml"
-
-
-def smk(*args, cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = SNAKEMAKE + ["-s", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
+# what a change to the volunteer consensus reruns: everything downstream of it, nothing upstream
+CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_morphology": 1,
+                        "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
+                        "gallery": 2, "plot_consensus": 1, "all": 1}
 
 
 def test_lint(tmp_path):
@@ -43,15 +35,9 @@ def test_snakefmt():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _jobs(dry_run_output: str) -> dict[str, int]:
-    """Job counts per rule from the dry run's 'Job stats' table."""
-    table = dry_run_output.split("Job stats:")[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m.group(1) != "total"}
-
-
 def test_default_dry_run(tmp_path, default_config):
     proc = smk("-n", "--cores", "2", cwd=tmp_path)
-    jobs = _jobs(proc.stdout + proc.stderr)
+    jobs = job_counts(proc.stdout + proc.stderr)
     n_b, n_n = len(default_config["backbones"]), len(default_config["labels"]["n_train"])
     assert n_b >= 2 and n_n >= 3
     assert jobs["train"] == n_b * n_n and jobs["evaluate"] == n_b * n_n and jobs["subset"] == n_n
@@ -80,15 +66,6 @@ def test_config_error_names_the_key(tmp_path, override, message):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "validat" in out.lower() and message in out, out[-3000:]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The whole DAG on the tiny test configuration, once per module."""
-    work = tmp_path_factory.mktemp("tiny_run")
-    t0 = time.perf_counter()
-    proc = smk("--cores", "2", "--configfile", str(TEST_CONFIG), cwd=work)
-    return {"dir": work, "proc": proc, "seconds": time.perf_counter() - t0}
 
 
 def test_tiny_run_outputs(tiny_run, tiny_config):
@@ -151,16 +128,17 @@ def test_tiny_run_subsets_nested(tiny_run):
 
 
 def test_rerun_does_nothing(tiny_run):
-    t0 = time.perf_counter()
-    proc = smk("--cores", "2", "--configfile", str(TEST_CONFIG), cwd=tiny_run["dir"])
+    """(a) Nothing changed: nothing runs (benchmarks/rerun_latency.py times it)."""
+    proc = smk("--cores", "2", "--configfile", TEST_CONFIG, cwd=tiny_run["dir"], snakefile=tiny_run["snakefile"],
+               timeout=120)
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    assert time.perf_counter() - t0 < 30
 
 
 def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
     cfg = tmp_path / "big.yaml"
     cfg.write_text("labels:\n  n_train: [5000]\n")
-    proc = smk("--cores", "1", "--configfile", str(TEST_CONFIG), str(cfg), cwd=tiny_run["dir"], check=False)
+    proc = smk("--cores", "1", "--configfile", TEST_CONFIG, cfg, cwd=tiny_run["dir"], snakefile=tiny_run["snakefile"],
+               check=False)
     assert proc.returncode != 0
     assert "training pool has only" in proc.stdout + proc.stderr + (
         tiny_run["dir"] / "results" / "logs" / "subset_n5000.log").read_text()
@@ -181,17 +159,87 @@ def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
         ("sweep:\n  seeds: [0, 1]\n",
          {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "all": 1}),
         # the consensus method: everything downstream of the consensus, nothing upstream
-        ("consensus:\n  method: dbscan\n",
-         {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_morphology": 1,
-          "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2,
-          "plot_consensus": 1, "all": 1}),
+        ("consensus:\n  method: dbscan\n", CONSENSUS_DOWNSTREAM),
     ],
 )
 def test_a_change_reruns_only_what_depends_on_it(tiny_run, tmp_path, override, expected):
     cfg = tmp_path / "change.yaml"
     cfg.write_text(override)
-    proc = smk("-n", "--cores", "2", "--configfile", str(TEST_CONFIG), str(cfg), cwd=tiny_run["dir"])
-    assert _jobs(proc.stdout + proc.stderr) == expected
+    proc = smk("-n", "--cores", "2", "--configfile", TEST_CONFIG, cfg, cwd=tiny_run["dir"], snakefile=tiny_run["snakefile"])
+    assert job_counts(proc.stdout + proc.stderr) == expected
+
+
+def test_every_stage_declares_the_package_code_it_runs(tmp_path):
+    """Snakemake follows a rule's script but not the modules the script imports: every script rule
+    lists those (directly or indirectly imported) as input, so that editing a module reruns the
+    stages that run it."""
+    for smk_file in (REPO / "rules").glob("*.smk"):  # every rule that runs a script, on any data source
+        for rule in re.split(r"\nrule ", smk_file.read_text())[1:]:
+            if script := re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule):
+                assert f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
+    jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
+    assert len({j["rule"] for j in jobs}) == 16
+    for job in jobs:
+        assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
+    by_rule = {j["rule"]: j["input"] for j in jobs}
+    # evaluate loads models through the training module, which builds them with the detector module
+    for module in ("evaluate", "metrics", "train", "detector", "labels", "io"):
+        assert f"src/clumpfinder/{module}.py" in by_rule["evaluate"], module
+    for module in ("consensus", "boxem", "swap", "zooniverse"):
+        assert f"src/clumpfinder/{module}.py" in by_rule["consensus"], module
+    assert "train.py" not in by_rule["consensus"] and "boxem.py" not in by_rule["train"]
+
+
+@pytest.mark.parametrize(
+    "module, expected",
+    [
+        # plotting code: the figures and the summary that draws the headline figure
+        ("figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1, "all": 1}),
+        # the EM aggregation of clicks: the consensus and everything after it
+        ("boxem.py", CONSENSUS_DOWNSTREAM),
+        # the training module: training, the pretraining that shares its loop, the evaluation that loads
+        # models through it, and what reads their outputs
+        ("train.py", {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1,
+                      "plot_pr": 1, "plot_flux": 1, "gallery": 2, "all": 1}),
+    ],
+)
+def test_a_code_change_reruns_the_stages_that_run_it(tiny_run, module, expected):
+    path = tiny_run["snakefile"].parent / "src" / "clumpfinder" / module
+    original, stat = path.read_bytes(), path.stat()
+    args = ("-n", "--configfile", TEST_CONFIG)
+    try:
+        path.write_bytes(original + b"\n# edited by the test\n")
+        edited = smk(*args, cwd=tiny_run["dir"], snakefile=tiny_run["snakefile"])
+        path.write_bytes(original)  # the edit undone: a newer file with the old checksum
+        undone = smk(*args, cwd=tiny_run["dir"], snakefile=tiny_run["snakefile"])
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert job_counts(edited.stdout) == expected
+    assert "Nothing to be done" in undone.stdout + undone.stderr
+
+
+def test_gpu_jobs_take_turns(tiny_run):
+    """On a one-GPU workstation (`--resources gpu=1`, the training jobs asking for a GPU) no two GPU
+    jobs ever run at once, while CPU jobs still run beside them."""
+    out = tiny_run["proc"].stderr  # a run (not a dry run) reports its jobs on stderr
+    jobs = {j["jobid"]: j for j in job_blocks(out)}
+    events = sorted([(j["line"], 1, jid) for jid, j in jobs.items()]
+                    + [(i, -1, m.group(1)) for i, line in enumerate(out.splitlines())
+                       if (m := re.match(r"Finished jobid: (\d+)", line))])
+    gpu_jobs = {jid for jid, j in jobs.items() if j["resources"].get("gpu") == "1"}
+    assert {jobs[j]["rule"] for j in gpu_jobs} == {"train", "pretrain_morphology", "pretrain_clumpy"}
+    assert len(gpu_jobs) == 8
+    running, most_gpu, cpu_beside_gpu = set(), 0, False
+    for _, step, jid in events:
+        if step == 1:
+            running.add(jid)
+        else:
+            running.discard(jid)
+        n_gpu = len(running & gpu_jobs)
+        most_gpu = max(most_gpu, n_gpu)
+        cpu_beside_gpu |= n_gpu == 1 and len(running) > 1
+    assert most_gpu == 1 and cpu_beside_gpu
 
 
 def test_summary_documents_and_report(tiny_run, tiny_config):
@@ -204,7 +252,8 @@ def test_summary_documents_and_report(tiny_run, tiny_config):
     comparison = pd.read_csv(res / "comparison.csv")
     assert set(comparison["backbone"]) == set(tiny_config["backbones"])
     assert (comparison.loc[comparison["backbone"] == "resnet18_scratch", "f1_diff"] == 0).all()  # the baseline
-    smk("--report", "results/report.html", "--configfile", str(TEST_CONFIG), cwd=tiny_run["dir"])
+    smk("--report", "results/report.html", "--configfile", TEST_CONFIG, cwd=tiny_run["dir"],
+        snakefile=tiny_run["snakefile"])
     page = (res / "report.html").read_text()
     assert len(page) > 100_000
     for text in ("1. Headline", "2. Detection quality", "3. Gallery", "4. Volunteer consensus", "5. Tables",
@@ -220,16 +269,19 @@ def test_paper_config_dry_run(tmp_path):
     (tmp_path / "data").mkdir()
     for name in ("clump_scout_subjects.csv", "clump_scout_classifications.csv"):  # the user's exports
         (tmp_path / "data" / name).write_text("")
-    proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
-    jobs = _jobs(proc.stdout + proc.stderr)
+    proc = smk("-n", "--cores", "16", "--resources", "gpu=1", "--configfile", REPO / "config" / "paper.yaml",
+               cwd=tmp_path)
+    jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["fetch_weights"] == 5 and jobs["pretrain_clumpy"] == 1 and "pretrain_morphology" not in jobs
     assert jobs["train"] == jobs["evaluate"] == 35 and jobs["subset"] == 7  # 200 ... 12,000 and full
     assert jobs["subject_list"] == jobs["download"] == jobs["consensus"] == 1 and "simulate_survey" not in jobs
-    assert re.search(r"rule train:.*?gpu=1", proc.stdout, re.S)  # a GPU per training job
+    # a GPU per training, pretraining and evaluation job, which `--resources gpu=1` makes take turns
+    gpu = [j["rule"] for j in job_blocks(proc.stdout) if j["resources"].get("gpu") == "1"]
+    assert sorted(set(gpu)) == ["evaluate", "pretrain_clumpy", "train"] and len(gpu) == 71
     # the same setup on the simulated survey
     proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), "--config",
                "data={'source': 'simulate'}", cwd=tmp_path)
-    jobs = _jobs(proc.stdout + proc.stderr)
+    jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["simulate_survey"] == 1 and jobs["train"] == 35 and "download" not in jobs
 
 
@@ -245,6 +297,29 @@ def test_a_name_outside_the_sweep_is_an_error(tmp_path, override, message):
     cfg.write_text(override)
     proc = smk("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+
+
+def test_slurm_profile_resources(tmp_path):
+    """What profiles/slurm asks SLURM for, without a cluster (tests/test_slurm.py submits for real):
+    a GPU and `threads` CPUs per GPU for the GPU rules, the config's memory and time limits, more
+    memory on a retry."""
+    (tmp_path / "data").mkdir()
+    for name in ("clump_scout_subjects.csv", "clump_scout_classifications.csv"):
+        (tmp_path / "data" / name).write_text("")
+    # (a dry run caps threads at --cores, 1 unless given; a cluster run does not cap them)
+    jobs = job_blocks(smk("-n", "--cores", "64", "--workflow-profile", REPO / "profiles" / "slurm", "--configfile",
+                          REPO / "config" / "paper.yaml", cwd=tmp_path).stdout)
+    train = next(j["resources"] for j in jobs if j["rule"] == "train")
+    assert (train["gpu"], train["cpus_per_gpu"], train["mem_mb"], train["runtime"]) == ("1", "8", "24000", "720")
+    for rule in ("evaluate", "pretrain_clumpy"):
+        res = next(j["resources"] for j in jobs if j["rule"] == rule)
+        assert res["gpu"] == "1" and res["cpus_per_gpu"] == "8", rule
+    consensus = next(j["resources"] for j in jobs if j["rule"] == "consensus")
+    assert "gpu" not in consensus and consensus["mem_mb"] == "4000"
+    # the second attempt of a job asks for twice the memory
+    retry = job_blocks(smk("-n", "--workflow-profile", REPO / "profiles" / "slurm", "--configfile",
+                           REPO / "config" / "paper.yaml", "--attempt", "2", cwd=tmp_path).stdout)
+    assert next(j["resources"] for j in retry if j["rule"] == "train")["mem_mb"] == "48000"
 
 
 def test_tiny_run_pretraining_outputs(tiny_run):

@@ -92,7 +92,9 @@ PACKAGE_DIR = os.path.join(workflow.basedir, "src", "clumpfinder")
 def _package_imports(path):
     """Modules of the clumpfinder package that one source file imports."""
     found = set()
-    for node in ast.walk(ast.parse(open(path).read(), filename=path)):
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             # absolute (clumpfinder.x) or, inside the package, relative (.x)
             parts = node.module.split(".") if node.module else []
@@ -116,7 +118,8 @@ def package_code(script):
 
     Snakemake reruns a script rule when its script changes, but it does not see the modules the
     script imports; declaring them as input makes a change to a stage's code rerun that stage
-    (and only the stages whose code imports the changed module)."""
+    (and only the stages whose code imports the changed module). Imports by absolute or relative
+    module name are seen; importlib calls are not."""
     modules = {"__init__"}  # runs whenever the package is imported
     todo = [
         os.path.join(workflow.basedir, "scripts", script),
@@ -126,7 +129,11 @@ def package_code(script):
         for module in _package_imports(todo.pop()) - modules:
             modules.add(module)
             todo.append(os.path.join(PACKAGE_DIR, f"{module}.py"))
-    return sorted(os.path.join(PACKAGE_DIR, f"{m}.py") for m in modules)
+    # relative to the working directory, as Snakemake records inputs by name: a checkout moved
+    # or cloned again with the results beside it is the same code
+    return sorted(
+        os.path.relpath(os.path.join(PACKAGE_DIR, f"{m}.py")) for m in modules
+    )
 
 
 def scaled_memory(mb):

@@ -4,7 +4,7 @@ Debian's `slurm-wlm` and `munge` packages provide the daemons; they are started 
 with every file they write (configuration, key, sockets, state, logs) under one folder, on free
 ports, and stopped by the PIDs they were started with. There is no accounting database (slurmdbd),
 so `sacct` does not work and job status must come from `squeue` / `scontrol`; MinJobAge keeps
-finished jobs visible there for five minutes. The node has one fake GPU (a gres bound to
+finished jobs visible there for an hour. The node has one fake GPU (a gres bound to
 /dev/null), so rules that ask for `gpu: 1` run, with CUDA_VISIBLE_DEVICES set, on a CPU-only
 machine.
 
@@ -45,26 +45,44 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def install(log: Path) -> None:
+class InstallError(RuntimeError):
+    """apt-get could not install SLURM (no package index, a held dpkg lock, a time-out...)."""
+
+
+def install(log: Path, timeout: float = 600) -> None:
     """Install SLURM and munge from the distribution's packages, when missing."""
     if all(_which(d) for d in DAEMONS):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", *PACKAGES]
-    with open(log, "a") as out:
-        if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode != 0:
-            # the package lists may be missing on a fresh machine
-            subprocess.run(["apt-get", "update", "-q"], stdout=out, stderr=subprocess.STDOUT, env=env, check=True)
-            subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=True)
+
+    def apt(args: list[str]) -> bool:
+        with open(log, "a") as out:
+            try:
+                return subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                      timeout=timeout).returncode == 0
+            except subprocess.TimeoutExpired:
+                out.write(f"\n{' '.join(args)}: no answer in {timeout:.0f} s\n")
+                return False
+
+    # the package lists may be missing on a fresh machine: update once, then try again
+    if not apt(cmd) and not (apt(["apt-get", "update", "-q"]) and apt(cmd)):
+        raise InstallError(f"apt-get install {' '.join(PACKAGES)} failed: {log.read_text()[-800:]}")
     missing = [d for d in DAEMONS if not _which(d)]
     if missing:
-        raise RuntimeError(f"apt-get installed {PACKAGES} but {missing} are still missing; see {log}")
+        raise InstallError(f"apt-get installed {PACKAGES} but {missing} are still missing; see {log}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free now (held together while chosen, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _memory_mb() -> int:
@@ -79,7 +97,8 @@ class LocalSlurm:
 
     def __init__(self, root: Path, cpus: int | None = None, gpus: int = 1):
         self.root = Path(root).resolve()
-        self.cpus = cpus or os.cpu_count() or 1
+        # at least 2, so that a 2-thread job fits on a 1-CPU machine (the node line is trusted)
+        self.cpus = cpus or max(2, len(os.sched_getaffinity(0)))
         self.gpus = gpus
         self.memory_mb = int(0.8 * _memory_mb())
         self.conf = self.root / "slurm.conf"
@@ -100,11 +119,12 @@ class LocalSlurm:
         for sub in ("state", "spool", "munge"):
             (r / sub).mkdir(parents=True, exist_ok=True)
         gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
+        ctld_port, slurmd_port = _free_ports(2)
         self.conf.write_text("\n".join([
             "ClusterName=clumpfinder-test",
             "SlurmctldHost=localhost",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={slurmd_port}",
             "SlurmUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
@@ -123,8 +143,8 @@ class LocalSlurm:
             "MpiDefault=none",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core_Memory",
-            # finished jobs stay visible to squeue/scontrol for 5 min (no accounting database)
-            "MinJobAge=300",
+            # finished jobs stay visible to squeue/scontrol for an hour (no accounting database)
+            "MinJobAge=3600",
             "ReturnToService=2",
             # trust the node line below rather than the probed hardware
             "SlurmdParameters=config_overrides",
@@ -202,10 +222,16 @@ class LocalSlurm:
             fields[key] = value
         return fields
 
-    def stop(self) -> None:
-        """Cancel what is left in the queue, then stop the daemons this object started, by PID."""
+    def stop(self, timeout: float = 30) -> None:
+        """Cancel what is left in the queue and wait for it to go, then stop the daemons this object
+        started, by PID."""
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
             subprocess.run([_which("scancel"), "--full", "--user", "root"], env=self.env, capture_output=True)
+            t_end = time.monotonic() + timeout
+            while time.monotonic() < t_end and subprocess.run(
+                    [_which("squeue"), "-h", "-t", "PD,R,CG"], capture_output=True, text=True,
+                    env=self.env).stdout.strip():
+                time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:

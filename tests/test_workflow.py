@@ -173,10 +173,14 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
     """Snakemake follows a rule's script but not the modules the script imports: every script rule
     lists those (directly or indirectly imported) as input, so that editing a module reruns the
     stages that run it."""
+    used = []
     for smk_file in (REPO / "rules").glob("*.smk"):  # every rule that runs a script, on any data source
         for rule in re.split(r"\nrule ", smk_file.read_text())[1:]:
-            if script := re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule):
-                assert f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
+            if "script:" in rule:
+                script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule)
+                assert script and f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
+                used.append(script.group(1))
+    assert len(used) == 20 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
     jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
     assert len({j["rule"] for j in jobs}) == 16
     for job in jobs:
@@ -320,6 +324,7 @@ def test_slurm_profile_resources(tmp_path):
     retry = job_blocks(smk("-n", "--workflow-profile", REPO / "profiles" / "slurm", "--configfile",
                            REPO / "config" / "paper.yaml", "--attempt", "2", cwd=tmp_path).stdout)
     assert next(j["resources"] for j in retry if j["rule"] == "train")["mem_mb"] == "48000"
+    assert next(j["resources"] for j in retry if j["rule"] == "split")["mem_mb"] == "4000"  # the profile's default
 
 
 def test_tiny_run_pretraining_outputs(tiny_run):

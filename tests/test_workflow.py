@@ -35,6 +35,24 @@ def test_snakefmt():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def failing_dry_run(tmp_path, override: str) -> str:
+    """The output of a dry run with `override` as an extra config file, which must fail."""
+    cfg = tmp_path / "override.yaml"
+    cfg.write_text(override)
+    proc = smk("-n", "--cores", "1", "--configfile", cfg, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def paper_workdir(tmp_path):
+    """A working directory with (empty) Clump Scout exports where config/paper.yaml expects them."""
+    (tmp_path / "data").mkdir()
+    for name in ("clump_scout_subjects.csv", "clump_scout_classifications.csv"):
+        (tmp_path / "data" / name).write_text("")
+    return tmp_path
+
+
 def test_default_dry_run(tmp_path, default_config):
     proc = smk("-n", "--cores", "2", cwd=tmp_path)
     jobs = job_counts(proc.stdout + proc.stderr)
@@ -60,11 +78,7 @@ def test_default_dry_run(tmp_path, default_config):
     ],
 )
 def test_config_error_names_the_key(tmp_path, override, message):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(override)
-    proc = smk("-n", "--cores", "1", "--configfile", str(bad), cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
+    out = failing_dry_run(tmp_path, override)
     assert "validat" in out.lower() and message in out, out[-3000:]
 
 
@@ -267,14 +281,11 @@ def test_summary_documents_and_report(tiny_run, tiny_config):
         assert text in page, text
 
 
-def test_paper_config_dry_run(tmp_path):
+def test_paper_config_dry_run(paper_workdir):
     """config/paper.yaml: Popp's five ResNet-50 arms x six sizes; hub weights fetched by a
     localrule, the clumpy arm pretrained once."""
-    (tmp_path / "data").mkdir()
-    for name in ("clump_scout_subjects.csv", "clump_scout_classifications.csv"):  # the user's exports
-        (tmp_path / "data" / name).write_text("")
     proc = smk("-n", "--cores", "16", "--resources", "gpu=1", "--configfile", REPO / "config" / "paper.yaml",
-               cwd=tmp_path)
+               cwd=paper_workdir)
     jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["fetch_weights"] == 5 and jobs["pretrain_clumpy"] == 1 and "pretrain_morphology" not in jobs
     assert jobs["train"] == jobs["evaluate"] == 35 and jobs["subset"] == 7  # 200 ... 12,000 and full
@@ -284,7 +295,7 @@ def test_paper_config_dry_run(tmp_path):
     assert sorted(set(gpu)) == ["evaluate", "pretrain_clumpy", "train"] and len(gpu) == 71
     # the same setup on the simulated survey
     proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), "--config",
-               "data={'source': 'simulate'}", cwd=tmp_path)
+               "data={'source': 'simulate'}", cwd=paper_workdir)
     jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["simulate_survey"] == 1 and jobs["train"] == 35 and "download" not in jobs
 
@@ -297,22 +308,16 @@ def test_paper_config_dry_run(tmp_path):
     ],
 )
 def test_a_name_outside_the_sweep_is_an_error(tmp_path, override, message):
-    cfg = tmp_path / "names.yaml"
-    cfg.write_text(override)
-    proc = smk("-n", "--cores", "1", "--configfile", str(cfg), cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+    assert message in failing_dry_run(tmp_path, override)
 
 
-def test_slurm_profile_resources(tmp_path):
+def test_slurm_profile_resources(paper_workdir):
     """What profiles/slurm asks SLURM for, without a cluster (tests/test_slurm.py submits for real):
     a GPU and `threads` CPUs per GPU for the GPU rules, the config's memory and time limits, more
     memory on a retry."""
-    (tmp_path / "data").mkdir()
-    for name in ("clump_scout_subjects.csv", "clump_scout_classifications.csv"):
-        (tmp_path / "data" / name).write_text("")
     # (a dry run caps threads at --cores, 1 unless given; a cluster run does not cap them)
     jobs = job_blocks(smk("-n", "--cores", "64", "--workflow-profile", REPO / "profiles" / "slurm", "--configfile",
-                          REPO / "config" / "paper.yaml", cwd=tmp_path).stdout)
+                          REPO / "config" / "paper.yaml", cwd=paper_workdir).stdout)
     train = next(j["resources"] for j in jobs if j["rule"] == "train")
     assert (train["gpu"], train["cpus_per_gpu"], train["mem_mb"], train["runtime"]) == ("1", "8", "24000", "720")
     for rule in ("evaluate", "pretrain_clumpy"):
@@ -322,7 +327,7 @@ def test_slurm_profile_resources(tmp_path):
     assert "gpu" not in consensus and consensus["mem_mb"] == "4000"
     # the second attempt of a job asks for twice the memory
     retry = job_blocks(smk("-n", "--workflow-profile", REPO / "profiles" / "slurm", "--configfile",
-                           REPO / "config" / "paper.yaml", "--attempt", "2", cwd=tmp_path).stdout)
+                           REPO / "config" / "paper.yaml", "--attempt", "2", cwd=paper_workdir).stdout)
     assert next(j["resources"] for j in retry if j["rule"] == "train")["mem_mb"] == "48000"
     assert next(j["resources"] for j in retry if j["rule"] == "split")["mem_mb"] == "4000"  # the profile's default
 

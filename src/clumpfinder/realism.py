@@ -135,14 +135,22 @@ def reference_statistics(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ks_continuous(sample: np.ndarray, quantiles: np.ndarray) -> float:
-    """KS distance between a sample and a distribution given by its quantiles at LEVELS."""
+    """KS distance between a sample and a distribution given by its quantiles at LEVELS.
+
+    Both CDFs are compared just after and just before every sample value, so point masses (ties
+    in the sample or in the quantiles, e.g. boxes that all have one size) are handled exactly."""
     x = np.sort(np.asarray(sample, float))
     if x.size == 0:
         return 1.0
-    ref = np.interp(x, quantiles, LEVELS, left=0.0, right=1.0)  # the reference CDF at the sample points
-    above = np.arange(1, x.size + 1) / x.size  # the sample's CDF just after and before each point
-    below = np.arange(x.size) / x.size
-    return float(max(np.max(np.abs(above - ref)), np.max(np.abs(below - ref))))
+    q = np.asarray(quantiles, float)
+    values, first = np.unique(q, return_index=True)
+    last = len(q) - 1 - np.unique(q[::-1], return_index=True)[1]
+    # the reference CDF at and just below each sample value (interpolated between quantiles)
+    ref_at = np.interp(x, values, LEVELS[last], left=0.0, right=1.0)
+    ref_below = np.interp(x, values, LEVELS[first], left=0.0, right=1.0)
+    at = np.searchsorted(x, x, side="right") / x.size  # the sample's CDF at and just below each value
+    below = np.searchsorted(x, x, side="left") / x.size
+    return float(max(np.max(np.abs(at - ref_at)), np.max(np.abs(below - ref_below))))
 
 
 def _ks_discrete(counts: np.ndarray, pmf: dict[str, float]) -> float:

@@ -9,8 +9,9 @@ Dickinson et al. (2022): 3,561,454 clicks in 1,739,259 classifications of 85,286
 classifications per subject with enough false clicks to reach ~2 clicks per classification, in
 the real export format (JSON metadata, annotations, subject data). The timed run is what the
 consensus rule does: parse (``--workers`` processes), SWAP and the EM consensus; it reports
-seconds per stage, clicks/s and the peak resident memory of the process and its workers.
-Results go to benchmarks/results/consensus_throughput.json.
+seconds per stage, clicks/s, the peak resident memory of the process and its workers, the EM's
+iterations and why it stopped, and the machine's load average before and after (a shared machine
+that is busy makes every stage slower). Results go to benchmarks/results/consensus_throughput.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import sys
 import time
@@ -75,6 +77,7 @@ def main() -> None:
 
     spec = ConsensusSpec.from_config(dict(cfg["consensus"], method=a.method,
                                           swap=dict(cfg["consensus"]["swap"], mode="unsupervised")))
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     parsed = read_export(a.export, workers=a.workers)
     t_parse = time.perf_counter() - t0
@@ -93,6 +96,7 @@ def main() -> None:
         "clicks_per_second": round(n_clicks / total),
         "peak_rss_mb": {k: round(v) for k, v in peak_rss_mb().items()},
         "boxes": len(res.boxes), "em": res.report.get("em"),
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -202,3 +202,103 @@ def test_chunked_parse_matches_one_piece_with_multiline_fields_and_stray_quotes(
     assert whole.report["rows_used"] == 39
     # row k starts on line 2 + k + (number of earlier two-line rows)
     assert whole.report["examples"] == [{"line": 2 + 20 + 7, "reason": "bad_annotations_json"}]
+
+
+def test_time_order_is_pandas_stable_sort():
+    """Exports are sorted by time stamp (as strings), ties by classification id, missing times
+    last, as DataFrame.sort_values orders them, whether nearly sorted already or shuffled."""
+    from clumpfinder.zooniverse import time_order
+
+    rng = np.random.default_rng(0)
+    stamps = [f"2020-01-0{d} 0{h}:00:00 UTC" for d, h in zip(rng.integers(1, 4, 300), rng.integers(0, 3, 300))]
+    df = pd.DataFrame({"created_at": pd.array(stamps, dtype="str"), "classification_id": rng.integers(0, 50, 300)})
+    df.loc[rng.choice(300, 20, replace=False), "created_at"] = np.nan
+    for frame in (df, df.sort_values("created_at", kind="stable"), df.iloc[::-1]):
+        expected = frame.sort_values(["created_at", "classification_id"], kind="stable").index
+        assert frame.index[time_order(frame["created_at"], frame["classification_id"])].equals(expected)
+
+
+def test_line_breaks_other_than_newline_stay_inside_fields(tmp_path):
+    """Rows end at a newline only: a carriage return or a Unicode line separator in a quoted
+    field is part of the field, and line numbers count newlines."""
+    rows = [dict(row(1), workflow_name="Clump\rScout\u2028(beta)"), dict(row(2, user="b", user_id=2), user_ip="x\ny"),
+            dict(row(3, user="c", user_id=3), annotations="[")]
+    path = tmp_path / "export.csv"
+    write_export(rows, path)
+    parsed = read_export(path)
+    assert parsed.report["rows_used"] == 2 and parsed.report["rows_read"] == 3
+    assert parsed.report["examples"] == [{"line": 5, "reason": "bad_annotations_json"}]  # row 2 is two lines
+
+
+def test_chunk_without_usable_rows_changes_nothing(tmp_path):
+    """A byte range holding only rows of another workflow adds no rows, and the tables (their
+    column types too) are those of a parse in one piece."""
+    rows = [dict(row(k, user=f"u{k}", user_id=k), workflow_id="99") for k in range(1, 30)]
+    rows += [row(100 + k, user=f"v{k}", user_id=100 + k) for k in range(30)]
+    path = tmp_path / "export.csv"
+    write_export(rows, path)
+    whole = read_export(path, workflow_id=1)
+    part = read_export(path, workflow_id=1, chunk_bytes=3000, workers=2)
+    assert part.report == whole.report and whole.report["rows_skipped"] == {"other_workflow": 29}
+    pd.testing.assert_frame_equal(part.classifications, whole.classifications)
+    pd.testing.assert_frame_equal(part.clicks, whole.clicks)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_export_with_a_header_only_is_empty_not_an_error(tmp_path, workers):
+    from clumpfinder.zooniverse import CLICK_COLUMNS
+
+    path = tmp_path / "export.csv"
+    write_export([], path)
+    parsed = read_export(path, workers=workers, chunk_bytes=1)
+    assert parsed.report["rows_read"] == 0 and parsed.report["volunteers"] == 0
+    assert parsed.classifications.empty and list(parsed.clicks.columns) == CLICK_COLUMNS
+
+
+def _dimensions_reference(metadata):
+    """The size as read before outcomes were remembered: a regex for the key, a full decode."""
+    import math
+    import re
+
+    s = metadata.strip()
+    if not (s.startswith("{") and s.endswith("}")):
+        return "bad_metadata_json"
+    m = re.search(r'"subject_dimensions"\s*:\s*', s)
+    if m is None:
+        return "missing_subject_dimensions"
+    try:
+        dims = json.JSONDecoder().raw_decode(s, m.end())[0][0]
+        width, height = float(dims["naturalWidth"]), float(dims["naturalHeight"])
+        if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+            raise ValueError
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+        return "missing_subject_dimensions"
+    return width, height
+
+
+def test_remembered_image_sizes_are_the_sizes_decoded():
+    """Metadata in many shapes, each value seen several times in random order (the remembered
+    outcome is used from the second time on): every row gets what a full decode gives."""
+    from clumpfinder.zooniverse import _dimensions, _Skip
+
+    values = ['[{"naturalWidth":96,"naturalHeight":96}]', '[{"naturalWidth": 96, "naturalHeight": 80}]',
+              '[{"naturalWidth":"424","naturalHeight":424.0,"label":"a]b"}]', '[[1], {"naturalWidth":5}]',
+              '[{"naturalWidth":-1,"naturalHeight":5}]', '[{"naturalWidth":1e999,"naturalHeight":5}]',
+              '[{"naturalWidth":' + "9" * 400 + ',"naturalHeight":5}]', '{"naturalWidth":5,"naturalHeight":5}',
+              '[{"naturalWidth":5,"naturalHeight":5}', '[]', '"x"', '[{"naturalWidth":5,"naturalHeight":NaN}]',
+              '[{"naturalWidth":7,"naturalHeight":7}] ,"more":[1]',
+              '[{"naturalWidth":3,"naturalHeight":4,"k":[]}]',  # the same text up to ']' as the next,
+              '[{"naturalWidth":3,"naturalHeight":4,"k":[], "naturalWidth":9}]']  # which reads (9, 4)
+    shapes = ['{{"a":1,"subject_dimensions":{v}}}', '{{"subject_dimensions" :  {v},"b":2}}',
+              '{{"x":"subject_dimensions","subject_dimensions"\n:{v}}}', '{{"subject_dimensions":"no","z":1}}',
+              '  {{"subject_dimensions":{v}}} ', '[{v}]', '{{"other":{v}}}']
+    metadata = [shape.format(v=v) for v in values for shape in shapes] * 3
+    np.random.default_rng(0).shuffle(metadata)
+    seen = {}
+    for m in metadata:
+        try:
+            got = _dimensions(m, seen)
+        except _Skip as skip:
+            got = skip.reason
+        assert got == _dimensions_reference(m), m
+    assert len(seen) >= 5

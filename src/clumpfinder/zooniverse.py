@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import itertools
 import json
 import logging
 import math
+import mmap
 import multiprocessing
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,6 +46,11 @@ TOOL_LABELS = ("Clump", "Odd clump")
 CLICK_COLUMNS = ["classification_id", "subject_id", "user", "x", "y", "tool"]
 CLASSIFICATION_COLUMNS = ["classification_id", "subject_id", "user", "logged_in", "n_marks", "width",
                           "height", "fwhm_px", "workflow_version", "created_at"]
+#: column types as a chunk holds them (``user`` as codes into the chunk's list of names)
+CLASSIFICATION_DTYPES = {"classification_id": np.int64, "subject_id": np.int64, "user": np.int64, "logged_in": bool,
+                         "n_marks": np.int64, "width": float, "height": float, "fwhm_px": float,
+                         "workflow_version": object, "created_at": object}
+CLICK_DTYPES = {"row": np.int64, "x": float, "y": float, "tool": np.int64}  # a chunk's clicks point at its rows
 
 
 def classification_row(
@@ -136,32 +143,56 @@ class _Skip(Exception):
 
 _DECODER = json.JSONDecoder()
 INT64_MAX = 2**63 - 1
-_DIMENSIONS = re.compile(r'"subject_dimensions"\s*:\s*')
+_DIMENSIONS_KEY = '"subject_dimensions"'
+_COLON = re.compile(r"\s*:\s*")
 #: bytes per parse chunk: a chunk's text and its rows must fit comfortably in memory
 CHUNK_BYTES = 32 * 2**20
 
 
-def _dimensions(metadata: str) -> tuple[float, float]:
+def _dimensions(metadata: str, seen: dict[str, tuple[float, float] | None]) -> tuple[float, float]:
     """Image size (naturalWidth, naturalHeight) from the metadata JSON.
 
     Only the ``subject_dimensions`` value is decoded (the rest of the metadata is not used), which
     keeps a multi-GB export fast to read; a value that does not look like a JSON object at all is
-    still reported as bad metadata.
+    still reported as bad metadata. ``seen`` keeps the outcome per value text up to its first
+    ']' when the value is exactly that text (a text decodes the same wherever it stands): a few
+    sizes and screens cover most rows.
     """
     s = metadata.strip()
     if not (s.startswith("{") and s.endswith("}")):
         raise _Skip("bad_metadata_json")
-    m = _DIMENSIONS.search(s)
-    if m is None:
+    at = s.find(_DIMENSIONS_KEY)  # as a regex search for key, colon, but str.find is faster
+    while at >= 0 and (colon := _COLON.match(s, at + len(_DIMENSIONS_KEY))) is None:
+        at = s.find(_DIMENSIONS_KEY, at + 1)
+    if at < 0:
         raise _Skip("missing_subject_dimensions")
+    start = colon.end()
+    text = s[start:s.find("]", start) + 1]
+    if text in seen:
+        size = seen[text]
+    else:
+        size, end = _decode_dimensions(s, start)
+        if end == start + len(text):
+            seen[text] = size
+    if size is None:
+        raise _Skip("missing_subject_dimensions")
+    return size
+
+
+def _decode_dimensions(s: str, start: int) -> tuple[tuple[float, float] | None, int]:
+    """(size or None if unusable, where the value ends or -1 if it is not JSON)."""
     try:
-        dims = _DECODER.raw_decode(s, m.end())[0][0]
+        value, end = _DECODER.raw_decode(s, start)
+    except ValueError:
+        return None, -1
+    try:
+        dims = value[0]
         width, height = float(dims["naturalWidth"]), float(dims["naturalHeight"])
-        if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
-            raise ValueError
     except (KeyError, IndexError, TypeError, ValueError, OverflowError):
-        raise _Skip("missing_subject_dimensions") from None
-    return width, height
+        return None, end
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        return None, end
+    return (width, height), end
 
 
 def _fwhm(subject_data: str, sid: int) -> float:
@@ -211,10 +242,16 @@ def _parse_mark(mark: dict[str, Any], width: float, height: float) -> tuple[floa
 
 @dataclass
 class _Chunk:
-    """What one byte range of the export yields: tables, counters and examples."""
+    """What one byte range of the export yields: columns, counters and examples.
 
-    cls: pd.DataFrame | None = None
-    clicks: pd.DataFrame | None = None
+    Columns are arrays (``cls`` by CLASSIFICATION_COLUMNS, ``user`` as codes into ``users``;
+    ``clicks`` row, x, y, tool): the parent builds each table once, and a worker sends back
+    numbers and one copy of each volunteer's name instead of a table of strings.
+    """
+
+    cls: dict[str, np.ndarray] = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    clicks: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -238,17 +275,17 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
     out = _Chunk()
     with open(path, "rb") as fh:
         fh.seek(start)
-        text = fh.read(end - start).decode("utf-8", errors="replace")
-    reader = csv.reader(io.StringIO(text, newline="\n"))  # rows end at \n, as _row_boundaries counts
-    del text
+        reader = csv.reader(_lines(fh.read(end - start).decode("utf-8", errors="replace")))
     ix = {name: header.index(name) for name in header}
     i_cid, i_sid, i_uid, i_uname = ix["classification_id"], ix["subject_ids"], ix["user_id"], ix["user_name"]
     i_meta, i_ann, i_sdata = ix["metadata"], ix["annotations"], ix["subject_data"]
     i_wf, i_ver, i_created = ix.get("workflow_id"), ix.get("workflow_version"), ix.get("created_at")
     n_fields = len(header)
     fwhm_cache: dict[int, float] = {}
-    cls_rows: list[tuple] = []
-    click_rows: list[tuple] = []
+    dims_seen: dict[str, tuple[float, float] | None] = {}
+    user_code: dict[str, int] = {}
+    cls_values: list = []  # row after row, CLASSIFICATION_DTYPES values each
+    click_values: list = []  # CLICK_DTYPES values each
 
     def note(line: int, reason: str) -> None:
         if len(out.examples) < max_examples:
@@ -294,7 +331,7 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
             user_id, user_name = values[i_uid].strip(), values[i_uname].strip()
             if not user_id and not user_name:
                 raise _Skip("missing_user")
-            width, height = _dimensions(values[i_meta])
+            width, height = _dimensions(values[i_meta], dims_seen)
             marks = _marks(values[i_ann], task)
         except _Skip as s:
             out.skipped[s.reason] += 1
@@ -314,59 +351,69 @@ def _parse_chunk(path: str, start: int, end: int, first_line: int, header: list[
             except _Skip as s:
                 out.dropped[s.reason] += 1
                 continue
-            click_rows.append((len(cls_rows), x, y, tool))  # clicks point at their row
+            click_values.extend((len(cls_values) // len(CLASSIFICATION_DTYPES), x, y, tool))  # at their row
             kept += 1
-        cls_rows.append((cid, sid, f"id:{user_id}" if user_id else f"name:{user_name}", bool(user_id), kept,
-                         width, height, fwhm, values[i_ver] if i_ver is not None else "",
-                         values[i_created] if i_created is not None else ""))
-    out.cls = pd.DataFrame(cls_rows, columns=CLASSIFICATION_COLUMNS).astype(
-        {"classification_id": np.int64, "subject_id": np.int64, "logged_in": bool, "n_marks": np.int64,
-         "width": float, "height": float, "fwhm_px": float})
-    out.clicks = pd.DataFrame(click_rows, columns=["row", "x", "y", "tool"]).astype(
-        {"row": np.int64, "x": float, "y": float, "tool": np.int64})
+        user = f"id:{user_id}" if user_id else f"name:{user_name}"
+        cls_values.extend((cid, sid, user_code.setdefault(user, len(user_code)), bool(user_id), kept,
+                           width, height, fwhm, values[i_ver] if i_ver is not None else "",
+                           values[i_created] if i_created is not None else ""))
+    out.cls = _columns(cls_values, CLASSIFICATION_DTYPES)
+    out.users = list(user_code)
+    out.clicks = _columns(click_values, CLICK_DTYPES)
     return out
 
 
-def _row_boundaries(path: Path, data_start: int, first_line: int, chunk_bytes: int) -> list[tuple[int, int, int]]:
+def _columns(values: list, dtypes: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One array per column from the values of row after row (a flat list: a tuple per row
+    scatters the rows over memory, and transposing them took longer than reading them)."""
+    n = len(dtypes)
+    return {name: np.array(values[i::n], dtype) if dtype is object
+            else np.fromiter(values[i::n], dtype, len(values) // n) for i, (name, dtype) in enumerate(dtypes.items())}
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The physical lines of ``text``, each with its newline: split at newline characters only,
+    as _row_boundaries counts rows (a carriage return or U+2028 in a field ends no line). Faster
+    than io.StringIO, which first copies the text into a buffer of four bytes per character."""
+    lines = text.split("\n")
+    last = lines.pop()
+    for line in lines:
+        yield line + "\n"
+    if last:
+        yield last
+
+
+def _row_boundaries(path: Path, data_start: int, first_line: int, chunk_bytes: int) -> Iterator[tuple[int, int, int]]:
     """Split the data rows into (start, end, first_line) byte ranges that end on row boundaries.
 
     A newline ends a row only outside a quoted field, i.e. where the number of quote characters
-    before it is even (an escaped quote is two quote characters, so parity is kept); the scan
-    reads the file once in blocks.
+    before it is even (an escaped quote is two quote characters, so parity is kept). The scan
+    counts in the memory-mapped file with numpy (a copy of each block and ``bytes.count`` took
+    6 s on a 1.75 GiB export) and yields each range as soon as it is found, so that the parse of
+    the first ranges overlaps the scan of the rest.
     """
     size = path.stat().st_size
-    if size - data_start <= chunk_bytes:
-        return [(data_start, size, first_line)]
-    bounds, start, line = [], data_start, first_line
-    quotes = newlines = 0  # counted from data_start
-    target = data_start + chunk_bytes
-    with open(path, "rb") as fh:
-        fh.seek(data_start)
-        pos = data_start
-        while True:
-            block = fh.read(64 * 2**20)
-            if not block:
-                break
-            i = 0
-            while target < pos + len(block):
-                j = max(i, target - pos)
-                k = block.find(b"\n", j)
-                while k >= 0 and (quotes + block.count(b'"', i, k)) % 2:
-                    k = block.find(b"\n", k + 1)
-                if k < 0:
+    start, line = data_start, first_line
+    if size - start > chunk_bytes:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            def count(char: int, a: int, b: int) -> int:  # in pieces that stay in the cache
+                return sum(int(np.count_nonzero(np.frombuffer(mm, np.uint8, min(b, i + 2**20) - i, i) == char))
+                           for i in range(a, b, 2**20))
+
+            while size - start > chunk_bytes:
+                end = mm.find(b"\n", start + chunk_bytes)
+                quotes = count(ord('"'), start, max(end, start))
+                while end >= 0 and quotes % 2:  # a newline inside a quoted field
+                    after = mm.find(b"\n", end + 1)
+                    quotes += count(ord('"'), end, max(after, end))
+                    end = after
+                if end < 0:
                     break
-                quotes += block.count(b'"', i, k)
-                newlines += block.count(b"\n", i, k + 1)
-                i = k + 1
-                bounds.append((start, pos + i, line))
-                start, line = pos + i, first_line + newlines
-                target = start + chunk_bytes
-            quotes += block.count(b'"', i)
-            newlines += block.count(b"\n", i)
-            pos += len(block)
-    if start < size:
-        bounds.append((start, size, line))
-    return bounds
+                yield start, end + 1, line
+                line += count(ord("\n"), start, end + 1)
+                start = end + 1
+    if start < size or start == data_start:  # the rest, or the one (maybe empty) range
+        yield start, size, line
 
 
 def read_export(
@@ -404,8 +451,8 @@ def read_export(
             f"{path}: not a Zooniverse classification export, missing column(s) {', '.join(missing)}"
         )
     ranges = _row_boundaries(path, data_start, 2, chunk_bytes)
-    args = [(str(path), s, e, line, header, task, wf, max_examples, min_version) for s, e, line in ranges]
-    chunks = _parse_ranges(args, workers)
+    chunks = _parse_ranges(((str(path), s, e, line, header, task, wf, max_examples, min_version)
+                            for s, e, line in ranges), workers)
     if any(ch.first_row_broken for ch in chunks[1:]):
         # a stray quote outside a quoted field can fool the quote-parity split: parse in one piece
         log.warning("%s: malformed CSV structure, parsing the file in one piece", path)
@@ -414,14 +461,17 @@ def read_export(
     return _assemble(path, chunks, max_examples)
 
 
-def _parse_ranges(args: list[tuple], workers: int) -> list[_Chunk]:
-    if workers > 1 and len(args) > 1:
+def _parse_ranges(args: Iterable[tuple], workers: int) -> list[_Chunk]:
+    args = iter(args)
+    first = list(itertools.islice(args, 2))
+    if workers > 1 and len(first) > 1:
         # fork: spawned workers would re-run the caller's main module (a Snakemake script cannot be
         # re-run); call this before starting thread pools (numba, torch) in the process
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(min(workers, len(args)), mp_context=ctx) as pool:
-            return list(pool.map(_parse_chunk, *zip(*args)))
-    return [_parse_chunk(*a) for a in args]
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_parse_chunk, *a) for a in itertools.chain(first, args)]  # as ranges are found
+            return [f.result() for f in futures]
+    return [_parse_chunk(*a) for a in itertools.chain(first, args)]
 
 
 def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExport:
@@ -432,28 +482,29 @@ def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExpo
         dropped.update(ch.dropped)
     n_rows, n_marks = sum(ch.n_rows for ch in chunks), sum(ch.n_marks for ch in chunks)
     examples = [e for ch in chunks for e in ch.examples][:max_examples]
-    offsets = np.cumsum([0] + [len(ch.cls) for ch in chunks])
-    cls = pd.concat([ch.cls for ch in chunks], ignore_index=True)
-    cls["row"] = np.arange(len(cls))
-    clicks = pd.concat([ch.clicks.assign(row=ch.clicks["row"] + off) for ch, off in zip(chunks, offsets)],
-                       ignore_index=True)
+    names, cols, click_cols = _merge(chunks)
     del chunks
     # the earliest classification of a subject by a volunteer counts; later repeats are dropped
-    cls = cls.sort_values(["created_at", "classification_id"], kind="stable").reset_index(drop=True)
-    for reason, key in (("duplicate_classification_id", ["classification_id"]),
-                        ("duplicate_classification", ["subject_id", "user"])):
-        repeat = cls.duplicated(key)
+    rows = time_order(cols["created_at"], cols["classification_id"])  # the rows kept, in time order
+    subject = pd.factorize(cols["subject_id"])[0]
+    for reason, key in (("duplicate_classification_id", cols["classification_id"]),
+                        ("duplicate_classification", subject * len(names) + cols["user"])):
+        repeat = pd.Series(key[rows]).duplicated().to_numpy()
         if repeat.any():
             skipped[reason] += int(repeat.sum())
-            cls = cls[~repeat].reset_index(drop=True)
-    pos = pd.Index(cls["row"]).get_indexer(clicks["row"])  # clicks of dropped rows go with them
-    clicks = clicks[pos >= 0].reset_index(drop=True)
-    pos = pos[pos >= 0]
-    clicks.insert(0, "classification_id", cls["classification_id"].to_numpy()[pos])
-    clicks.insert(1, "subject_id", cls["subject_id"].to_numpy()[pos])
-    clicks.insert(2, "user", cls["user"].to_numpy()[pos])
-    cls = cls.drop(columns="row")
-    clicks = clicks.sort_values("classification_id", kind="stable").reset_index(drop=True)[CLICK_COLUMNS]
+            rows = rows[~repeat]
+    where = np.full(len(cols["classification_id"]), -1)
+    where[rows] = np.arange(len(rows))
+    pos = where[click_cols["row"]]  # clicks of dropped rows go with them
+    cols = {name: col[rows] for name, col in cols.items()}
+    codes = cols["user"]
+    cols["user"] = names[codes]
+    cls = pd.DataFrame(cols)
+    kept = np.flatnonzero(pos >= 0)
+    kept = kept[np.argsort(cols["classification_id"][pos[kept]], kind="stable")]  # clicks by classification
+    pos = pos[kept]
+    clicks = pd.DataFrame({"classification_id": cols["classification_id"][pos], "subject_id": cols["subject_id"][pos],
+                           "user": cols["user"][pos], **{k: click_cols[k][kept] for k in ("x", "y", "tool")}})
     no_fwhm = int(cls["fwhm_px"].isna().sum())
     report = {
         "file": str(path),
@@ -465,9 +516,39 @@ def _assemble(path: Path, chunks: list[_Chunk], max_examples: int) -> ParsedExpo
         "clicks_dropped": dict(sorted(dropped.items())),
         "classifications_without_fwhm": no_fwhm,
         "subjects": int(cls["subject_id"].nunique()),
-        "volunteers": int(cls["user"].nunique()),
+        "volunteers": int(np.count_nonzero(np.bincount(codes, minlength=len(names)))),
         "examples": examples,
     }
     if skipped or dropped:
         log.warning("%s: skipped rows %s, dropped clicks %s", path, dict(skipped), dict(dropped))
     return ParsedExport(cls, clicks, report)
+
+
+def _merge(chunks: list[_Chunk]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(volunteer names, the chunks' classification columns with ``user`` as codes into the
+    names, their click columns with ``row`` numbering the classifications across chunks)."""
+    codes, names = pd.factorize(np.array([u for ch in chunks for u in ch.users], dtype=object))
+    offset = first_code = 0
+    for ch in chunks:
+        ch.cls["user"] = codes[first_code:first_code + len(ch.users)][ch.cls["user"]]
+        first_code += len(ch.users)
+        ch.clicks["row"] = ch.clicks["row"] + offset
+        offset += len(ch.cls["user"])
+    cols = {name: np.concatenate([ch.cls[name] for ch in chunks]) for name in CLASSIFICATION_COLUMNS}
+    clicks = {name: np.concatenate([ch.clicks[name] for ch in chunks]) for name in CLICK_DTYPES}
+    return np.asarray(names, dtype=object), cols, clicks
+
+
+def time_order(created_at: Iterable, classification_id: Iterable) -> np.ndarray:
+    """Positions that put rows in time order: by ``created_at`` (compared as strings), ties by
+    classification_id, missing times last, as ``sort_values([...], kind="stable")`` orders them.
+
+    Two stable sorts of the arrays: exports come nearly in time order, on which a timsort of the
+    strings is close to linear, where pandas factorizes all 1.7 M time stamps of Clump Scout first.
+    """
+    created = np.asarray(created_at, dtype=object)
+    by_id = np.argsort(np.asarray(classification_id), kind="stable")
+    stamps = created[by_id]
+    missing = pd.isna(stamps)
+    present = by_id[~missing]
+    return np.concatenate([present[np.argsort(stamps[~missing], kind="stable")], by_id[missing]])

@@ -6,8 +6,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import numba  # noqa: E402
 
-from clumpfinder.consensus import ConsensusSpec, read_gold, run_consensus  # noqa: E402
+from clumpfinder.consensus import ConsensusSpec, gold_with_injected, run_consensus  # noqa: E402
 from clumpfinder.io import setup_logging, write_csv, write_json  # noqa: E402
+from clumpfinder.tables import read_gold, read_table  # noqa: E402
 from clumpfinder.zooniverse import read_export  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
@@ -18,7 +19,12 @@ parsed = read_export(snakemake.input.export, task=cfg["task"], workflow_id=cfg["
                      workers=snakemake.threads)
 numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))  # after the forked parse
 gold = read_gold(snakemake.input.gold) if "gold" in snakemake.input.keys() else None
+# real exports: injected-clump subjects (origin 'sim' in the subject list) are gold "has clumps" too
+subject_list = (read_table(snakemake.input.subject_list, "subject list", ["subject_id"])
+                if "subject_list" in snakemake.input.keys() else None)
+gold, gold_counts = gold_with_injected(gold, subject_list)
 result = run_consensus(parsed, spec, gold)
+result.report["swap"]["gold_sources"] = gold_counts
 write_csv(result.boxes, snakemake.output.boxes)
 write_csv(result.subjects, snakemake.output.subjects)
 write_csv(result.volunteers, snakemake.output.volunteers)

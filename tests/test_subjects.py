@@ -67,3 +67,38 @@ def test_from_catalogue_keeps_sdss_ids():
     assert subs["subject_id"].tolist() == [1237648720693755918, 1237648720693755999]
     subs = from_catalogue(g.assign(galaxy_id=["J0001", "J0002"]))
     assert subs["subject_id"].tolist() == [1, 2] and subs["galaxy_id"].tolist() == ["J0001", "J0002"]
+
+
+def test_origin_marks_injected_subjects(tmp_path):
+    """Adams et al. (2022) injected synthetic clumps into real images: those subjects say
+    origin 'sim' (any case of key and value); the rest are real galaxies."""
+    from clumpfinder.subjects import injected_subjects
+
+    meta = [{"ra": 1.0, "dec": 0.0, "#dr8objid": "1237648720693755918", "origin": "real"},
+            {"ra": 1.0, "dec": 0.0, "#dr8objid": "1237648720693755918", "Origin": "SIM"},  # same galaxy, injected
+            {"ra": 2.0, "dec": 0.0, "!ORIGIN": "sim "},
+            {"ra": 3.0, "dec": 0.0}]
+    rows = [{"subject_id": 10 + i, "metadata": json.dumps(m), "locations": "{}"} for i, m in enumerate(meta)]
+    path = tmp_path / "subjects.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    subs, rep = read_subject_list(path)
+    assert subs["origin"].tolist()[:3] == ["real", "SIM", "sim "] and pd.isna(subs["origin"].iloc[3])
+    assert subs["galaxy_id"].tolist() == ["1237648720693755918"] * 2 + ["12", "13"]
+    assert rep["origin_sim"] == 2 and rep["without_galaxy_id"] == 2
+    subs.to_csv(tmp_path / "list.csv", index=False)  # as the split and the consensus read it back
+    ids, note = injected_subjects(pd.read_csv(tmp_path / "list.csv"))
+    assert ids.tolist() == [11, 12] and note == {"origin_column": True, "injected": 2}
+    ids, note = injected_subjects(subs.drop(columns="origin"))
+    assert ids.tolist() == [] and not note["origin_column"]
+
+
+def test_a_simulated_export_has_no_injected_subjects(tiny_export):
+    """The simulated export gives every subject the same origin (volunteers.py has written 'sim'
+    and 'real'): on the real-data route that reads it, none is an injected-clump subject."""
+    from clumpfinder.subjects import injected_subjects
+
+    subs, rep = read_subject_list(tiny_export["path"])
+    assert rep["origin_sim"] in (0, len(subs)) and len(subs) > 0
+    assert len(injected_subjects(subs)[0]) == 0
+    ids, note = injected_subjects(subs.assign(origin="sim"))  # every subject 'sim': no information
+    assert len(ids) == 0 and "none is treated as injected" in note["note"]

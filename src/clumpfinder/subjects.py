@@ -1,7 +1,7 @@
 """Subject lists for real data: which galaxies to fetch, where, and what is known about them.
 
-Three inputs give a subject list (one row per galaxy: subject_id, ra, dec and, where known,
-galaxy_id, redshift, psf_fwhm_arcsec, arcsec_per_side):
+Three inputs give a subject list (one row per subject: subject_id, ra, dec and, where known,
+galaxy_id, redshift, psf_fwhm_arcsec, arcsec_per_side, origin):
 
 * a **Zooniverse subject export** (columns ``subject_id``, ``metadata`` JSON, ``locations``...),
 * a **Zooniverse classification export** (the ``subject_data`` JSON of each row),
@@ -10,6 +10,10 @@ galaxy_id, redshift, psf_fwhm_arcsec, arcsec_per_side):
 and the clump catalogue gives one through :func:`from_catalogue`. Metadata keys are matched
 case-insensitively and without Zooniverse's hidden-key prefixes ``#`` and ``!``. Rows without a
 usable position are skipped and counted per reason with examples.
+
+Clump Scout showed some galaxies in several subjects (``galaxy_id``: the SDSS ``dr8objid``; a
+subject without one is its own galaxy), and some subjects were real galaxies with synthetic clumps
+injected (Adams et al. 2022), marked ``origin: sim`` in their metadata: :func:`injected_subjects`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["subject_id", "galaxy_id", "ra", "dec", "redshift", "psf_fwhm_arcsec", "arcsec_per_side", "size_arcsec"]
+COLUMNS = ["subject_id", "galaxy_id", "ra", "dec", "redshift", "psf_fwhm_arcsec", "arcsec_per_side", "size_arcsec",
+           "origin"]
 #: quantity -> metadata keys / CSV columns tried (lower case, without '#' / '!')
 KEYS: dict[str, tuple[str, ...]] = {
     "ra": ("ra", "ra_deg", "radeg"),
@@ -33,6 +38,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "psf_fwhm_arcsec": ("psf_fwhm_arcsec", "rfwhm", "psf_fwhm", "fwhm_arcsec"),
     "arcsec_per_side": ("arcsec_per_side", "arcsecperside"),
     "size_arcsec": ("size_arcsec", "petror90_r", "petror90"),
+    "origin": ("origin",),  # real / sim (synthetic clumps injected, Adams et al. 2022)
 }
 
 
@@ -67,8 +73,10 @@ def _finish(rows: list[dict[str, Any]], path: Path, kind: str, skipped: dict[str
     drop(df["subject_id"].duplicated().to_numpy(), "duplicate_subject")
     df = df[keep].reset_index(drop=True)
     df["subject_id"] = df["subject_id"].astype(np.int64)
-    df["galaxy_id"] = [str(g) if g is not None and g == g else str(s) for g, s in zip(df["galaxy_id"], df["subject_id"])]
+    no_galaxy = np.array([g is None or g != g or str(g).strip() == "" for g in df["galaxy_id"]], bool)
+    df["galaxy_id"] = [str(s) if none else str(g) for g, s, none in zip(df["galaxy_id"], df["subject_id"], no_galaxy)]
     report = {"file": str(path), "format": kind, "rows_read": len(keep), "subjects": len(df),
+              "without_galaxy_id": int(no_galaxy.sum()), "origin_sim": int(_is_sim(df["origin"]).sum()),
               "rows_skipped": dict(sorted(skipped.items())), "examples": examples[:max_examples]}
     return df, report
 
@@ -152,6 +160,31 @@ def read_subject_list(path: str | Path, max_examples: int = 20) -> tuple[pd.Data
         for i, r in enumerate(table.to_dict("records")):
             rows.append({"subject_id": ids[i], **_quantities(r)})
     return _finish(rows, path, kind, skipped, examples, max_examples)
+
+
+def _is_sim(origin: pd.Series) -> np.ndarray:
+    return np.array([isinstance(v, str) and v.strip().lower() == "sim" for v in origin], bool)
+
+
+def injected_subjects(subjects: pd.DataFrame) -> tuple[np.ndarray, dict[str, Any]]:
+    """Subject ids of the injected-clump subjects of a real subject list (``origin`` 'sim', any
+    case), and a note of how they were found.
+
+    When *every* subject says 'sim' the column carries no information: a simulated classification
+    export may mark every subject ``origin: sim`` (the workflow's own ``volunteers.py`` did), and a
+    subject list read from it has no real subjects beside the simulated ones. None is injected then
+    (the note says so); excluding them all would leave no detection labels.
+    """
+    if "origin" not in subjects.columns or subjects.empty:
+        return np.array([], np.int64), {"origin_column": False, "injected": 0}
+    sim = _is_sim(subjects["origin"])
+    ids = subjects.loc[sim, "subject_id"].to_numpy(np.int64)
+    if sim.all():
+        return np.array([], np.int64), {
+            "origin_column": True, "injected": 0,
+            "note": f"every subject ({len(ids)}) has origin 'sim', as in a simulated export: "
+                    "none is treated as injected"}
+    return ids, {"origin_column": True, "injected": len(ids)}
 
 
 def from_catalogue(galaxies: pd.DataFrame) -> pd.DataFrame:

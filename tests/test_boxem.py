@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
+import math
 
 import numpy as np
 import pandas as pd
@@ -44,6 +47,43 @@ def test_three_agreeing_volunteers_make_one_clump(EM):
     assert b["x"] == pytest.approx(30.17, abs=0.05) and b["y"] == pytest.approx(40.0, abs=0.05)
     assert b["n_votes"] == 3 and b["category"] == "clump" and b["side"] == 8.0
     assert 0 <= b["false_pos_prob"] < 0.5 and 0 <= b["inaccurate_prob"] <= 1
+
+
+def test_em_stops_at_a_fixed_point(EM):
+    r = run_consensus(parsed([(0, 30.0, 40.0, 0), (1, 31.0, 40.5, 0), (2, 29.5, 39.5, 0)]), EM)
+    em = r.report["em"]
+    assert em["converged"] and em["reason"] == "fixed_point" and em["associations_changed"][-1] == 0
+    assert em["result_iteration"] == em["iterations"] == len(em["cost"]) < EM.em.max_iterations
+
+
+@pytest.mark.parametrize("costs, max_iterations, reason, kept, n_boxes", [
+    ([10.0, 8.0, 9.0, 9.5], 10, "cost_stalled", 2, 1),  # two E steps dearer than the second: keep its clump
+    ([10.0, 8.0, 9.0, 7.0, 8.0, 8.5], 10, "cost_stalled", 4, 1),  # one dearer step is not yet a stall
+    ([10.0, 9.0, 8.0], 3, "max_iterations", 3, 0),  # still improving at the cap: keep the last
+])
+def test_em_stops_when_the_association_cycles(EM, monkeypatch, costs, max_iterations, reason, kept, n_boxes):
+    """The E and M steps optimise different objectives, so the association can cycle instead of
+    settling: here every E step flips between one clump and none. The EM stops when two E steps
+    in a row fail to lower the cost below its best, and keeps the cheapest association, with the
+    skills it was found with."""
+    from clumpfinder import boxem
+
+    real, calls = boxem._associate, []
+
+    def cycling(*args):
+        fac, cost = real(*args)  # the first pass: one clump of the three boxes
+        calls.append(fac)
+        if len(calls) == 1:
+            return fac, cost
+        return (calls[0] if len(calls) % 2 else np.full_like(fac, -1)), np.array([costs[len(calls) - 2]])
+
+    monkeypatch.setattr(boxem, "_associate", cycling)
+    spec = dataclasses.replace(EM, em=dataclasses.replace(EM.em, max_iterations=max_iterations))
+    r = run_consensus(parsed([(0, 30.0, 40.0, 0), (1, 31.0, 40.5, 0), (2, 29.5, 39.5, 0)]), spec)
+    em = {k: v for k, v in r.report["em"].items() if k != "false_sites"}
+    assert em == {"iterations": len(costs), "associations_changed": [3] * len(costs), "cost": costs,
+                  "converged": False, "reason": reason, "result_iteration": kept}
+    assert len(r.boxes) == n_boxes
 
 
 def test_one_volunteers_two_clicks_never_merge(EM):
@@ -133,15 +173,19 @@ def test_results_do_not_depend_on_row_order(tiny_export, tiny_config, tmp_path, 
     pd.testing.assert_frame_equal(a.volunteers, b.volunteers)
 
 
-def test_em_recovers_volunteer_skill_on_simulation(tiny_export, tiny_config):
-    """Estimated p_fp ranks spammers above careful volunteers."""
+def test_em_recovers_volunteer_skill_on_simulation(tiny_survey, tiny_config, tmp_path):
+    """Estimated p_fp ranks spammers above careful volunteers (a tiny crowd with 15 % spammers)."""
+    from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export
+
+    crowd = CrowdSpec.from_config(dict(tiny_config["volunteers"], spammer_fraction=0.15))
+    pop = simulate_export(crowd, tiny_survey["manifest"], tiny_survey["truth"], tmp_path / "export.csv")
+    gold = gold_subjects(crowd, tiny_survey["manifest"], tiny_survey["truth"]).set_index("subject_id")["has_clumps"]
     spec = ConsensusSpec.from_config(dict(tiny_config["consensus"], method="em"))
-    r = run_consensus(read_export(tiny_export["path"]), spec, tiny_export["gold"])
-    pop = tiny_export["population"]
+    r = run_consensus(read_export(tmp_path / "export.csv"), spec, gold)
     pop = pop.assign(user=np.where(pop["logged_in"], "id:" + pop["user_id"].astype(str), "name:" + pop["user_name"]))
     est = r.volunteers.merge(pop[["user", "kind"]], on="user")
     est = est[est["n_classifications"] >= 5]
-    assert (est["kind"] == "spammer").any()  # the tiny crowd has active spammers
+    assert (est["kind"] == "spammer").sum() >= 2  # the crowd has active spammers
     assert est.loc[est["kind"] == "spammer", "p_fp"].min() > est.loc[est["kind"] == "normal", "p_fp"].median()
     assert est["p_fp"].between(0, 1).all() and est["p_fn"].between(0, 1).all()
 
@@ -150,3 +194,86 @@ def test_no_clump_after_the_first_pass_is_not_an_error(EM):
     r = run_consensus(parsed([(0, 30.0, 40.0, 0)], n_volunteers=3), EM)
     assert r.boxes.empty and r.subjects.iloc[0]["n_boxes"] == 0
     assert r.subjects.iloc[0]["expected_missed"] > 0  # the lone click may be a clump the others missed
+
+
+def _greedy_reference(n, nv, vol, cx, cy, side, dummy, conn_a, conn_b, open_cost, max_distance, min_votes):
+    """The facility-location greedy of one image as first written: every candidate re-scored over
+    every box in every round (the compiled version visits only the boxes that may join)."""
+    def distance(dx, dy):
+        ox, oy = side - abs(dx), side - abs(dy)
+        if ox <= 0.0 or oy <= 0.0:
+            return 1.0
+        return 1.0 - ox * oy / (2.0 * side * side - ox * oy)
+
+    def joining(j, c):
+        d = distance(cx[j] - cx[c], cy[j] - cy[c])
+        return math.inf if d >= max_distance else conn_b[j] * d * d + conn_a[j]
+
+    cost = [[joining(j, c) for c in range(n)] for j in range(n)]
+    cur, assign, is_open = list(dummy), [-1] * n, [False] * n
+
+    def best(c):
+        imp, box = [0.0] * nv, [-1] * nv
+        for j in range(n):
+            if cur[j] - cost[j][c] > imp[vol[j]]:
+                imp[vol[j]], box[vol[j]] = cur[j] - cost[j][c], j
+        return imp, box
+
+    while True:
+        g_best, c_best = 1e-9, -1
+        for c in range(n):
+            imp = best(c)[0] if not is_open[c] else []
+            if sum(i > 0.0 for i in imp) < min_votes:
+                continue
+            total = 0.0
+            for i in imp:  # in order, as the compiled sum
+                total += i
+            if total - open_cost > g_best:
+                g_best, c_best = total - open_cost, c
+        if c_best < 0:
+            break
+        is_open[c_best] = True
+        for j in best(c_best)[1]:
+            if j >= 0:
+                cur[j], assign[j] = cost[j][c_best], c_best
+    for c in range(n):
+        members = [j for j in range(n) if is_open[c] and assign[j] == c]
+        saving = -open_cost
+        for j in members:
+            saving += dummy[j] - cur[j]
+        if is_open[c] and (saving <= 0.0 or len(members) < min_votes):
+            for j in members:
+                assign[j], cur[j] = -1, dummy[j]
+    return assign, sum(cur) + open_cost * len(set(assign) - {-1})
+
+
+@pytest.mark.parametrize("max_distance", [0.6, 1.0])
+def test_compiled_association_matches_the_plain_greedy(max_distance):
+    """Random images with clustered boxes and random costs: the compiled association (candidate
+    lists, savings recomputed only when they can have changed) makes the very same choices."""
+    from clumpfinder.boxem import _associate, _neighbours
+
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(0, 40, 60)
+    box_start = np.r_[0, np.cumsum(sizes)]
+    n_views = rng.integers(3, 12, len(sizes))
+    # boxes sorted by volunteer within an image, as _problem sorts them
+    local_vol = np.concatenate([np.sort(rng.integers(0, v, n)) for n, v in zip(sizes, n_views)])
+    centres = rng.uniform(10, 90, (len(sizes), 4, 2))
+    pick = rng.integers(0, 4, box_start[-1])
+    img = np.repeat(np.arange(len(sizes)), sizes)
+    cx, cy = (centres[img, pick] + rng.normal(0, 2.0, (box_start[-1], 2))).T
+    side = rng.uniform(6, 12, len(sizes))
+    dummy, conn_a = rng.uniform(1, 5, box_start[-1]), rng.uniform(-2, 1, box_start[-1])
+    conn_b, open_cost = rng.uniform(0.5, 20, box_start[-1]), rng.uniform(0, 12, len(sizes))
+    nb_start, nb = _neighbours(box_start, cx, cy, side, 1.0)
+    fac, cost = _associate(box_start, local_vol, cx, cy, side, nb_start, nb, dummy, conn_a, conn_b, open_cost,
+                           max_distance, 3)
+    opened = 0
+    for i, (s, e) in enumerate(itertools.pairwise(box_start)):
+        ref, ref_cost = _greedy_reference(e - s, n_views[i], local_vol[s:e], cx[s:e], cy[s:e], side[i], dummy[s:e],
+                                          conn_a[s:e], conn_b[s:e], open_cost[i], max_distance, 3)
+        assert fac[s:e].tolist() == [s + a if a >= 0 else -1 for a in ref], f"image {i}"
+        assert cost[i] == pytest.approx(ref_cost, rel=1e-12)
+        opened += len(set(ref) - {-1})
+    assert opened > 30  # the case exercises opening (and closing) clumps

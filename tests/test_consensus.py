@@ -104,6 +104,39 @@ def test_duplicate_taps_dropped_before_clustering(SPEC):
     assert n == 0 and len(kept) == 2
 
 
+def test_duplicate_taps_match_a_click_by_click_walk():
+    """The compiled walk drops exactly the clicks that comparing each click with the earlier
+    kept clicks of its classification drops, in any row order."""
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    n = 3000
+    clicks = pd.DataFrame({"classification_id": rng.integers(0, 800, n), "subject_id": rng.integers(1, 4, n),
+                           "user": "u", "x": rng.normal(50, 2, n), "y": rng.normal(50, 2, n), "tool": 0})
+    side = pd.Series({1: 4.0, 2: 8.0, 3: 12.0})
+    keep = np.ones(n, bool)
+    for cid in np.unique(clicks["classification_id"]):
+        idx = np.flatnonzero(clicks["classification_id"].to_numpy() == cid)
+        for a, i in enumerate(idx):
+            earlier = idx[:a][keep[idx[:a]]]
+            d = np.hypot(clicks["x"].to_numpy()[earlier] - clicks.at[i, "x"], clicks["y"].to_numpy()[earlier] - clicks.at[i, "y"])
+            keep[i] = not (d < 0.25 * side[clicks.at[i, "subject_id"]]).any()
+    kept, n_dropped = drop_duplicate_taps(clicks, side, 0.25)
+    assert 100 < n_dropped == (~keep).sum() < n - 100
+    pd.testing.assert_frame_equal(kept, clicks[keep].reset_index(drop=True))
+
+
+def test_clicks_of_volunteers_without_classification(SPEC, default_config):
+    """Volunteers are coded as integers inside the consensus; a click whose volunteer classified
+    nothing still counts as a volunteer of its own (dbscan) or is refused (em), as by name."""
+    p = parsed([(v, 30.0, 40.0, 0) for v in range(2)])
+    p.clicks.loc[len(p.clicks)] = [9, 1, "stranger", 30.0, 40.0, 0]
+    boxes, _, _ = run_consensus(p, SPEC)
+    assert len(boxes) == 1 and boxes.iloc[0]["n_votes"] == 3
+    with pytest.raises(ValueError, match="clicks refer to classifications"):
+        run_consensus(p, spec_for(default_config, method="em"))
+
+
 def test_fallback_box_side_without_fwhm(SPEC):
     p = parsed([(v, 30.0, 40.0, 0) for v in range(3)], fwhm=float("nan"), width=120, height=120)
     boxes, subjects, report = run_consensus(p, SPEC)
@@ -126,12 +159,13 @@ def test_unknown_method_is_rejected(default_config):
 @pytest.mark.parametrize("method", ["em", "dbscan", "hdbscan"])
 def test_consensus_recovers_bright_simulated_clumps(tiny_export, tiny_survey, tiny_config, method):
     """On the simulated survey, clumps that stand out (local contrast >= 3) are nearly all found,
-    and boxes sit on real objects."""
+    and boxes sit on real objects. The tiny survey has 8 volunteers per subject, about two thirds
+    of whom mark a bright clump: HDBSCAN's clusters are sized to that (3 of 8, as 5 of 20 by default)."""
     import numpy as np
 
     from clumpfinder.zooniverse import read_export
 
-    cfg = dict(tiny_config["consensus"], method=method)
+    cfg = dict(tiny_config["consensus"], method=method, hdbscan={"min_cluster_size": 3, "min_samples": 3})
     boxes, _, _ = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(cfg), tiny_export["gold"])
     man = tiny_survey["manifest"].set_index("subject_id")
     truth = tiny_survey["truth"]
@@ -147,3 +181,37 @@ def test_consensus_recovers_bright_simulated_clumps(tiny_export, tiny_survey, ti
         t = truth[truth["subject_id"] == b["subject_id"]]
         on_object += len(t) > 0 and np.hypot(t["x"] - b["x"], t["y"] - b["y"]).min() < man.loc[b["subject_id"], "psf_fwhm_pixels"]
     assert on_object / len(boxes) >= 0.9
+
+
+def test_injected_subjects_join_the_gold(tmp_path):
+    """Real exports: subjects with injected clumps (origin 'sim') are gold 'has clumps' for SWAP;
+    data.gold keeps its word on a subject in both; a simulated export (all 'sim') adds nothing."""
+    import numpy as np
+
+    from clumpfinder.consensus import gold_with_injected
+
+    subject_list = pd.DataFrame({"subject_id": [1, 2, 3, 4], "origin": ["real", "sim", "Sim", np.nan]})
+    gold = pd.Series([0, 1], index=[3, 4])
+    merged, counts = gold_with_injected(gold, subject_list)
+    assert merged.sort_index().to_dict() == {2: 1, 3: 0, 4: 1}
+    assert counts == {"from_file": 2, "injected": 1, "injected_also_in_file": 1}
+    merged, counts = gold_with_injected(None, subject_list)
+    assert merged.sort_index().to_dict() == {2: 1, 3: 1} and counts["injected"] == 2
+    assert gold_with_injected(gold, None) == (gold, {"from_file": 2, "injected": 0, "injected_also_in_file": 0})
+    merged, counts = gold_with_injected(None, subject_list.assign(origin="sim"))
+    assert merged is None and counts["injected"] == 0
+    # SWAP takes the merged gold
+    p = parsed([(0, 30.0, 30.0, 0)], subject=2)
+    _, subjects, report = run_consensus(p, spec_for_supervised(), gold_with_injected(None, subject_list)[0])
+    assert subjects["gold"].tolist() == [1] and report["swap"]["gold_subjects"] == 1
+
+
+def spec_for_supervised():
+    import yaml
+
+    from conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["consensus"]
+    cfg.update(method="dbscan", fallback_box_fraction=0.1)
+    cfg["swap"]["mode"] = "supervised"
+    return ConsensusSpec.from_config(cfg)

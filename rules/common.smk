@@ -33,6 +33,15 @@ SIMULATED = SOURCE == "simulate"
 SURVEY_MANIFEST = f"{RESULTS}/survey/manifest.csv"
 SURVEY_PNG = f"{RESULTS}/survey/png"
 SURVEY_TRUTH = f"{RESULTS}/survey/truth.csv"
+# the pretraining population's images and subject table (simulate_pretraining_population, or
+# the real votes' galaxies fetched by download_pretraining): never a galaxy of the survey
+PRETRAINING = {
+    "manifest": f"{RESULTS}/pretraining/manifest.csv",
+    "png": f"{RESULTS}/pretraining/png",
+}
+# subject ids of the simulated survey, and of the pretraining population far above them
+SURVEY_FIRST_SUBJECT_ID = 100_000
+PRETRAINING_FIRST_SUBJECT_ID = 10_000_000
 # the label tables the split reads: the volunteer consensus, or the clump catalogue's boxes
 LABEL_TABLES = {
     name: f"{RESULTS}/{'catalogue' if SOURCE == 'catalogue' else 'consensus'}/{name}.csv"
@@ -148,17 +157,34 @@ def subject_list_input():
     return config["data"]["subjects"] or config["data"]["classifications"]
 
 
-def export_inputs(wildcards):
-    """The classification export (and gold subjects) the consensus reads."""
+def gold_input():
+    """SWAP's gold subjects (known truth): simulated, data.gold, or none."""
     if SIMULATED:
-        return {
-            "export": f"{RESULTS}/survey/classifications.csv",
-            "gold": f"{RESULTS}/survey/gold.csv",
-        }
-    files = {"export": config["data"]["classifications"]}
-    if config["data"]["gold"]:
-        files["gold"] = config["data"]["gold"]
-    return files
+        return {"gold": f"{RESULTS}/survey/gold.csv"}
+    return {"gold": config["data"]["gold"]} if config["data"]["gold"] else {}
+
+
+def subject_list_output():
+    """Real data: the subject list, whose origin column marks injected-clump subjects."""
+    return {} if SIMULATED else {"subject_list": f"{RESULTS}/survey/subjects.csv"}
+
+
+def export_inputs(wildcards):
+    """The classification export, gold subjects and, for real exports, the subject list (its
+    injected-clump subjects are gold too) that the consensus reads."""
+    if SIMULATED:
+        return {"export": f"{RESULTS}/survey/classifications.csv", **gold_input()}
+    return {
+        "export": config["data"]["classifications"],
+        **gold_input(),
+        **subject_list_output(),
+    }
+
+
+def split_inputs(wildcards):
+    """What the split leaves out of the detection labels: gold subjects and, on real data, the
+    injected-clump subjects of the subject list."""
+    return {**gold_input(), **subject_list_output()}
 
 
 def morphology_key(entry):
@@ -254,7 +280,19 @@ def hub_backbones():
 
 
 def votes_input(wildcards):
-    return config["pretrain"]["catalogue"] or f"{RESULTS}/survey/morphology_votes.csv"
+    return (
+        config["pretrain"]["catalogue"] or f"{RESULTS}/pretraining/morphology_votes.csv"
+    )
+
+
+def pretraining_population_spec():
+    """The simulated pretraining population: the survey's physics with a seed and size of its own."""
+    population = config["morphology"]["population"]
+    return {
+        **config["simulate"],
+        "seed": population["seed"],
+        "n_galaxies": population["n_galaxies"],
+    }
 
 
 def training_spec(backbone, seed):

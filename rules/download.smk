@@ -5,6 +5,8 @@
 localrules:
     subject_list,
     download,
+    pretraining_subject_list,
+    download_pretraining,
 
 
 rule subject_list:
@@ -69,3 +71,47 @@ rule catalogue_labels:
         min_flux_ratio=config["data"]["catalogue"]["min_flux_ratio"],
     script:
         "../scripts/catalogue_labels.py"
+
+
+# real Galaxy Zoo votes: their galaxies (ra, dec in the vote catalogue) are fetched like the
+# survey's, as a population of their own
+rule pretraining_subject_list:
+    input:
+        config["pretrain"]["catalogue"] or [],
+        code=package_code("subject_list.py"),
+    output:
+        subjects=f"{RESULTS}/pretraining/subjects.csv",
+        clumps=f"{RESULTS}/pretraining/catalogue_clumps.csv",
+        report=f"{RESULTS}/pretraining/subjects_report.json",
+    log:
+        f"{RESULTS}/logs/pretraining_subject_list.log",
+    conda:
+        "../envs/download.yaml"
+    params:
+        source="votes",
+        labels={},
+    script:
+        "../scripts/subject_list.py"
+
+
+rule download_pretraining:
+    input:
+        subjects=rules.pretraining_subject_list.output.subjects,
+        code=package_code("download.py"),
+    output:
+        manifest=PRETRAINING["manifest"],
+        png=directory(PRETRAINING["png"]),
+        failures=f"{RESULTS}/pretraining/download_failures.csv",
+        report=f"{RESULTS}/pretraining/download_report.json",
+    log:
+        f"{RESULTS}/logs/download_pretraining.log",
+    conda:
+        "../envs/download.yaml"
+    threads: 2
+    resources:
+        mem_mb=scaled_memory(2000),
+        runtime=600,
+    params:
+        spec=config["data"]["download"],
+    script:
+        "../scripts/download.py"

@@ -10,6 +10,7 @@ localrules:
 
 rule split:
     input:
+        unpack(split_inputs),
         manifest=SURVEY_MANIFEST,
         boxes=LABEL_TABLES["boxes"],
         subjects=LABEL_TABLES["subjects"],
@@ -19,6 +20,7 @@ rule split:
         val=f"{RESULTS}/labels/val.json",
         test=f"{RESULTS}/labels/test.json",
         splits=f"{RESULTS}/labels/splits.csv",
+        report=f"{RESULTS}/labels/split_report.json",
     log:
         f"{RESULTS}/logs/split.log",
     conda:
@@ -27,6 +29,8 @@ rule split:
         fractions=config["labels"]["split_fractions"],
         seed=config["labels"]["seed"],
         crop=config["labels"]["crop"],
+        group_by=config["labels"]["group_by"],
+        simulated=SIMULATED,
     script:
         "../scripts/split.py"
 
@@ -61,6 +65,7 @@ rule truth_labels:
     params:
         box_scale=config["consensus"]["box_scale"],
         min_flux_fraction=config["evaluation"]["truth_min_flux_fraction"],
+        ignore_min_flux_fraction=config["evaluation"]["truth_ignore_min_flux_fraction"],
         crop=config["labels"]["crop"],
     script:
         "../scripts/truth_labels.py"

@@ -1,5 +1,6 @@
-# Backbone initialisations: hub weights (fetch_weights), Galaxy-Zoo-style morphology votes and
-# the galaxy-pretraining stages (pretrain:morphology, pretrain:clumpy).
+# Backbone initialisations: hub weights (fetch_weights), Galaxy-Zoo-style morphology votes of a
+# pretraining population of its own (never a detection galaxy) and the galaxy-pretraining stages
+# (pretrain:morphology, pretrain:clumpy).
 
 
 localrules:
@@ -21,29 +22,12 @@ rule fetch_weights:
         "../scripts/fetch_weights.py"
 
 
-rule simulate_morphology:
-    input:
-        manifest=SURVEY_MANIFEST,
-        truth=SURVEY_TRUTH,
-        code=package_code("simulate_morphology.py"),
-    output:
-        f"{RESULTS}/survey/morphology_votes.csv",
-    log:
-        f"{RESULTS}/logs/simulate_morphology.log",
-    conda:
-        "../envs/simulate.yaml"
-    params:
-        spec=config["morphology"],
-    script:
-        "../scripts/simulate_morphology.py"
-
-
 rule pretrain_morphology:
     input:
         votes=votes_input,
-        manifest=SURVEY_MANIFEST,
-        splits=rules.split.output.splits,
-        images=SURVEY_PNG,
+        population=PRETRAINING["manifest"],
+        images=PRETRAINING["png"],
+        survey=SURVEY_MANIFEST,
         code=package_code("pretrain.py"),
     output:
         encoder=f"{RESULTS}/pretrain/morphology/{{morphology}}/encoder.pt",
@@ -69,7 +53,6 @@ rule pretrain_morphology:
             ),
         },
         spec=config["pretrain"]["morphology"],
-        pool=config["pretrain"]["pool"],
     script:
         "../scripts/pretrain.py"
 
@@ -100,6 +83,5 @@ rule pretrain_clumpy:
     params:
         backbone=lambda wildcards: clumpy_base_spec(wildcards.backbone),
         spec=config["pretrain"]["clumpy"],
-        pool=["train"],
     script:
         "../scripts/pretrain.py"

@@ -47,5 +47,11 @@ rule summary:
         seeds=SEEDS,
         baseline=BASELINE,
         evaluation=config["evaluation"],
+        data={
+            "source": SOURCE,
+            "seed_role": config["report"]["seed_role"],
+            "simulate_seed": config["simulate"]["seed"],
+            "volunteers_seed": config["volunteers"]["seed"],
+        },
     script:
         "../scripts/summary.py"

@@ -1,5 +1,5 @@
-"""Galaxy pretraining of a backbone: morphology votes (pretrain_morphology) or the consensus
-clumpy / not-clumpy label (pretrain_clumpy)."""
+"""Galaxy pretraining of a backbone: morphology votes of the pretraining population
+(pretrain_morphology) or the training split's consensus clumpy / not-clumpy label (pretrain_clumpy)."""
 import sys
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from clumpfinder.pretrain import (  # noqa: E402
     CLUMPY_QUESTIONS,
     PretrainSpec,
     clumpy_labels,
+    morphology_pool,
     pretrain_encoder,
     pretraining_pool,
     save_encoder,
@@ -21,14 +22,16 @@ from clumpfinder.pretrain import (  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
+inp = snakemake.input
 if snakemake.rule == "pretrain_clumpy":
-    labels, questions = clumpy_labels(pd.read_csv(snakemake.input.votes)), CLUMPY_QUESTIONS
+    labels, questions = clumpy_labels(pd.read_csv(inp.votes)), CLUMPY_QUESTIONS
+    images, counts, pool = pretraining_pool(pd.read_csv(inp.manifest), pd.read_csv(inp.splits), ["train"], labels,
+                                            vote_columns(questions), inp.images)
 else:
-    labels, questions = read_vote_catalogue(snakemake.input.votes)
-images, counts, pool = pretraining_pool(pd.read_csv(snakemake.input.manifest), pd.read_csv(snakemake.input.splits),
-                                        p.pool, labels, vote_columns(questions), snakemake.input.images)
-log.info("pool %s: %d galaxies, %d used, %d without labels", "+".join(p.pool), pool["pool"], pool["used"],
-         pool["without_labels"])
+    labels, questions = read_vote_catalogue(inp.votes)
+    images, counts, pool = morphology_pool(pd.read_csv(inp.population), labels, vote_columns(questions),
+                                           pd.read_csv(inp.survey), inp.images)
+log.info("pretraining pool: %s", pool)
 encoder, metrics = pretrain_encoder(images, counts, questions, BackboneSpec(**p.backbone),
                                     PretrainSpec.from_config(p.spec), threads=snakemake.threads)
 metrics["pool"] = pool

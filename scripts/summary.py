@@ -24,7 +24,7 @@ boot = p.evaluation["bootstrap"]
 comparison = compare(runs, p.baseline, boot)
 write_csv(comparison, snakemake.output.comparison)
 text = dict(iou=p.evaluation["iou"], threshold=threshold_text(m for *_, m in runs), level=boot["level"],
-            n_boot=boot["n"])
+            n_boot=boot["n"], data=p.data)
 markdown = summary_markdown(comparison, **text)
 write_text(markdown, snakemake.output.markdown)
 write_text(summary_html(comparison, **text), snakemake.output.html)

@@ -14,10 +14,14 @@ manifest = pd.read_csv(snakemake.input.manifest)
 truth = pd.read_csv(snakemake.input.truth)
 splits = pd.read_csv(snakemake.input.splits)
 test_ids = splits.loc[splits["split"] == "test", "subject_id"]
-boxes = truth_boxes(manifest, truth, snakemake.params.box_scale, snakemake.params.min_flux_fraction)
+boxes = truth_boxes(manifest, truth, snakemake.params.box_scale, snakemake.params.min_flux_fraction,
+                    snakemake.params.ignore_min_flux_fraction)
 images = manifest[manifest["subject_id"].isin(test_ids)].rename(columns={"png": "file_name"})
 coco = coco_dataset(images, boxes, "simulated truth, test split", extra_fields=("flux_fraction_g",),
                     crop=snakemake.params.crop)
 write_json(coco, snakemake.output[0])
 n_ignored = sum(a["iscrowd"] for a in coco["annotations"])
-log.info("%d images, %d truth boxes (%d faint clumps ignored)", len(coco["images"]), len(coco["annotations"]), n_ignored)
+log.info("%d images, %d truth boxes (%d near-threshold clumps ignored; %d fainter knots are not clumps)",
+         len(coco["images"]), len(coco["annotations"]), n_ignored,
+         int(((truth["kind"] != "odd") & (truth["flux_fraction_g"] < snakemake.params.ignore_min_flux_fraction)
+              & truth["subject_id"].isin(test_ids)).sum()))

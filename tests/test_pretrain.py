@@ -10,25 +10,40 @@ import pytest
 import torch
 
 from clumpfinder.detector import BackboneSpec
-from clumpfinder.morphology import QUESTIONS, VoteSpec, read_vote_catalogue, simulate_votes, vote_columns
+from clumpfinder.morphology import (
+    HOST_COLUMNS,
+    QUESTIONS,
+    VoteSpec,
+    read_vote_catalogue,
+    simulate_votes,
+    vote_columns,
+)
 from clumpfinder.pretrain import (
     CLUMPY_QUESTIONS,
     GroupPooledClassifier,
     PretrainSpec,
     clumpy_labels,
+    detection_overlap,
     dihedral_view,
+    morphology_pool,
     pretrain_encoder,
     pretraining_pool,
     question_slices,
     vote_loss,
 )
+from clumpfinder.volunteers import APPEARANCE_COLUMNS, CrowdSpec
 
 SPEC = VoteSpec(seed=3, votes_per_galaxy=40, min_votes=10, random_answer_fraction=0.1, disagreement=0.5)
 
 
 @pytest.fixture(scope="module")
-def votes(tiny_survey):
-    return simulate_votes(tiny_survey["manifest"], tiny_survey["truth"], SPEC)
+def crowd(tiny_config):
+    return CrowdSpec.from_config(tiny_config["volunteers"])
+
+
+@pytest.fixture(scope="module")
+def votes(tiny_survey, crowd):
+    return simulate_votes(tiny_survey["manifest"], tiny_survey["truth"], SPEC, crowd)
 
 
 def test_votes_follow_the_tree(votes, tiny_survey):
@@ -42,24 +57,71 @@ def test_votes_follow_the_tree(votes, tiny_survey):
         assert (asked == expected).all(), q
 
 
-def test_votes_carry_the_true_parameters():
-    """With many galaxies the vote fractions track the simulator's parameters."""
-    rng = np.random.default_rng(0)
-    n = 600
+def _looks(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Hosts with random shapes; half of them with three bright blue knots, a third with a red star."""
     manifest = pd.DataFrame({"subject_id": np.arange(n), "bulge_to_total": rng.uniform(0, 0.4, n),
-                             "inclination_deg": rng.uniform(0, 70, n), "mag_r": rng.uniform(15, 17.7, n)})
-    has = rng.random(n) < 0.5
-    truth = pd.DataFrame({"subject_id": np.repeat(np.flatnonzero(has), 3), "kind": "clump",
-                          "flux_fraction_g": 0.1, "snr_g": 20.0})
-    v = simulate_votes(manifest, truth, SPEC)
+                             "inclination_deg": rng.uniform(0, 70, n), "mag_r": rng.uniform(15, 17.7, n),
+                             "n_arms": rng.choice([0, 2], n), "arm_light_fraction": rng.uniform(0.15, 0.4, n)})
+    manifest.loc[manifest["n_arms"] == 0, "arm_light_fraction"] = 0.0
+    blue, red = rng.random(n) < 0.5, rng.random(n) < 0.33
+    rows = [{"subject_id": i, "x": 40.0 + k, "y": 50.0, "contrast_g": 4.0, "contrast_r": 2.0, "snr_g": 30.0,
+             "colour_gr": 0.1} for i in np.flatnonzero(blue) for k in range(3)]
+    rows += [{"subject_id": i, "x": 20.0, "y": 20.0, "contrast_g": 3.0, "contrast_r": 6.0, "snr_g": 40.0,
+              "colour_gr": 1.2} for i in np.flatnonzero(red)]
+    return manifest, pd.DataFrame(rows), blue, red
+
+
+def test_votes_carry_what_volunteers_see(crowd):
+    """With many galaxies the vote fractions track the hosts' look and what there is to notice."""
+    manifest, objects, blue, red = _looks(600, np.random.default_rng(0))
+    v = simulate_votes(manifest, objects, SPEC, crowd)
     edge = v["edge_on_yes"] / (v["edge_on_yes"] + v["edge_on_no"])
     ok = edge.notna()
     assert np.corrcoef(manifest["inclination_deg"][ok], edge[ok])[0, 1] > 0.6
+    arms = v["spiral_arms_yes"] / (v["spiral_arms_yes"] + v["spiral_arms_no"])
+    has_arms = manifest["n_arms"].to_numpy() > 0
+    assert arms[has_arms].mean() > arms[~has_arms].mean() + 0.3
     clumpy = v["clumpy_yes"] / (v["clumpy_yes"] + v["clumpy_no"])
-    assert clumpy[has].mean() > clumpy[~has].mean() + 0.4
-    # nobody says "odd" much when there is nothing odd, but random answers exist
+    assert clumpy[blue].mean() > clumpy[~blue].mean() + 0.4
+    many = v["clump_count_three_plus"] / (v["clump_count_three_plus"] + v["clump_count_one_or_two"])
+    assert many[blue].mean() > 0.3  # three knots: many notice all of them
     odd = v["odd_feature_yes"] / (v["odd_feature_yes"] + v["odd_feature_no"])
-    assert 0.03 < odd.mean() < 0.2
+    assert odd[red].mean() > odd[~red].mean() + 0.4
+    # nobody says "odd" much when there is nothing odd, but random answers exist
+    assert 0.02 < odd[~red].mean() < 0.15
+
+
+def test_votes_never_read_flux_fractions_or_classes(tiny_survey, crowd):
+    """The vote simulator sees how objects look, not what they are: it runs on the appearance and
+    host columns alone, and scrambling the truth's flux fractions and classes changes no vote."""
+    manifest, truth = tiny_survey["manifest"], tiny_survey["truth"]
+    v = simulate_votes(manifest, truth, SPEC, crowd)
+    only = simulate_votes(manifest[HOST_COLUMNS], truth[APPEARANCE_COLUMNS], SPEC, crowd)
+    pd.testing.assert_frame_equal(v, only)
+    rng = np.random.default_rng(1)
+    scrambled = truth.assign(flux_fraction_g=rng.permutation(truth["flux_fraction_g"].to_numpy()),
+                             kind=rng.permutation(truth["kind"].to_numpy()), flux_g=0.0, flux_r=0.0)
+    pd.testing.assert_frame_equal(v, simulate_votes(manifest.assign(n_clumps=0, n_odd=9, n_knots=3), scrambled,
+                                                    SPEC, crowd))
+    with pytest.raises(ValueError, match="appearance column"):
+        simulate_votes(manifest, truth.drop(columns="contrast_g"), SPEC, crowd)
+    with pytest.raises(ValueError, match="bulge_to_total"):
+        simulate_votes(manifest.drop(columns="bulge_to_total"), truth, SPEC, crowd)
+
+
+def test_morphology_pool_never_holds_a_detection_galaxy(tiny_survey, votes):
+    """A pretraining galaxy that is also in the detection survey (same id, same galaxy_id or the
+    same place on the sky) is left out and counted."""
+    pop = tiny_survey["manifest"].assign(galaxy_id=lambda d: d["subject_id"].astype(str))
+    survey = pd.DataFrame({"subject_id": [pop["subject_id"].iloc[0], 1], "galaxy_id": ["x", pop["galaxy_id"].iloc[1]],
+                           "ra": [0.0, 0.0], "dec": [0.0, 0.0]})
+    survey.loc[len(survey)] = [2, "y", pop["ra"].iloc[2] + 0.5 / 3600, pop["dec"].iloc[2]]  # 0.5" away
+    same = detection_overlap(pop, survey)
+    assert same.tolist()[:4] == [True, True, True, False] and same.sum() == 3
+    labels = votes[votes["subject_id"] != pop["subject_id"].iloc[5]]
+    images, counts, info = morphology_pool(pop, labels, vote_columns(), survey, tiny_survey["root"] / "png")
+    assert info == {"population": 60, "used": 56, "in_detection_survey": 3, "without_votes": 1}
+    assert len(images) == len(counts) == 56
 
 
 def test_vote_catalogue_round_trip_and_errors(votes, tmp_path):

@@ -14,7 +14,7 @@ import yaml
 from astropy import units as u
 from astropy.table import Table
 
-from conftest import REPO, TEST_CONFIG, deep_update, job_counts, smk
+from conftest import REPO, TEST_CONFIG, deep_update, job_blocks, job_counts, smk
 
 sys.path.insert(0, str(REPO / "tests"))
 from hips_server import HipsServer, position_key  # noqa: E402
@@ -144,3 +144,102 @@ def test_zooniverse_route_dry_run(tmp_path, tiny_export):
     jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["subject_list"] == jobs["download"] == jobs["consensus"] == 1
     assert "simulate_survey" not in jobs and "catalogue_labels" not in jobs and jobs["plot_consensus"] == 1
+
+
+def test_real_votes_pretrain_on_their_own_galaxies(tmp_path, tiny_export):
+    """With real Galaxy Zoo votes (pretrain.catalogue), their galaxies are fetched as a population
+    of their own (two localrules, like the survey's) and the morphology pretraining reads those,
+    plus the survey's manifest to leave out any galaxy it shares with it."""
+    votes = tmp_path / "votes.csv"
+    votes.write_text("subject_id,ra,dec,clumpy_yes,clumpy_no\n1,10.0,1.0,3,7\n")
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse",
+                      classifications=str(tiny_export["path"]))
+    text = deep_update(yaml.safe_load(open(cfg)), {"pretrain": {"catalogue": str(votes)},
+                                                   "sweep": {"backbones": ["resnet18_morphology"]}})
+    open(cfg, "w").write(yaml.safe_dump(text))
+    proc = smk("-n", "--cores", "1", "--configfile", cfg, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    jobs = job_counts(out)
+    assert jobs["pretraining_subject_list"] == jobs["download_pretraining"] == jobs["pretrain_morphology"] == 1
+    assert "simulate_pretraining_population" not in jobs and "simulate_morphology" not in jobs
+    pretrain = next(j for j in job_blocks(out) if j["rule"] == "pretrain_morphology")
+    assert "results/pretraining/manifest.csv" in pretrain["input"] and "results/survey/manifest.csv" in pretrain["input"]
+    # they need network, as the survey's download: on a cluster they run where snakemake runs
+    local = (REPO / "rules" / "download.smk").read_text().split("localrules:")[1].split("\n\n")[0]
+    assert "pretraining_subject_list," in local and "download_pretraining," in local
+
+
+def write_zooniverse_route_inputs(work, manifest_columns=None):
+    """What the subject list, the download and the consensus of a Zooniverse run leave behind (files
+    written in DAG order, so that only the split has to run): 40 galaxies, the first five shown in
+    three subjects each, the first of which has synthetic clumps injected (origin 'sim'); subjects
+    60-64 are gold; subject 99 has no cutout."""
+    rng = np.random.default_rng(0)
+    ids = np.r_[np.arange(1, 51), np.arange(60, 65)]
+    gals = [str((i - 1) // 3 if i <= 15 else i - 11 if i <= 50 else i + 40) for i in ids]
+    origin = ["sim" if i in (1, 4, 7, 10, 13) else "real" for i in ids]
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "classifications.csv").write_text("x\n")
+    pd.DataFrame({"subject_id": np.arange(60, 65), "has_clumps": [1, 0, 1, 0, 1]}).to_csv(
+        work / "data" / "gold.csv", index=False)
+    survey = work / "results" / "survey"
+    survey.mkdir(parents=True)
+    sl = pd.DataFrame({"subject_id": [*ids, 99], "galaxy_id": [*gals, "999"], "ra": 1.0, "dec": 0.0,
+                       "origin": [*origin, "real"]})
+    sl.to_csv(survey / "subjects.csv", index=False)
+    (survey / "catalogue_clumps.csv").write_text("subject_id\n")
+    (survey / "subjects_report.json").write_text("{}\n")
+    (survey / "png").mkdir()  # after the subject list: the download's outputs are newer than its input
+    man = pd.DataFrame({"subject_id": ids, "galaxy_id": [f"1237648720693755{int(g):03d}" for g in gals],
+                        "png": [f"{i}.png" for i in ids], "width": 64, "height": 64})
+    man[manifest_columns or man.columns].to_csv(survey / "manifest.csv", index=False)
+    (survey / "download_failures.csv").write_text("subject_id\n99\n")
+    (survey / "download_report.json").write_text("{}\n")
+    cons = work / "results" / "consensus"
+    cons.mkdir(parents=True)
+    all_ids = np.r_[ids, 99]
+    pd.DataFrame({"subject_id": all_ids, "width": 64, "height": 64, "n_classifications": 20,
+                  "swap_prob": rng.choice([0.01, 0.99], len(all_ids)), "n_clicks": rng.poisson(10, len(all_ids))}
+                 ).to_csv(cons / "subjects.csv", index=False)
+    pd.DataFrame({"subject_id": all_ids, "x1": 10.0, "y1": 10.0, "x2": 20.0, "y2": 20.0, "category": "clump",
+                  "n_votes": 5, "odd_fraction": 0.0, "false_pos_prob": 0.1, "inaccurate_prob": 0.1}
+                 ).to_csv(cons / "boxes.csv", index=False)
+    (cons / "volunteers.csv").write_text("user\n")
+    (cons / "report.json").write_text("{}\n")
+
+
+def test_zooniverse_split_by_galaxy_without_gold_or_injected(tmp_path):
+    """The split rule on a Zooniverse run: galaxies shown in several subjects stay in one split,
+    gold (data.gold) and injected (origin 'sim') subjects are in no COCO file, and a manifest
+    without the grouping column stops the rule with a message naming file and column."""
+    write_zooniverse_route_inputs(tmp_path)
+    cfg = real_config(tmp_path, "http://127.0.0.1:9/none", source="zooniverse",
+                      classifications="data/classifications.csv", gold="data/gold.csv")
+    proc = smk("results/labels/split_report.json", "--cores", "1", "--configfile", cfg, cwd=tmp_path)
+    assert job_counts(proc.stdout + proc.stderr) == {"split": 1}, proc.stdout[-3000:]
+    lab = tmp_path / "results" / "labels"
+    splits = pd.read_csv(lab / "splits.csv", dtype={"galaxy_id": str})
+    report = json.loads((lab / "split_report.json").read_text())
+    by = splits.set_index("subject_id")["split"]
+    assert (by[[60, 61, 62, 63, 64]] == "gold").all() and (by[[1, 4, 7, 10, 13]] == "injected").all()
+    assert 99 not in by.index and report["subjects_without_image"] == 1
+    assert report["gold_subjects_excluded"] == 5 and report["injected_subjects"] == 5
+    assert report["galaxies_with_several_subjects"] == 5 and report["origin"]["injected"] == 5
+    detect = splits[splits["split"].isin(["train", "val", "test"])]
+    assert (detect.groupby("galaxy_id")["split"].nunique() == 1).all()
+    assert detect["galaxy_id"].str.startswith("1237648720693755").all()  # SDSS ids kept exact
+    coco_ids = set()
+    for name in ("train", "val", "test"):
+        coco = json.loads((lab / f"{name}.json").read_text())
+        coco_ids |= {im["id"] for im in coco["images"]}
+        assert len(coco["images"]) == report["subjects"][name]
+    assert coco_ids == set(detect["subject_id"]) and not coco_ids & {1, 4, 7, 10, 13, 60, 61, 62, 63, 64}
+    # the manifest lacks the grouping column
+    bad = tmp_path / "bad"
+    write_zooniverse_route_inputs(bad, manifest_columns=["subject_id", "png", "width", "height"])
+    cfg = real_config(bad, "http://127.0.0.1:9/none", source="zooniverse",
+                      classifications="data/classifications.csv", gold="data/gold.csv")
+    proc = smk("results/labels/split_report.json", "--cores", "1", "--configfile", cfg, cwd=bad, check=False)
+    text = proc.stdout + proc.stderr + (bad / "results" / "logs" / "split.log").read_text()
+    assert proc.returncode != 0 and "results/survey/manifest.csv: the survey manifest has no column 'galaxy_id' " \
+        "(labels.group_by)" in text, text[-3000:]

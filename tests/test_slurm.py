@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slurm
 # the longest chain of the tiny DAG: morphology pretraining -> clumpy classifier -> detector; the
 # simulation with two threads, which SLURM must give it as two CPUs
 OVERRIDE = "sweep:\n  backbones: [resnet18_clumpy]\nthreads:\n  simulate: 2\n"
-SUBMITTED = {"simulate_survey", "simulate_volunteers", "simulate_morphology", "consensus", "pretrain_morphology",
+SUBMITTED = {"simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
+             "consensus", "pretrain_morphology",
              "pretrain_clumpy", "train", "evaluate"}
 LOCAL = {"split", "subset", "truth_labels", "summary", "plot_pr", "plot_flux", "gallery", "plot_consensus", "all"}
 GPU_RULES = {"pretrain_morphology", "pretrain_clumpy", "train", "evaluate"}

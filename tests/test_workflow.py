@@ -18,8 +18,8 @@ from conftest import REPO, TEST_CONFIG, job_blocks, job_counts, smk
 
 pytestmark = pytest.mark.workflow
 # what a change to the volunteer consensus reruns: everything downstream of it, nothing upstream
-CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_morphology": 1,
-                        "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
+# (the morphology pretraining learns from a population of its own, so it is not downstream)
+CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
                         "gallery": 2, "plot_consensus": 1, "all": 1}
 
 
@@ -60,8 +60,9 @@ def test_default_dry_run(tmp_path, default_config):
     assert n_b >= 2 and n_n >= 3
     assert jobs["train"] == n_b * n_n and jobs["evaluate"] == n_b * n_n and jobs["subset"] == n_n
     assert jobs["gallery"] == n_n
-    for rule in ("simulate_survey", "simulate_volunteers", "simulate_morphology", "pretrain_morphology", "consensus",
-                 "split", "truth_labels", "summary", "plot_pr", "plot_flux", "plot_consensus", "all"):
+    for rule in ("simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
+                 "pretrain_morphology", "consensus", "split", "truth_labels", "summary", "plot_pr", "plot_flux",
+                 "plot_consensus", "all"):
         assert jobs[rule] == 1
 
 
@@ -115,6 +116,29 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
             assert (res / "models" / b / f"n{n}" / "seed0" / "model.pt").exists()
             sub = json.loads((res / "labels" / f"train_n{n}.json").read_text())
             assert len(sub["images"]) == n
+
+
+def test_pretraining_never_sees_a_detection_galaxy(tiny_run, tiny_config):
+    """The morphology pretraining learns from a population simulated with a seed and subject ids of
+    its own: no galaxy of train, val or test (nor any other survey galaxy) is in its pool, and its
+    votes carry no truth column."""
+    res = tiny_run["dir"] / "results"
+    survey = pd.read_csv(res / "survey" / "manifest.csv")
+    population = pd.read_csv(res / "pretraining" / "manifest.csv")
+    n_pop = tiny_config["morphology"]["population"]["n_galaxies"]
+    assert len(population) == n_pop and not set(population["subject_id"]) & set(survey["subject_id"])
+    assert tiny_config["morphology"]["population"]["seed"] != tiny_config["simulate"]["seed"]
+    assert not set(zip(population["ra"].round(5), population["dec"].round(5))) & set(
+        zip(survey["ra"].round(5), survey["dec"].round(5)))
+    splits = pd.read_csv(res / "labels" / "splits.csv")
+    assert set(splits["subject_id"]) <= set(survey["subject_id"])
+    votes = pd.read_csv(res / "pretraining" / "morphology_votes.csv")
+    assert set(votes["subject_id"]) == set(population["subject_id"])
+    assert not {"flux_fraction_g", "kind", "n_clumps", "n_odd"} & set(votes.columns)
+    for metrics in (res / "pretrain" / "morphology").glob("*/metrics.json"):
+        pool = json.loads(metrics.read_text())["pool"]
+        assert pool == {"population": n_pop, "used": n_pop, "in_detection_survey": 0, "without_votes": 0}
+    assert "reporting seeds" in (res / "summary.md").read_text()
 
 
 def test_tiny_run_summary_in_range(tiny_run, tiny_config):
@@ -194,9 +218,9 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
                 script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule)
                 assert script and f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
                 used.append(script.group(1))
-    assert len(used) == 20 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
+    assert len(used) == 23 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
     jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
-    assert len({j["rule"] for j in jobs}) == 16
+    assert len({j["rule"] for j in jobs}) == 17
     for job in jobs:
         assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
     by_rule = {j["rule"]: j["input"] for j in jobs}
@@ -335,9 +359,9 @@ def test_slurm_profile_resources(paper_workdir):
 def test_tiny_run_pretraining_outputs(tiny_run):
     res = tiny_run["dir"] / "results" / "pretrain"
     morph = json.loads((res / "morphology" / "resnet18_unit" / "metrics.json").read_text())
-    assert morph["pool"]["used"] == morph["pool"]["pool"] > 0 and morph["max_logit_change_under_d4"] < 1e-4
+    assert morph["pool"]["used"] == morph["pool"]["population"] > 0 and morph["max_logit_change_under_d4"] < 1e-4
+    assert "spiral_arms" in morph["questions"]
     clumpy = json.loads((res / "clumpy" / "resnet18_clumpy" / "metrics.json").read_text())
     assert clumpy["init"] == "pretrain:morphology" and list(clumpy["questions"]) == ["clumpy"]
     splits = pd.read_csv(tiny_run["dir"] / "results" / "labels" / "splits.csv")
     assert clumpy["pool"]["pool"] == (splits["split"] == "train").sum()
-    assert morph["pool"]["pool"] == (splits["split"] != "test").sum()

@@ -229,6 +229,50 @@ def save_encoder(encoder: nn.Module, path: str | Path) -> None:
 CLUMPY_QUESTIONS: dict[str, tuple[tuple[str, ...], Any]] = {"clumpy": (("yes", "no"), None)}
 
 
+def _images(manifest: pd.DataFrame, ids: pd.Series, image_dir: str | Path) -> list[torch.Tensor]:
+    rows = manifest.set_index("subject_id").loc[ids]
+    coco = {"images": [{"id": int(i), "file_name": r["png"], "height": int(r["height"]), "width": int(r["width"])}
+                       for i, r in rows.iterrows()]}
+    return load_images(coco, image_dir)
+
+
+#: two galaxies closer than this on the sky are the same galaxy
+SAME_GALAXY_ARCSEC = 2.0
+
+
+def detection_overlap(population: pd.DataFrame, survey: pd.DataFrame) -> np.ndarray:
+    """Which galaxies of a pretraining population are also in the detection survey: the same
+    subject id, the same ``galaxy_id`` (when both tables have one) or within
+    :data:`SAME_GALAXY_ARCSEC` on the sky (when both have ra/dec)."""
+    same = population["subject_id"].isin(survey["subject_id"]).to_numpy().copy()
+    if "galaxy_id" in population and "galaxy_id" in survey:
+        same |= population["galaxy_id"].astype(str).isin(set(survey["galaxy_id"].astype(str))).to_numpy()
+    if {"ra", "dec"} <= set(population.columns) and {"ra", "dec"} <= set(survey.columns) and len(survey):
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
+
+        pop = SkyCoord(population["ra"].to_numpy(float) * u.deg, population["dec"].to_numpy(float) * u.deg)
+        det = SkyCoord(survey["ra"].to_numpy(float) * u.deg, survey["dec"].to_numpy(float) * u.deg)
+        _, sep, _ = pop.match_to_catalog_sky(det)
+        same |= sep.arcsec < SAME_GALAXY_ARCSEC
+    return same
+
+
+def morphology_pool(population: pd.DataFrame, votes: pd.DataFrame, columns: list[str], survey: pd.DataFrame,
+                    image_dir: str | Path) -> tuple[list[torch.Tensor], np.ndarray, dict[str, int]]:
+    """Images and vote rows of the pretraining population: its galaxies with votes, less any that
+    is also a galaxy of the detection survey (pretraining never sees a detection galaxy, in any
+    split). Returns them with counts of what was used and left out."""
+    overlap = detection_overlap(population, survey)
+    keep = population.loc[~overlap, "subject_id"]
+    labelled = votes.drop_duplicates("subject_id").set_index("subject_id")
+    have = keep[keep.isin(labelled.index)]
+    counts = labelled.loc[have, columns].to_numpy(dtype=np.float64)
+    return _images(population, have, image_dir), counts, {
+        "population": int(len(population)), "used": int(len(have)),
+        "in_detection_survey": int(overlap.sum()), "without_votes": int(len(keep) - len(have))}
+
+
 def pretraining_pool(manifest: pd.DataFrame, splits: pd.DataFrame, pool: list[str], labels: pd.DataFrame,
                      columns: list[str], image_dir: str | Path) -> tuple[list[torch.Tensor], np.ndarray, dict[str, int]]:
     """Images and label rows of the galaxies in the ``pool`` splits (never the test split) that
@@ -238,12 +282,9 @@ def pretraining_pool(manifest: pd.DataFrame, splits: pd.DataFrame, pool: list[st
     ids = splits.loc[splits["split"].isin(pool), "subject_id"]
     labelled = labels.drop_duplicates("subject_id").set_index("subject_id")
     have = ids[ids.isin(labelled.index)]
-    rows = manifest.set_index("subject_id").loc[have]
-    coco = {"images": [{"id": int(i), "file_name": r["png"], "height": int(r["height"]), "width": int(r["width"])}
-                       for i, r in rows.iterrows()]}
-    images = load_images(coco, image_dir)
     counts = labelled.loc[have, columns].to_numpy(dtype=np.float64)
-    return images, counts, {"pool": int(len(ids)), "used": int(len(have)), "without_labels": int(len(ids) - len(have))}
+    return _images(manifest, have, image_dir), counts, {
+        "pool": int(len(ids)), "used": int(len(have)), "without_labels": int(len(ids) - len(have))}
 
 
 def clumpy_labels(subjects: pd.DataFrame) -> pd.DataFrame:

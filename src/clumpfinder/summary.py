@@ -177,11 +177,31 @@ def _context(comparison: pd.DataFrame, iou: float, threshold: str, level: float,
             f"excludes zero).")
 
 
-def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int) -> str:
-    """results/summary.md: the headline sentence and one table per label set."""
+def data_text(data: dict[str, Any]) -> str:
+    """Which data the run reports on, and whether any setting was chosen on them (the protocol of
+    docs/protocol.md): ``data`` has ``source`` and, for simulated data, ``seed_role``,
+    ``simulate_seed`` and ``volunteers_seed``."""
+    if data["source"] != "simulate":
+        return (f"Data: real ({data['source']}); settings were chosen on the development simulation and the "
+                f"validation galaxies, never on these test galaxies.")
+    seeds = f"survey seed {data['simulate_seed']}, volunteers seed {data['volunteers_seed']}"
+    if data["seed_role"] == "reporting":
+        return (f"Data: the simulated survey's **reporting seeds** ({seeds}): no setting of the workflow was "
+                f"chosen on these galaxies or volunteers (choices are made on the development seeds of "
+                f"config/development.yaml and on validation galaxies; docs/protocol.md).")
+    return (f"Data: the simulated survey's **development seeds** ({seeds}): settings are chosen on this run, so "
+            f"its numbers are not a headline; the reporting seeds (config/config.yaml) give the unbiased one "
+            f"(docs/protocol.md).")
+
+
+def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
+                     data: dict[str, Any] | None = None) -> str:
+    """results/summary.md: the headline sentence, which data it reports on, and one table per label set."""
     refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
     parts = ["# Clump detection: which backbone, how much data?", ""]
     parts += [f"- {headline(comparison, ref, level, threshold)}" for ref in refs] + [""]
+    if data is not None:
+        parts += [data_text(data), ""]
     parts += [_context(comparison, iou, threshold, level, n_boot), ""]
     for ref in refs:
         parts += [f"## Against the {ref} labels", "",
@@ -194,13 +214,17 @@ def _md_bold_to_html(text: str) -> str:
     return "".join(f"<b>{s}</b>" if i % 2 else s for i, s in enumerate(out))
 
 
-def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int) -> str:
+def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
+                 data: dict[str, Any] | None = None) -> str:
     """The same content as :func:`summary_markdown` as a self-contained HTML page (for the
     Snakemake report, which shows HTML results inline)."""
     refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
     body = ["<h1>Clump detection: which backbone, how much data?</h1>", "<ul>"]
     body += [f"<li>{_md_bold_to_html(headline(comparison, ref, level, threshold))}</li>" for ref in refs]
-    body += ["</ul>", f"<p>{_md_bold_to_html(_context(comparison, iou, threshold, level, n_boot))}</p>"]
+    body += ["</ul>"]
+    if data is not None:
+        body += [f"<p>{_md_bold_to_html(data_text(data))}</p>"]
+    body += [f"<p>{_md_bold_to_html(_context(comparison, iou, threshold, level, n_boot))}</p>"]
     for ref in refs:
         table = comparison_table(comparison, ref, bold=lambda s: f"<b>{html.escape(s)}</b>")
         body += [f"<h2>Against the {html.escape(ref)} labels</h2>",

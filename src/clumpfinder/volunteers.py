@@ -1,17 +1,29 @@
 """Simulated Clump Scout volunteers clicking on the simulated survey.
 
-Each volunteer has an individual skill drawn once:
+Volunteers see what is in the image, not the truth table: every object (giant clump, knot, star,
+background galaxy) has an *appearance* (:data:`APPEARANCE_COLUMNS`: position, local contrast,
+signal-to-noise, colour) and volunteers decide from it alone whether they notice it and which tool
+they use. The same perception model drives the simulated Galaxy Zoo votes of the pretraining
+stage (:mod:`clumpfinder.morphology`). Because everyone looks at the same image, errors are
+correlated as in the real project: a star-forming knot that stands out is marked by many
+volunteers although it is far below any giant-clump definition, and a bluish foreground star is
+called a clump by most.
 
-* ``miss``: chance to overlook even an obvious clump;
+Each volunteer has an individual skill drawn once, with wide, heavy-tailed spreads:
+
+* ``miss``: chance to overlook even an obvious object;
 * ``c50``: the local contrast (object peak over the host's surface brightness where it sits) they
   notice half of the time: the eye picks out knots that stand out from the disc around them, so a
   faint clump in the outskirts is seen and a brighter one on the bulge is missed; visibility also
   falls with the object's signal-to-noise;
 * ``false_rate``: mean number of spurious clicks per subject, placed on the galaxy's light
-  (bright disc patches, noise);
+  (bright disc patches, noise); gamma-distributed over volunteers with shape
+  ``false_clicks_shape`` (below 1: most click little, a few a lot);
 * ``scatter``: positional scatter of their clicks in units of the PSF FWHM;
-* ``confusion``: chance to pick the wrong tool (clump vs odd clump);
-* flags: centre clickers (mark the bulge), spammers (random clicks anywhere), logged-out.
+* ``confusion``: chance to pick the other tool than the object's look suggests (a red object
+  looks odd: :func:`odd_look`);
+* flags: centre clickers (mark the bulge), spammers (random clicks anywhere), colluders (all mark
+  one shared false spot per subject, an adversarial test of the consensus), logged-out.
 
 Volunteers are drawn for each subject without repetition with probabilities proportional to a
 heavy-tailed activity (a few volunteers do most of the work, as on Zooniverse). The output is a
@@ -29,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from clumpfinder.simulate import STAR_FORMING
 from clumpfinder.zooniverse import classification_row, write_export
 
 EPOCH = dt.datetime(2019, 6, 1, tzinfo=dt.timezone.utc)
@@ -45,11 +58,14 @@ class CrowdSpec:
     logged_out_fraction: float
     spammer_fraction: float
     centre_clicker_fraction: float
+    colluder_fraction: float
     miss_prob: dict[str, float]
     c50: dict[str, float]
     snr50: float
     false_clicks_per_subject: float
+    false_clicks_shape: float
     scatter_fwhm: dict[str, float]
+    odd_look: dict[str, float]
     odd_confusion: dict[str, float]
     duplicate_tap_prob: float
     corrupt_fraction: float
@@ -66,10 +82,10 @@ def draw_population(spec: CrowdSpec, rng: np.random.Generator) -> pd.DataFrame:
     n = spec.n_volunteers
     kind = np.full(n, "normal", dtype=object)
     u = rng.uniform(size=n)
-    kind[u < spec.spammer_fraction] = "spammer"
-    kind[(u >= spec.spammer_fraction) & (u < spec.spammer_fraction + spec.centre_clicker_fraction)] = (
-        "centre_clicker"
-    )
+    edges = np.cumsum([spec.spammer_fraction, spec.centre_clicker_fraction, spec.colluder_fraction])
+    kind[u < edges[0]] = "spammer"
+    kind[(u >= edges[0]) & (u < edges[1])] = "centre_clicker"
+    kind[(u >= edges[1]) & (u < edges[2])] = "colluder"
     logged_out = rng.uniform(size=n) < spec.logged_out_fraction
     pop = pd.DataFrame(
         {
@@ -80,7 +96,7 @@ def draw_population(spec: CrowdSpec, rng: np.random.Generator) -> pd.DataFrame:
             "activity": rng.lognormal(0.0, spec.activity_sigma, n),
             "miss": rng.beta(spec.miss_prob["a"], spec.miss_prob["b"], n),
             "c50": 10 ** rng.normal(np.log10(spec.c50["median"]), spec.c50["sigma_dex"], n),
-            "false_rate": rng.gamma(1.0, spec.false_clicks_per_subject, n),
+            "false_rate": rng.gamma(spec.false_clicks_shape, spec.false_clicks_per_subject / spec.false_clicks_shape, n),
             "scatter": 10 ** rng.normal(np.log10(spec.scatter_fwhm["median"]), spec.scatter_fwhm["sigma_dex"], n),
             "confusion": rng.beta(spec.odd_confusion["a"], spec.odd_confusion["b"], n),
         }
@@ -92,11 +108,40 @@ def draw_population(spec: CrowdSpec, rng: np.random.Generator) -> pd.DataFrame:
     return pop
 
 
-def _visibility(contrast: np.ndarray, snr: np.ndarray, c50: float, snr50: float) -> np.ndarray:
+#: what a volunteer can see of an object (truth columns with no flux fraction and no class)
+APPEARANCE_COLUMNS = ["subject_id", "x", "y", "contrast_g", "contrast_r", "snr_g", "colour_gr"]
+
+
+def appearance(objects: pd.DataFrame) -> dict[int, dict[str, np.ndarray]]:
+    """Per subject, arrays ``x``, ``y``, ``contrast`` (the larger of the g and r local contrasts:
+    a blue knot stands out in g, a red star in r), ``snr_g`` and ``colour_gr`` of its objects.
+
+    Reads only :data:`APPEARANCE_COLUMNS`: what volunteers do never depends on an object's class
+    or flux fraction, only on how it looks."""
+    missing = [c for c in APPEARANCE_COLUMNS if c not in objects.columns]
+    if missing:
+        raise ValueError(f"object table lacks appearance column(s) {', '.join(missing)}")
+    seen = objects[APPEARANCE_COLUMNS]
+    contrast = np.maximum(seen["contrast_g"].to_numpy(float), seen["contrast_r"].to_numpy(float))
+    out = {}
+    for sid, idx in seen.groupby("subject_id").indices.items():
+        out[int(sid)] = {"x": seen["x"].to_numpy(float)[idx], "y": seen["y"].to_numpy(float)[idx],
+                         "contrast": contrast[idx], "snr_g": seen["snr_g"].to_numpy(float)[idx],
+                         "colour_gr": seen["colour_gr"].to_numpy(float)[idx]}
+    return out
+
+
+def visibility(contrast: np.ndarray, snr: np.ndarray, c50: float, snr50: float) -> np.ndarray:
     """Probability of noticing an object: logistic in log contrast and in log S/N."""
     contrast = np.maximum(contrast, 1e-6)
     snr = np.maximum(snr, 1e-6)
     return 1.0 / (1.0 + (c50 / contrast) ** 3) / (1.0 + (snr50 / snr) ** 2)
+
+
+def odd_look(colour_gr: np.ndarray, look: dict[str, float]) -> np.ndarray:
+    """Probability that an object looks odd (red against the blue star-forming knots): logistic in
+    its g - r colour around ``look['colour_gr']`` with width ``look['width']``."""
+    return 1.0 / (1.0 + np.exp(-(np.asarray(colour_gr, float) - look["colour_gr"]) / look["width"]))
 
 
 def _disc_points(rng, subj: dict[str, Any], k: int) -> np.ndarray:
@@ -112,12 +157,12 @@ def _disc_points(rng, subj: dict[str, Any], k: int) -> np.ndarray:
 
 def volunteer_marks(
     rng: np.random.Generator, vol: dict[str, Any], subj: dict[str, Any],
-    objects: dict[str, np.ndarray] | None, snr50: float, duplicate_tap_prob: float,
+    objects: dict[str, np.ndarray] | None, spec: "CrowdSpec",
 ) -> list[tuple[float, float, int]]:
     """The clicks (x, y, tool) one volunteer makes on one subject.
 
-    ``objects`` holds arrays ``x``, ``y``, ``odd`` (bool), ``contrast`` and ``snr_g`` of the
-    subject's true objects (None for a subject without any).
+    ``objects``: the subject's objects as :func:`appearance` gives them (None for a subject
+    without any).
     """
     w, h, fwhm = subj["width"], subj["height"], subj["psf_fwhm_pixels"]
     marks: list[tuple[float, float, int]] = []
@@ -128,10 +173,10 @@ def volunteer_marks(
         return marks
     if objects is not None:
         n = len(objects["x"])
-        p = (1.0 - vol["miss"]) * _visibility(objects["contrast"], objects["snr_g"], vol["c50"], snr50)
+        p = (1.0 - vol["miss"]) * visibility(objects["contrast"], objects["snr_g"], vol["c50"], spec.snr50)
         seen = np.flatnonzero(rng.uniform(size=n) < p)
         sigma = vol["scatter"] * fwhm
-        tools = objects["odd"][seen].astype(int)
+        tools = (rng.uniform(size=seen.size) < odd_look(objects["colour_gr"][seen], spec.odd_look)).astype(int)
         flip = rng.uniform(size=seen.size) < vol["confusion"]
         tools = np.where(flip, 1 - tools, tools)
         xs = objects["x"][seen] + rng.normal(0, sigma, seen.size)
@@ -144,7 +189,11 @@ def volunteer_marks(
     if vol["kind"] == "centre_clicker" and rng.uniform() < 0.8:
         s = vol["scatter"] * fwhm
         marks.append((w / 2 + rng.normal(0, s), h / 2 + rng.normal(0, s), 0))
-    taps = [m for m in marks if rng.uniform() < duplicate_tap_prob]
+    if vol["kind"] == "colluder":  # one false spot per subject, the same for every colluder
+        (x, y), = _disc_points(np.random.default_rng([spec.seed, 3, int(subj["subject_id"])]), subj, 1)
+        s = vol["scatter"] * fwhm
+        marks.append((x + rng.normal(0, s), y + rng.normal(0, s), 0))
+    taps = [m for m in marks if rng.uniform() < spec.duplicate_tap_prob]
     marks.extend((x + rng.normal(0, 0.3), y + rng.normal(0, 0.3), t) for x, y, t in taps)
     # clicks land on the displayed image only; keep those a hair outside (the reader drops them)
     return [(float(np.clip(x, -2, w + 2)), float(np.clip(y, -2, h + 2)), t) for x, y, t in marks]
@@ -179,16 +228,7 @@ def simulate_classifications(
             f"volunteers.classifications_per_subject ({k}) exceeds volunteers.n_volunteers ({len(pop)})"
         )
     weights = pop["activity"].to_numpy() / pop["activity"].sum()
-    truth = truth.copy()
-    # blue clumps stand out in g (the blue channel), red odd objects in r
-    truth["contrast"] = np.where(truth["kind"] == "odd", truth["contrast_r"], truth["contrast_g"])
-    by_subject = {
-        sid: {
-            "x": g["x"].to_numpy(), "y": g["y"].to_numpy(), "odd": (g["kind"] == "odd").to_numpy(),
-            "contrast": g["contrast"].to_numpy(), "snr_g": g["snr_g"].to_numpy(),
-        }
-        for sid, g in truth.groupby("subject_id")
-    }
+    by_subject = appearance(truth)
     vols = pop.to_dict("records")
     subjects = manifest.to_dict("records")
 
@@ -207,8 +247,7 @@ def simulate_classifications(
         subj_by_id = {s["subject_id"]: s for s in subjects}
         for n, (t, sid, v) in enumerate(events):
             subj, vol = subj_by_id[sid], vols[v]
-            marks = volunteer_marks(row_rng, vol, subj, by_subject.get(sid), spec.snr50,
-                                    spec.duplicate_tap_prob)
+            marks = volunteer_marks(row_rng, vol, subj, by_subject.get(sid), spec)
             created = EPOCH + dt.timedelta(seconds=float(t))
             duration = dt.timedelta(seconds=float(row_rng.uniform(5, 60)))
             row = classification_row(
@@ -227,7 +266,7 @@ def simulate_classifications(
                     "psf_fwhm_arcsec": round(subj["psf_fwhm_arcsec"], 4),
                     "arcsec_per_side": round(subj["arcsec_per_side"], 3),
                     "#fwhm_pixels": round(subj["psf_fwhm_pixels"], 4),
-                    "origin": "sim", "image": subj["png"],
+                    "origin": "real", "image": subj["png"],
                 },
                 width=int(subj["width"]), height=int(subj["height"]), marks=marks,
             )
@@ -248,12 +287,13 @@ def simulate_export(spec: CrowdSpec, manifest: pd.DataFrame, truth: pd.DataFrame
 def gold_subjects(spec: CrowdSpec, manifest: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """A random share of subjects with their truth, as SWAP's gold (training) subjects.
 
-    A subject has clumps when it has an odd object or a clump of at least
-    ``gold.min_flux_fraction`` of the galaxy's g flux (fainter ones few volunteers can see).
+    A subject has clumps when it has an odd object or a star-forming region (clump or knot) of at
+    least ``gold.min_flux_fraction`` of the galaxy's g flux (the giant-clump definition).
     """
     rng = np.random.default_rng([spec.seed, 2])
     ids = np.sort(manifest["subject_id"].to_numpy())
     chosen = np.sort(rng.choice(ids, size=int(round(spec.gold["fraction"] * len(ids))), replace=False))
-    target = (truth["kind"] == "odd") | (truth["flux_fraction_g"] >= spec.gold["min_flux_fraction"])
+    target = (truth["kind"] == "odd") | (truth["kind"].isin(STAR_FORMING)
+                                         & (truth["flux_fraction_g"] >= spec.gold["min_flux_fraction"]))
     has = set(truth.loc[target, "subject_id"])
     return pd.DataFrame({"subject_id": chosen, "has_clumps": [int(i in has) for i in chosen]})

@@ -11,7 +11,7 @@ default for pretrained backbones) on the run's nested training subsets with seve
 seeds, using its labels, images and pretraining encoder, and scores each on the validation split
 against the consensus and the simulated truth (IoU 0.5, score 0.5, classes merged; the truth
 counted as the evaluation counts it). Refuses a run whose summary says it reports the reporting
-seeds. Writes benchmarks/results/pretrain_effect.json: per arm, size and seed the metrics, and per
+seeds (its summary.md names its seeds). Writes benchmarks/results/pretrain_effect.json: per arm, size and seed the metrics, and per
 arm and size the mean and standard deviation over seeds. Two jobs run at a time, one thread each.
 """
 
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pretrain_effect.json"))
     args = ap.parse_args()
     summary_md = Path(args.results) / "summary.md"
-    if summary_md.exists() and "reporting seeds" in summary_md.read_text():
+    if summary_md.exists() and "**development seeds**" not in summary_md.read_text():
         raise SystemExit(f"{args.results} is a run on the reporting seeds: compare settings on a development run "
                          "(--configfile config/development.yaml)")
     jobs = [(arm, n, s, args.results) for n in args.n for s in args.seeds for arm in args.arms]

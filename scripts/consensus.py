@@ -15,8 +15,8 @@ log = setup_logging(snakemake.log[0])
 cfg = snakemake.params.spec
 spec = ConsensusSpec.from_config(cfg)
 parsed = read_export(snakemake.input.export, task=cfg["task"], workflow_id=cfg["workflow_id"],
-                     min_workflow_version=cfg["min_workflow_version"],
-                     workers=snakemake.threads)
+                     min_workflow_version=cfg["min_workflow_version"], shape_centres=cfg["shape_centres"],
+                     question=spec.swap.question, workers=snakemake.threads)
 numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))  # after the forked parse
 gold = read_gold(snakemake.input.gold) if "gold" in snakemake.input.keys() else None
 # real exports: injected-clump subjects (origin 'sim' in the subject list) are gold "has clumps" too

@@ -215,3 +215,93 @@ def spec_for_supervised():
     cfg.update(method="dbscan", fallback_box_fraction=0.1)
     cfg["swap"]["mode"] = "supervised"
     return ConsensusSpec.from_config(cfg)
+
+
+def test_question_votes_for_swap_while_every_click_makes_boxes(default_config):
+    """With swap.question, SWAP counts only the classifications that answered it (the report says
+    how many did not); the boxes still come from every volunteer's clicks."""
+    p = parsed([(0, 30.0, 40.0, 0), (1, 31.0, 40.5, 0), (2, 29.5, 39.5, 0)])
+    p.classifications["question_answer"] = pd.array([1, -1, -1, 0, -1], dtype="int8")
+    cfg = copy.deepcopy(default_config["consensus"])
+    cfg.update(method="dbscan", fallback_box_fraction=0.1)
+    cfg["swap"].update(mode="unsupervised", question={"task": "T1", "yes_answer": 0})
+    boxes, subjects, report = run_consensus(p, ConsensusSpec.from_config(cfg))
+    assert len(boxes) == 1 and boxes.iloc[0]["n_votes"] == 3  # two of the three never answered
+    assert subjects.iloc[0]["swap_n_used"] == 2
+    assert report["swap"]["classifications_without_answer"] == 3 and report["swap"]["classifications_used"] == 2
+    assert report["swap"]["vote"] == "question T1: answer 0"
+    _, subjects_marks, report_marks = run_consensus(p, spec_for(default_config))
+    assert subjects_marks.iloc[0]["swap_n_used"] == 5 and "classifications_without_answer" not in report_marks["swap"]
+
+
+def test_export_with_question_and_shapes_through_consensus(tmp_path, default_config):
+    """From a written export: circle centres configured as clicks make a box; SWAP reads the
+    answers of task T1 (labels), and three classifications without one are not SWAP votes."""
+    import json
+
+    from clumpfinder.zooniverse import classification_row, read_export, write_export
+
+    wf = {"id": 1, "name": "w", "version": "1.0"}
+    rows = []
+    for k in range(6):
+        r = classification_row(classification_id=k + 1, user_name=f"u{k}", user_id=k + 1, user_ip="x", workflow=wf,
+                               created_at=f"2020-01-01 00:00:0{k} UTC", started_at="a", finished_at="b",
+                               subject_id=7, subject_meta={"#fwhm_pixels": 4.0}, width=100, height=100, marks=[])
+        ann = [{"task": "T0", "value": [{"toolType": "circle", "x_center": 30.0 + k % 2, "y_center": 40.0, "r": 4.0,
+                                          "toolIndex": 0}] if k < 4 else []}]
+        if k >= 3:
+            ann.append({"task": "T1", "task_label": "Does this galaxy have clumps?", "value": "Yes" if k < 5 else "No"})
+        rows.append(dict(r, annotations=json.dumps(ann)))
+    path = tmp_path / "export.csv"
+    write_export(rows, path)
+    cfg = copy.deepcopy(default_config["consensus"])
+    cfg.update(method="dbscan", fallback_box_fraction=0.1, shape_centres=["circle"])
+    cfg["swap"].update(mode="unsupervised", question={"task": "T1", "yes_answer": "yes"})
+    spec = ConsensusSpec.from_config(cfg)
+    p = read_export(path, shape_centres=cfg["shape_centres"], question=spec.swap.question)
+    assert p.report["marks_by_type"] == {"circle": 4} and p.report["clicks_used"] == 4
+    assert p.report["question"]["answers"]["yes"] == 2 and p.report["question"]["answers"]["task_absent"] == 3
+    boxes, subjects, report = run_consensus(p, spec)
+    assert len(boxes) == 1 and boxes.iloc[0]["x"] == pytest.approx(30.5)
+    assert report["swap"]["classifications_without_answer"] == 3 and subjects.iloc[0]["swap_n_used"] == 3
+
+
+@pytest.mark.parametrize("override, ok", [
+    ({"shape_centres": ["circle", "rectangle"]}, True),
+    ({"shape_centres": ["line"]}, False),
+    ({"shape_centres": ["circle", "circle"]}, False),
+    ({"swap": {"question": {"task": "T1", "yes_answer": 0}}}, True),
+    ({"swap": {"question": {"task": "T1", "yes_answer": "Yes"}}}, True),
+    ({"swap": {"question": {"task": "T1", "yes_answer": -1}}}, False),
+    ({"swap": {"question": {"task": "T1"}}}, False),
+    ({"swap": {"question": {"task": "T1", "yes_answer": 0, "label": "x"}}}, False),
+    ({"swap": {"question": {"task": "", "yes_answer": 0}}}, False),
+])
+def test_schema_of_shapes_and_question(default_config, override, ok):
+    import jsonschema
+    import yaml
+
+    from conftest import REPO, deep_update
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    config = deep_update(default_config, {"consensus": override})
+    if ok:
+        jsonschema.validate(config, schema)
+    else:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(config, schema)
+
+
+def test_question_in_yaml_validates(default_config):
+    """The question as a user writes it in a config file passes the schema; a typo does not."""
+    import jsonschema
+    import yaml
+
+    from conftest import REPO, deep_update
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    good = yaml.safe_load("question: {task: T1, yes_answer: 0}")
+    jsonschema.validate(deep_update(default_config, {"consensus": {"swap": good}}), schema)
+    typo = yaml.safe_load("question: {task: T1, yes: 0}")  # YAML reads a bare yes as true
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(deep_update(default_config, {"consensus": {"swap": typo}}), schema)

@@ -8,6 +8,7 @@ import pytest
 
 from clumpfinder.consensus import read_gold
 from clumpfinder.swap import SwapSpec, run_swap
+from clumpfinder.zooniverse import Question
 
 BASE = dict(mode="supervised", prior=0.3, initial_pl=0.5, initial_pd=0.5, skepticism=2.0,
             detection_threshold=0.99, rejection_threshold=0.004, probability_floor=0.001, agent_clip=0.01,
@@ -130,3 +131,73 @@ def test_gold_subject_listed_twice_is_reported(tmp_path):
     p.write_text("subject_id,has_clumps\n5,1\n6,0\n5,1\n")
     with pytest.raises(ValueError, match="gold.csv: line 4: subject 5 is listed twice"):
         read_gold(p)
+
+
+def with_answers(rows):
+    """rows: (subject, user, answer) in time order; answer 1 yes, 0 no, -1 none. The marks say the
+    opposite of every answer, so a run that reads the marks instead gives other posteriors."""
+    c = cls([(s, u, a) for s, u, a in rows])
+    c["question_answer"] = np.array([a for *_, a in rows], np.int8)
+    c["n_marks"] = (c["question_answer"] != 1).astype(int)
+    return c
+
+
+QUESTION = Question("T1", 0)
+
+
+def test_question_answers_drive_swap_as_hand_computed():
+    # as test_supervised_updates_match_hand_computation, with the votes given as answers; v3 answers
+    # nothing on B (no vote: skipped) and v1's unanswered classification of C before its "no" changes nothing
+    c = with_answers([(1, "v1", 1), (2, "v1", 1), (2, "v3", -1), (2, "v2", 0), (3, "v1", -1), (3, "v1", 0)])
+    subj, vol = run_swap(c, SwapSpec(**BASE, question=QUESTION), gold=pd.Series({1: 1, 3: 0}))
+    s = subj.set_index("subject_id")
+    assert s.loc[1, "swap_prob"] == pytest.approx(0.3)
+    assert s.loc[2, "swap_prob"] == pytest.approx(0.3 * 0.6 / (0.6 * 0.3 + 0.5 * 0.7))
+    assert s.loc[3, "swap_prob"] == pytest.approx(0.3 * 0.4 / (0.4 * 0.3 + 0.5 * 0.7))
+    assert s["swap_n_used"].to_dict() == {1: 1, 2: 2, 3: 1}
+    v = vol.set_index("user")
+    assert v.loc["v1", "swap_pl"] == pytest.approx(0.6) and v.loc["v1", "swap_pd"] == pytest.approx(0.6)
+    assert v.loc["v1", "swap_n_trained"] == 2
+    # a volunteer who never answered keeps a row with the starting skills
+    assert v.loc["v3", "swap_pl"] == 0.5 and v.loc["v3", "swap_n_trained"] == 0
+
+
+@pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
+def test_question_run_equals_marks_run_where_they_agree(mode):
+    """Answers on random data, some missing: SWAP on the answers gives what SWAP on marks gives
+    when the marks say the same and the unanswered classifications are left out. The volunteer
+    who sorts last never answers (the EM must still give every volunteer a row)."""
+    rng = np.random.default_rng(2)
+    rows = [(int(rng.integers(1, 25)), f"v{int(rng.integers(0, 8))}", int(rng.choice([1, 0, -1], p=[0.5, 0.35, 0.15])))
+            for _ in range(400)]
+    rows += [(s, "zz-never", -1) for s in range(1, 25)]
+    gold = pd.Series({s: s % 2 for s in range(1, 8)})
+    spec = dict(BASE, mode=mode)
+    asked = with_answers(rows)
+    subj_q, vol_q = run_swap(asked, SwapSpec(**spec, question=QUESTION), gold)
+    answered = asked[asked["question_answer"] >= 0].assign(n_marks=lambda d: d["question_answer"].astype(int))
+    subj_m, vol_m = run_swap(answered, SwapSpec(**spec), gold)
+    pd.testing.assert_frame_equal(subj_q, subj_m)
+    assert vol_q["user"].tolist() == vol_m["user"].tolist() + ["zz-never"]
+    pd.testing.assert_frame_equal(vol_q.iloc[:-1], vol_m)
+    assert vol_q.iloc[-1][["swap_pl", "swap_pd", "swap_n_trained"]].tolist() == [0.5, 0.5, 0.0]
+    # and reading the marks of the classifications with the answers gives something else
+    subj_wrong, _ = run_swap(asked, SwapSpec(**spec), gold)
+    assert not np.allclose(subj_wrong["swap_prob"], subj_q["swap_prob"])
+
+
+def test_question_without_the_answer_column_is_an_error():
+    with pytest.raises(ValueError, match="question is set \\(task 'T1'\\) but the classifications have no "
+                                         "question_answer"):
+        run_swap(cls([(1, "a", 1)]), SwapSpec(**BASE, question=QUESTION), pd.Series({1: 1}))
+
+
+def test_question_from_config():
+    yes = {"task": "T1", "yes_answer": "Yes"}
+    assert SwapSpec.from_config(dict(BASE, question=yes)).question == Question("T1", "Yes")
+    assert SwapSpec.from_config(dict(BASE, question=None)).question is None
+    assert SwapSpec.from_config(BASE).question is None  # callers without the key: marks vote
+    for bad in ({"task": "T1"}, {"task": "", "yes_answer": 0}, {"task": "T1", "yes_answer": True},
+                {"task": "T1", "yes_answer": 0, "no": 1}, {"task": "T1", True: 0}):
+        with pytest.raises(ValueError, match="consensus.swap.question"):
+            SwapSpec.from_config(dict(BASE, question=bad))

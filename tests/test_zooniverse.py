@@ -302,3 +302,153 @@ def test_remembered_image_sizes_are_the_sizes_decoded():
             got = skip.reason
         assert got == _dimensions_reference(m), m
     assert len(seen) >= 5
+
+
+# ------------------------------------------------------------------ drawing tools other than points
+
+def _with_marks(cid, marks, user="alice", user_id=5, width=100, height=100):
+    """A row whose T0 annotation holds ``marks`` as given (dicts)."""
+    r = row(cid, user=user, user_id=user_id, width=width, height=height)
+    r["annotations"] = json.dumps([{"task": "T0", "task_label": "Mark", "value": marks}])
+    return r
+
+
+POLY = [{"x": 1.0, "y": 1.0}, {"x": 5.0, "y": 1.0}, {"x": 3.0, "y": 4.0}]
+#: older exports: the type follows from the keys
+OLD_STYLE = [
+    {"x": 10.0, "y": 20.0, "tool": 0, "frame": 0, "details": []},                    # point
+    {"x": 30.0, "y": 40.0, "r": 5.0, "tool": 0},                                     # circle, centre (30, 40)
+    {"x": 50.0, "y": 60.0, "rx": 5.0, "ry": 3.0, "angle": 20.0, "tool": 1},          # ellipse, centre (50, 60)
+    {"x": 10.0, "y": 10.0, "width": 20.0, "height": 6.0, "tool": 0},                 # rectangle, centre (20, 13)
+    {"x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0, "tool": 0},                       # line
+    {"points": POLY, "closed": True, "tool": 0},                                     # polygon
+    {"x": 40.0, "y": 40.0, "width": 8.0, "height": 4.0, "angle": 30.0, "tool": 0},   # rotated rectangle: other
+]
+#: front-end-monorepo (classifier 2.x) exports: toolType decides, shapes give their centre
+NEW_STYLE = [
+    {"toolType": "point", "x": 11.0, "y": 21.0, "toolIndex": 0, "frame": 0},
+    {"toolType": "circle", "x_center": 31.0, "y_center": 41.0, "r": 5.0, "toolIndex": 0},
+    {"toolType": "ellipse", "x_center": 51.0, "y_center": 61.0, "rx": 5.0, "ry": 3.0, "angle": 0.0, "toolIndex": 1},
+    {"toolType": "rectangle", "x_center": 70.0, "y_center": 80.0, "width": 10.0, "height": 4.0, "toolIndex": 0},
+    {"toolType": "rectangle", "x": 60.0, "y": 30.0, "width": 20.0, "height": 10.0, "toolIndex": 1},  # top-left x, y
+    {"toolType": "line", "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0, "toolIndex": 0},
+    {"toolType": "polygon", "points": POLY, "toolIndex": 0},
+    {"toolType": "freehandLine", "pathX": [1.0, 2.0], "pathY": [3.0, 4.0], "toolIndex": 0},
+    {"toolType": "bezier", "points": POLY, "toolIndex": 0},
+    {"toolType": "transcriptionLine", "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0, "toolIndex": 0},
+    {"toolType": "Point", "x": 12.0, "y": 22.0, "r": 3.0, "toolIndex": 0},  # toolType wins over the keys
+]
+
+
+@pytest.fixture()
+def drawn_export(tmp_path):
+    path = tmp_path / "export.csv"
+    write_export([_with_marks(1, OLD_STYLE), _with_marks(2, NEW_STYLE, user="bob", user_id=6)], path)
+    return path
+
+
+def test_marks_are_counted_by_type_and_only_points_are_clicks_by_default(drawn_export):
+    rep = read_export(drawn_export).report
+    assert rep["marks_read"] == len(OLD_STYLE) + len(NEW_STYLE)
+    assert rep["marks_by_type"] == {"point": 3, "circle": 2, "ellipse": 2, "rectangle": 3, "line": 2,
+                                    "polygon": 2, "freehand": 1, "bezier": 1, "other": 2}
+    assert rep["marks_not_clicks"] == {"circle": 2, "ellipse": 2, "rectangle": 3, "line": 2, "polygon": 2,
+                                       "freehand": 1, "bezier": 1, "other": 2}
+    assert rep["clicks_dropped"] == {}  # not clicks is not bad coordinates
+    parsed = read_export(drawn_export)
+    assert parsed.clicks[["x", "y"]].values.tolist() == [[10.0, 20.0], [11.0, 21.0], [12.0, 22.0]]
+    assert parsed.classifications["n_marks"].tolist() == [1, 2]
+
+
+def test_configured_shape_centres_are_clicks(drawn_export):
+    parsed = read_export(drawn_export, shape_centres=["circle", "ellipse", "rectangle"])
+    rep = parsed.report
+    assert rep["marks_not_clicks"] == {"line": 2, "polygon": 2, "freehand": 1, "bezier": 1, "other": 2}
+    assert rep["clicks_dropped"] == {} and rep["clicks_used"] == 3 + 2 + 2 + 3
+    got = {cid: sorted(map(tuple, c[["x", "y", "tool"]].values.tolist()))
+           for cid, c in parsed.clicks.groupby("classification_id")}
+    assert got[1] == [(10.0, 20.0, 0), (20.0, 13.0, 0), (30.0, 40.0, 0), (50.0, 60.0, 1)]  # rectangle: x + width/2
+    assert got[2] == [(11.0, 21.0, 0), (12.0, 22.0, 0), (31.0, 41.0, 0), (51.0, 61.0, 1), (70.0, 35.0, 1),
+                      (70.0, 80.0, 0)]
+    only = read_export(drawn_export, shape_centres=["rectangle"]).report
+    assert only["marks_not_clicks"]["circle"] == 2 and "rectangle" not in only["marks_not_clicks"]
+    assert only["clicks_used"] == 3 + 3
+    with pytest.raises(ValueError, match=r"shape_centres \['line'\] not among circle, ellipse, rectangle"):
+        read_export(drawn_export, shape_centres=["line"])
+
+
+def test_configured_shapes_with_bad_numbers_are_dropped_like_points(tmp_path):
+    marks = [{"x": "a", "y": 5.0, "r": 2.0, "tool": 0},                                   # circle, bad x
+             {"toolType": "rectangle", "x": 90.0, "y": 10.0, "width": 30.0, "height": 4.0,
+              "toolIndex": 0},  # centre x = 105: outside
+             {"toolType": "ellipse", "x_center": None, "y_center": 5.0, "rx": 1.0, "ry": 1.0, "toolIndex": 0},
+             {"x": 5.0, "y": 5.0, "width": "wide", "height": 2.0, "tool": 0},             # rectangle, bad width
+             {"x": 5.0, "y": 5.0, "r": 2.0, "tool": 7},                                   # circle, bad tool
+             {"x1": "a", "y1": None, "x2": 1.0, "y2": 1.0, "tool": 0},                    # a line is never a click
+             {"toolType": "point", "x": float("nan"), "y": 1.0, "toolIndex": 0}]
+    path = tmp_path / "export.csv"
+    write_export([_with_marks(1, marks)], path)
+    rep = read_export(path, shape_centres=["circle", "ellipse", "rectangle"]).report
+    assert rep["clicks_dropped"] == {"click_bad_coordinates": 4, "click_outside_image": 1, "click_bad_tool": 1}
+    assert rep["marks_not_clicks"] == {"line": 1} and rep["clicks_used"] == 0
+    rep = read_export(path).report  # unconfigured, the shapes are not clicks whatever their numbers
+    assert rep["clicks_dropped"] == {"click_bad_coordinates": 1}
+    assert rep["marks_not_clicks"] == {"circle": 2, "ellipse": 1, "rectangle": 2, "line": 1}
+
+
+# ------------------------------------------------------------------ a yes/no question task
+
+def _with_answer(r, value, task="T1", present=True):
+    ann = json.loads(r["annotations"])
+    if present:
+        ann.append({"task": task, "task_label": "Does this galaxy have clumps?", "value": value})
+    return dict(r, annotations=json.dumps(ann))
+
+
+def _question_export(path, values):
+    """One classification per value (each by its own volunteer, one click each); ``...``: no T1."""
+    rows = [_with_answer(row(k + 1, user=f"u{k}", user_id=100 + k), v, present=v is not ...)
+            for k, v in enumerate(values)]
+    write_export(rows, path)
+    return path
+
+
+def test_question_with_index_answers(tmp_path):
+    values = [0, 1, None, ..., "0", [0, 2], [1], [], "Yes", 2, True, ["Yes"]]
+    path = _question_export(tmp_path / "export.csv", values)
+    parsed = read_export(path, question={"task": "T1", "yes_answer": 0})
+    assert parsed.classifications["question_answer"].tolist() == [1, 0, -1, -1, 1, 1, 0, 0, -1, 0, -1, -1]
+    assert parsed.report["question"]["answers"] == {"yes": 3, "no": 4, "task_absent": 1, "unanswered": 1,
+                                                    "not_comparable": 3}
+    assert parsed.report["clicks_used"] == len(values)  # the question's rows keep their marks
+    # without a question the column says absent throughout, and no question report
+    plain = read_export(path)
+    assert (plain.classifications["question_answer"] == -1).all() and "question" not in plain.report
+    # the same when the file is parsed in pieces
+    part = read_export(path, question={"task": "T1", "yes_answer": 0}, chunk_bytes=700, workers=2)
+    pd.testing.assert_frame_equal(part.classifications, parsed.classifications)
+    assert part.report == parsed.report
+
+
+def test_question_with_label_answers(tmp_path):
+    values = ["Yes", "No", " YES ", ["Yes", "Bar"], ["no"], 0, None, ...]
+    path = _question_export(tmp_path / "export.csv", values)
+    parsed = read_export(path, question={"task": "T1", "yes_answer": "yes"})
+    assert parsed.classifications["question_answer"].tolist() == [1, 0, 1, 1, 0, -1, -1, -1]
+    assert parsed.report["question"]["answers"] == {"yes": 3, "no": 2, "task_absent": 1, "unanswered": 1,
+                                                    "not_comparable": 1}
+    assert parsed.report["question"]["answers_seen"][:3] == ["Yes", "No", " YES "]
+
+
+def test_question_task_that_never_appears_is_an_error(tmp_path):
+    path = _question_export(tmp_path / "export.csv", [0, 1, ...])
+    with pytest.raises(ValueError, match=r"export\.csv: the question task 'T9'.*appears in none of the 3 "
+                                         r"classifications used; tasks seen: T0, T1"):
+        read_export(path, question={"task": "T9", "yes_answer": 0})
+    with pytest.raises(ValueError, match=r"labels\.csv: consensus\.swap\.question\.yes_answer 0 is an answer index, but no "
+                                         r"answer to the question task 'T1'.*answers seen: \['Yes', 'No'\]"):
+        read_export(_question_export(tmp_path / "labels.csv", ["Yes", "No"]), question={"task": "T1", "yes_answer": 0})
+    with pytest.raises(ValueError, match="is the marking task"):
+        read_export(path, question={"task": "T0", "yes_answer": 0})
+    with pytest.raises(ValueError, match="question.yes_answer must be an answer index"):
+        read_export(path, question={"task": "T1", "yes_answer": -1})

@@ -13,7 +13,10 @@ pixels) times ``box_scale``, as Clump Scout did. Three ways to turn them into cl
 The two clustering baselines weigh every click the same. For all three, clusters on the galaxy
 centre (the bulge) are dropped and the class is the majority tool (for ``em`` also "odd" when
 P(false positive) is high). Independently, SWAP (:mod:`clumpfinder.swap`) gives each subject a
-posterior probability of having clumps and each volunteer a PL/PD.
+posterior probability of having clumps and each volunteer a PL/PD; its vote is "marked anything",
+or the answer to a yes/no question task (``swap.question``), in which case classifications without
+an answer are no SWAP vote (counted in the report as ``classifications_without_answer``) but their
+clicks still go to the boxes.
 """
 
 from __future__ import annotations
@@ -270,6 +273,10 @@ def run_consensus(parsed: ParsedExport, spec: ConsensusSpec, gold: pd.Series | N
         "volunteers": len(volunteers),
         "swap": {
             "mode": spec.swap.mode, "gold_subjects": n_gold,
+            "vote": "marked anything" if spec.swap.question is None else
+                    f"question {spec.swap.question.task}: answer {spec.swap.question.yes!r}",
+            **({} if spec.swap.question is None else
+               {"classifications_without_answer": int((cls["question_answer"] < 0).sum())}),
             "retired_yes": int((subjects["swap_retired_as"] == "yes").sum()),
             "retired_no": int((subjects["swap_retired_as"] == "no").sum()),
             "classifications_used": int(subjects["swap_n_used"].sum()),

@@ -1,10 +1,14 @@
 """SWAP: Bayesian "does this galaxy have clumps?" per subject, as in Space Warps / Galaxy Zoo Express.
 
 Each volunteer is an agent with PL = P(says yes | has clumps) and PD = P(says no | no clumps),
-starting at ``initial_pl``/``initial_pd`` with pseudo-count N = 2 + ``skepticism``. A volunteer who
-marked anything said yes; one who marked nothing said no. Classifications are applied in time
-order. Each subject starts at ``prior`` and is updated by Bayes' rule with the classifying agent's
-PL/PD:
+starting at ``initial_pl``/``initial_pd`` with pseudo-count N = 2 + ``skepticism``. A volunteer's
+vote is, by default, whether they marked anything (a click kept by the export reader: yes; none:
+no). With a ``question`` (a yes/no question task of the workflow, "Does this galaxy have
+clumps?", :class:`~clumpfinder.zooniverse.Question`) the vote is the answer to it instead (the
+``question_answer`` column the reader fills); a classification without an answer is no vote and
+is skipped by SWAP (its marks still go to the box consensus), but its subject and volunteer keep a
+row in the tables. Classifications are applied in time order. Each subject starts at ``prior``
+and is updated by Bayes' rule with the classifying agent's PL/PD:
 
     yes:  P <- P PL / (PL P + (1 - PD)(1 - P))
     no:   P <- P (1 - PL) / ((1 - PL) P + PD (1 - P))
@@ -32,7 +36,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from clumpfinder.zooniverse import time_order
+from clumpfinder.zooniverse import ANSWER_YES, Question, time_order
 
 MODES = ("supervised", "unsupervised")
 
@@ -51,10 +55,12 @@ class SwapSpec:
     probability_floor: float
     agent_clip: float
     stop_at_retirement: bool
+    question: Question | None = None  # None: the vote is "marked anything"
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "SwapSpec":
-        spec = cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        spec = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k != "question"},
+                   question=Question.from_config(cfg.get("question")))
         if spec.mode not in MODES:
             raise ValueError(f"consensus.swap.mode {spec.mode!r} is not one of {', '.join(MODES)}")
         if not 0 < spec.rejection_threshold < spec.prior < spec.detection_threshold < 1:
@@ -115,14 +121,26 @@ def run_swap(
     classifications: pd.DataFrame, spec: SwapSpec, gold: pd.Series | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """SWAP over ``classifications`` (columns subject_id, user, n_marks, created_at,
-    classification_id); ``gold``: known truth (1 has clumps, 0 not) indexed by subject_id.
+    classification_id; with ``spec.question`` also question_answer); ``gold``: known truth
+    (1 has clumps, 0 not) indexed by subject_id.
 
     Returns (per subject: swap_prob, swap_n_used, swap_retired, swap_retired_as, swap_retired_at,
-    gold; per volunteer: swap_pl, swap_pd, swap_n_trained).
+    gold; per volunteer: swap_pl, swap_pd, swap_n_trained). Every subject and volunteer of
+    ``classifications`` has a row, also one without a vote (prior, starting PL/PD).
     """
     cls = classifications.iloc[time_order(classifications["created_at"], classifications["classification_id"])]
     subj_codes, subjects = pd.factorize(cls["subject_id"], sort=True)
     vol_codes, users = pd.factorize(cls["user"], sort=True)
+    if spec.question is None:
+        votes = cls["n_marks"].to_numpy() > 0
+    else:
+        if "question_answer" not in cls:
+            raise ValueError(f"consensus.swap.question is set (task {spec.question.task!r}) but the classifications "
+                             "have no question_answer column; read the export with the question")
+        answer = cls["question_answer"].to_numpy()
+        voted = answer >= 0  # ANSWER_YES or ANSWER_NO; the others are no vote
+        votes = answer[voted] == ANSWER_YES
+        subj_codes, vol_codes = subj_codes[voted], vol_codes[voted]
     gold_arr = np.full(len(subjects), -1, np.int8)
     if gold is not None and len(gold):
         g = pd.Series(np.asarray(gold, dtype=np.int8), index=np.asarray(gold.index, dtype=np.int64))
@@ -133,12 +151,11 @@ def run_swap(
                          "provide gold subjects or use mode 'unsupervised'")
     n0 = 2.0 + spec.skepticism
     subj_codes, vol_codes = subj_codes.astype(np.int64), vol_codes.astype(np.int64)
-    votes = cls["n_marks"].to_numpy() > 0
     pl = np.full(len(users), spec.initial_pl)
     pd_ = np.full(len(users), spec.initial_pd)
     n_em = np.zeros(len(users))
     if spec.mode == "unsupervised":
-        pl, pd_, n_em = _dawid_skene(subj_codes, vol_codes, votes, len(subjects), spec)
+        pl, pd_, n_em = _dawid_skene(subj_codes, vol_codes, votes, len(subjects), spec, len(users))
     p, n_used, retired, retired_at, pl, pd_, n_train = _swap_kernel(
         subj_codes, vol_codes, votes, gold_arr, len(subjects), spec.mode == "supervised", spec.prior, pl, pd_,
         n0, spec.detection_threshold, spec.rejection_threshold, spec.probability_floor, spec.agent_clip,
@@ -162,9 +179,12 @@ def run_swap(
 
 
 def _dawid_skene(subj: np.ndarray, vol: np.ndarray, votes: np.ndarray, n_subjects: int, spec: SwapSpec,
-                 iterations: int = 50, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Agents' PL/PD by EM without gold; returns (PL, PD, effective number of votes learned from)."""
-    n_vol = int(vol.max()) + 1 if len(vol) else 0
+                 n_vol: int | None = None, iterations: int = 50,
+                 tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Agents' PL/PD by EM without gold; returns (PL, PD, effective number of votes learned from),
+    for ``n_vol`` volunteers (default: the highest code in ``vol`` + 1)."""
+    if n_vol is None:
+        n_vol = int(vol.max()) + 1 if len(vol) else 0
     n0 = 2.0 + spec.skepticism
     y = votes.astype(float)
     # start from the majority vote, so that the solution keeps "yes" meaning yes

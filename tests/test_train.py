@@ -123,7 +123,7 @@ def _coco_for(tiny_survey, n=6):
     from clumpfinder.labels import coco_dataset, truth_boxes
 
     man, truth = tiny_survey["manifest"].iloc[:n], tiny_survey["truth"]
-    boxes = truth_boxes(tiny_survey["manifest"], truth, 2.0, 0.03)
+    boxes = truth_boxes(tiny_survey["manifest"], truth, 2.0, 0.03, 0.015)
     return coco_dataset(man.rename(columns={"png": "file_name"}), boxes, "t")
 
 

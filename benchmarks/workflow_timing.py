@@ -4,14 +4,18 @@
 
 Runs `snakemake --cores N` in a fresh working directory (the repository's Snakefile and default
 configuration, plus any --configfile given), then runs it again with nothing changed. Writes the
-wall-clock times, per-rule job times (from the rules' benchmark files) and the summary table to
-benchmarks/results/workflow_timing.json and prints them.
+command, date, commit, machine load, the wall-clock times, per-rule job times (from the rules'
+benchmark files), the per-run summary table and the paired comparison (comparison.csv) to
+benchmarks/results/workflow_timing.json and prints them. With the default configuration that
+comparison is the reporting seeds' headline (docs/protocol.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -28,10 +32,21 @@ def run(args: list[str], cwd: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(cwd),
                            *args], capture_output=True, text=True)
-    dt = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"snakemake failed:\n{proc.stderr[-5000:]}")
-    return dt, proc.stdout + proc.stderr
+    return seconds, proc.stdout + proc.stderr
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def main() -> None:
@@ -44,6 +59,8 @@ def main() -> None:
     work = a.workdir or Path(tempfile.mkdtemp(prefix="clumpfinder-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     extra = ["--configfile", *map(str, a.configfile)] if a.configfile else []
+    started = dt.datetime.now(dt.timezone.utc)
+    load_before = os.getloadavg()
     full, _ = run(["--cores", str(a.cores), *extra], work)
     rerun, log = run(["--cores", str(a.cores), *extra], work)
     jobs = {}
@@ -53,12 +70,19 @@ def main() -> None:
     table = pd.read_csv(work / "results" / "summary.csv")
     cols = ["backbone", "n_train", "consensus_completeness", "consensus_purity", "truth_completeness", "truth_purity",
             "consensus_AP50", "train_seconds"]
+    comparison = pd.read_csv(work / "results" / "comparison.csv")
+    ccols = ["reference", "n_train", "backbone", "n_seeds", "n_test_images", "completeness", "purity", "f1", "f1_low",
+             "f1_high", "f1_diff", "f1_diff_low", "f1_diff_high"]
     result = {
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "command": "python benchmarks/workflow_timing.py " + " ".join(sys.argv[1:]),
+        "date": started.isoformat(timespec="seconds"), "commit": git_commit(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "cores": a.cores, "configfiles": a.configfile, "workdir": str(work),
         "full_run_seconds": round(full, 1), "noop_rerun_seconds": round(rerun, 1),
         "noop_rerun_said_nothing_to_do": "Nothing to be done" in log,
         "job_seconds": jobs, "summary": table[cols].round(4).to_dict("records"),
+        "comparison": comparison[ccols].round(4).to_dict("records"),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")

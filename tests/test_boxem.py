@@ -60,6 +60,7 @@ def test_em_stops_at_a_fixed_point(EM):
     ([10.0, 8.0, 9.0, 9.5], 10, "cost_stalled", 2, 1),  # two E steps dearer than the second: keep its clump
     ([10.0, 8.0, 9.0, 7.0, 8.0, 8.5], 10, "cost_stalled", 4, 1),  # one dearer step is not yet a stall
     ([10.0, 9.0, 8.0], 3, "max_iterations", 3, 0),  # still improving at the cap: keep the last
+    ([1e4, 8e3, 9e3, 7999.99], 10, "cost_stalled", 4, 1),  # a cycle drifting down by < 1e-5 is no progress
 ])
 def test_em_stops_when_the_association_cycles(EM, monkeypatch, costs, max_iterations, reason, kept, n_boxes):
     """The E and M steps optimise different objectives, so the association can cycle instead of

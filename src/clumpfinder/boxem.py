@@ -26,7 +26,8 @@ of their boxes to the consensus); per image a difficulty s^2. A box's s^2 is the
 volunteer's and its image's. The consensus box is the inverse-variance-weighted mean of its
 members. E and M steps alternate until the association stops changing, or, as Clump Scout
 iterated "until the likelihood stops improving", until two E steps in a row fail to lower the
-total cost of the association (the negative log-likelihood the E step minimises) below its best;
+total cost of the association (the negative log-likelihood the E step minimises) below its best
+by more than ``COST_TOLERANCE`` (a relative 1e-5: two associations that cycle differ by less);
 the cheapest association is kept, with the skills it was found with. ``max_iterations`` caps the
 loop, and the report gives the reason it stopped and the cost of every iteration.
 
@@ -65,6 +66,9 @@ LOG_2 = math.log(2.0)
 #: the EM stops when this many E steps in a row fail to lower the cost below its best (one rise
 #: can be followed by a fixed point; a cycle never lowers it again)
 STALL_ITERATIONS = 2
+#: an E step lowers the cost only if it lowers it by more than this fraction of the best (a
+#: two-association cycle whose cost drifts down by ~5e-7 per turn does not count as progress)
+COST_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -460,7 +464,7 @@ def aggregate(
     log_overlap = np.log(np.minimum(1.0, 4.0 * pb.side**2 / area))
     history: list[int] = []
     costs: list[float] = []
-    reason, kept = "max_iterations", 0
+    reason, kept, last_gain = "max_iterations", 0, 0
     best = None  # the cheapest association so far, with the skills it was found with
     for iteration in range(1, spec.max_iterations + 1):
         # M step: skills from the current association
@@ -498,8 +502,10 @@ def aggregate(
             reason, kept = "fixed_point", iteration
             break
         if best is None or costs[-1] < costs[best[0] - 1]:
+            if best is None or costs[-1] < costs[best[0] - 1] - COST_TOLERANCE * abs(costs[best[0] - 1]):
+                last_gain = iteration
             best = (iteration, fac, p_fp, p_fn, var_vol, var_img)
-        elif iteration - best[0] >= STALL_ITERATIONS:
+        if iteration - last_gain >= STALL_ITERATIONS:
             reason = "cost_stalled"
             break
     if reason != "fixed_point" and best is not None:

@@ -58,7 +58,8 @@ from clumpfinder.simulate import SurveySpec, simulate_catalogue  # noqa: E402
 from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
 from clumpfinder.zooniverse import read_export  # noqa: E402
 from consensus_vs_truth import match  # noqa: E402
-from label_realism import git_commit, merge, setting  # noqa: E402
+from label_realism import merge, setting  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 #: (name, volunteers per subject, spammer share, colluder share)
 REGIMES = [(f"{k}/{int(s * 100)}%", k, s, 0.0) for k in (5, 10, 20) for s in (0.0, 0.1, 0.3)]

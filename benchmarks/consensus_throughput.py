@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from label_realism import git_commit  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 N_SUBJECTS, N_VOLUNTEERS = 85_286, 20_999
 

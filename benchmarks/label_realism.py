@@ -33,7 +33,6 @@ import argparse
 import copy
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from clumpfinder.simulate import SurveySpec, simulate_catalogue  # noqa: E402
 from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
 from clumpfinder.zooniverse import read_export  # noqa: E402
 from consensus_vs_truth import match  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 REAL_CLICKS_PER_CLASSIFICATION = 3_561_454 / 1_739_259
 POPP = {"image_size": 400, "fov": {"factor": 9.3, "min_arcsec": 62.0, "max_arcsec": 106.0}}
@@ -135,17 +135,6 @@ def report(result: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
         "consensus_boxes_mark": result["boxes_mark"],
         "truth_objects_per_galaxy": result["truth_objects_per_galaxy"],
     }
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return out + ("+uncommitted" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from clumpfinder.evaluate import coco_ap, predict  # noqa: E402
 from clumpfinder.io import read_json  # noqa: E402
 from clumpfinder.labels import coco_dataset, truth_boxes  # noqa: E402
 from clumpfinder.train import TrainSpec, train_detector  # noqa: E402
-from label_realism import git_commit  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 #: arm -> (backbone of config/config.yaml, overrides)
 ARMS = {

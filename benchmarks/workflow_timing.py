@@ -26,6 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from provenance import git_commit  # noqa: E402
 
 
 def run(args: list[str], cwd: Path) -> tuple[float, str]:
@@ -36,17 +39,6 @@ def run(args: list[str], cwd: Path) -> tuple[float, str]:
     if proc.returncode != 0:
         sys.exit(f"snakemake failed:\n{proc.stderr[-5000:]}")
     return seconds, proc.stdout + proc.stderr
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return out + ("+uncommitted" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main() -> None:

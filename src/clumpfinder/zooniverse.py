@@ -301,13 +301,19 @@ def _fwhm(subject_data: str, sid: int) -> float:
     return _fwhm_from_subject_data(smeta) if isinstance(smeta, dict) else math.nan
 
 
-def _marks(annotations: str, task: str | None) -> list[dict[str, Any]]:
+def _annotation_list(annotations: str) -> list[Any]:
+    """The classification's annotations as a JSON list; a row whose annotations are not one is skipped."""
     try:
         parsed = _DECODER.decode(annotations)
-        if not isinstance(parsed, list):
-            raise ValueError
     except (TypeError, ValueError):
         raise _Skip("bad_annotations_json") from None
+    if not isinstance(parsed, list):
+        raise _Skip("bad_annotations_json")
+    return parsed
+
+
+def _marks(annotations: str, task: str | None) -> list[dict[str, Any]]:
+    parsed = _annotation_list(annotations)
     marks = []
     for ann in parsed:
         if not isinstance(ann, dict) or (task is not None and ann.get("task") != task):
@@ -322,12 +328,7 @@ def _marks_and_answer(annotations: str, task: str | None, question: Question,
                       out: "_Chunk") -> tuple[list[dict[str, Any]], int]:
     """As :func:`_marks`, and the answer to ``question`` (ANSWER_ABSENT when its task is not in the
     classification; its first annotation counts). Notes the tasks and a few answer values seen."""
-    try:
-        parsed = _DECODER.decode(annotations)
-        if not isinstance(parsed, list):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise _Skip("bad_annotations_json") from None
+    parsed = _annotation_list(annotations)
     marks = []
     answer = ANSWER_ABSENT
     for ann in parsed:

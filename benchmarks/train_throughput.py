@@ -1,16 +1,24 @@
-"""Training and inference throughput of the configured detectors on this machine.
+"""Training and inference throughput of the configured detectors on this machine, before and
+after the CPU speed-ups of the training loop.
 
     python benchmarks/train_throughput.py [--threads 1 2] [--steps 20] [--configfile extra.yaml]
 
 Builds each backbone of the configuration (config/config.yaml, plus overrides) with the
 configured detector settings, and times optimiser steps and inference on images of the configured
-size carrying two clump-sized boxes each. Writes benchmarks/results/train_throughput.json.
+size carrying two clump-sized boxes each, in two set-ups: ``before`` (contiguous weights, the
+for-each AdamW, prediction under ``no_grad``: the loop before issue 16) and ``after`` (what
+``clumpfinder.train`` and ``clumpfinder.detector.predict_images`` now do: channels-last weights,
+the fused AdamW, ``inference_mode``). Writes benchmarks/results/train_throughput.json with the
+command, date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +26,9 @@ import torch
 import yaml
 
 from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,10 +39,12 @@ def deep_update(base: dict, override: dict) -> dict:
     return base
 
 
-def measure(spec: BackboneSpec, det: DetectorSpec, batch: int, steps: int) -> dict[str, float]:
+def measure(spec: BackboneSpec, det: DetectorSpec, batch: int, steps: int, after: bool) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_detector(spec, det)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4)
+    model = build_detector(spec, det)  # channels-last weights
+    if not after:
+        model = model.to(memory_format=torch.contiguous_format)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4, fused=after)
     s = det.image_size
     imgs = [torch.rand(3, s, s) for _ in range(batch)]
     side = s / 12
@@ -48,7 +61,7 @@ def measure(spec: BackboneSpec, det: DetectorSpec, batch: int, steps: int) -> di
         opt.step()
     train = batch * steps / (time.perf_counter() - t0)
     model.eval()
-    with torch.no_grad():
+    with torch.inference_mode() if after else torch.no_grad():
         model(imgs)
         t0 = time.perf_counter()
         for _ in range(steps // 2 or 1):
@@ -74,12 +87,16 @@ def main() -> None:
         spec = BackboneSpec(**{k: v for k, v in entry.items() if k != "training"})
         for threads in a.threads:
             torch.set_num_threads(threads)
-            r = {"backbone": name, "arch": spec.arch, "threads": threads, "batch": batch,
-                 "image_size": det.image_size, **measure(spec, det, batch, a.steps)}
-            print(r, flush=True)
-            rows.append(r)
+            for setup in ("before", "after"):
+                r = {"backbone": name, "arch": spec.arch, "setup": setup, "threads": threads, "batch": batch,
+                     "image_size": det.image_size, **measure(spec, det, batch, a.steps, setup == "after")}
+                print(r, flush=True)
+                rows.append(r)
+    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "commit": git_commit(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+           "load_average_before": list(os.getloadavg()), "rows": rows}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(rows, indent=1) + "\n")
+    a.out.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

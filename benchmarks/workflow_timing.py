@@ -5,7 +5,8 @@
 Runs `snakemake --cores N` in a fresh working directory (the repository's Snakefile and default
 configuration, plus any --configfile given), then runs it again with nothing changed. Writes the
 command, date, commit, machine load, the wall-clock times, per-rule job times (from the rules'
-benchmark files), the per-run summary table and the paired comparison (comparison.csv) to
+benchmark files), the peak memory (GNU time -v over the whole run, and each job's from its
+benchmark file), the per-run summary table and the paired comparison (comparison.csv) to
 benchmarks/results/workflow_timing.json and prints them. With the default configuration that
 comparison is the reporting seeds' headline (docs/protocol.md).
 """
@@ -31,14 +32,24 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from provenance import git_commit  # noqa: E402
 
 
-def run(args: list[str], cwd: Path) -> tuple[float, str]:
+TIME = Path("/usr/bin/time")
+
+
+def run(args: list[str], cwd: Path) -> tuple[float, str, float | None]:
+    """Wall seconds, output, and the peak resident memory (GiB) of the largest process of the run
+    as GNU time -v reports it (None where /usr/bin/time is missing)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(cwd), *args]
+    timed = TIME.exists()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(cwd),
-                           *args], capture_output=True, text=True)
+    proc = subprocess.run([str(TIME), "-v", *cmd] if timed else cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"snakemake failed:\n{proc.stderr[-5000:]}")
-    return seconds, proc.stdout + proc.stderr
+    peak = None
+    for line in proc.stderr.splitlines():
+        if "Maximum resident set size (kbytes)" in line:
+            peak = round(int(line.rsplit(":", 1)[1]) / 2**20, 2)
+    return seconds, proc.stdout + proc.stderr, peak
 
 
 def main() -> None:
@@ -53,15 +64,18 @@ def main() -> None:
     extra = ["--configfile", *map(str, a.configfile)] if a.configfile else []
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()
-    full, _ = run(["--cores", str(a.cores), *extra], work)
-    rerun, log = run(["--cores", str(a.cores), *extra], work)
-    jobs = {}
+    full, _, peak_gib = run(["--cores", str(a.cores), *extra], work)
+    rerun, log, _ = run(["--cores", str(a.cores), *extra], work)
+    jobs, job_rss = {}, {}
     for tsv in sorted((work / "results" / "benchmarks").rglob("*.tsv")):
-        jobs[str(tsv.relative_to(work / "results" / "benchmarks").with_suffix(""))] = float(
-            pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        name = str(tsv.relative_to(work / "results" / "benchmarks").with_suffix(""))
+        bench = pd.read_csv(tsv, sep="\t")
+        jobs[name] = float(bench["s"].iloc[0])
+        job_rss[name] = round(float(bench["max_rss"].iloc[0]) / 1024, 2)  # MiB -> GiB
     table = pd.read_csv(work / "results" / "summary.csv")
-    cols = ["backbone", "n_train", "consensus_completeness", "consensus_purity", "truth_completeness", "truth_purity",
-            "consensus_AP50", "train_seconds"]
+    cols = [c for c in ("backbone", "n_train", "consensus_completeness", "consensus_purity", "consensus_f1",
+                        "truth_completeness", "truth_purity", "truth_f1", "consensus_AP50", "train_steps",
+                        "train_best_step", "train_seconds") if c in table]
     comparison = pd.read_csv(work / "results" / "comparison.csv")
     ccols = ["reference", "n_train", "backbone", "n_seeds", "n_test_images", "completeness", "purity", "f1", "f1_low",
              "f1_high", "f1_diff", "f1_diff_low", "f1_diff_high"]
@@ -72,8 +86,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "cores": a.cores, "configfiles": a.configfile, "workdir": str(work),
         "full_run_seconds": round(full, 1), "noop_rerun_seconds": round(rerun, 1),
+        "peak_rss_gib_time_v": peak_gib, "peak_job_rss_gib": max(job_rss.values(), default=None),
         "noop_rerun_said_nothing_to_do": "Nothing to be done" in log,
-        "job_seconds": jobs, "summary": table[cols].round(4).to_dict("records"),
+        "job_seconds": jobs, "job_max_rss_gib": job_rss, "summary": table[cols].round(4).to_dict("records"),
         "comparison": comparison[ccols].round(4).to_dict("records"),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)

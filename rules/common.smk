@@ -310,6 +310,15 @@ def truth_inputs(wildcards):
     return {}
 
 
+def reference_inputs(wildcards):
+    """The reference points beside the detectors: the classical finder, and (with a simulated
+    truth) the consensus labels scored against it."""
+    refs = {"classical": f"{RESULTS}/eval/classical/metrics.json"}
+    if SIMULATED:
+        refs["ceiling"] = f"{RESULTS}/eval/consensus_ceiling/metrics.json"
+    return refs
+
+
 def true_volunteer_inputs(wildcards):
     """The simulated volunteers' true skills, for the consensus diagnostics."""
     if SIMULATED:
@@ -347,7 +356,7 @@ def final_targets():
         f"{RESULTS}/summary.md",
         f"{RESULTS}/summary.html",
     ]
-    names = ["completeness_purity", "pr_curves"]
+    names = ["completeness_purity", "pr_curves", "learning_curves"]
     if SOURCE != "catalogue":
         names.append("consensus")
     names += [f"gallery/n{n}" for n in N_TRAIN]

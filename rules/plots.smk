@@ -4,6 +4,7 @@
 
 # light plotting jobs: on a cluster they run where snakemake runs, not in the queue
 localrules:
+    plot_learning,
     plot_pr,
     plot_flux,
     gallery,
@@ -34,6 +35,31 @@ rule plot_pr:
         iou=config["evaluation"]["iou"],
     script:
         "../scripts/plot_pr.py"
+
+
+rule plot_learning:
+    input:
+        splits=rules.split.output.splits,
+        train=sweep_files("train_metrics.json"),
+        code=package_code("plot_learning.py"),
+    output:
+        png=report(
+            f"{RESULTS}/plots/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="2. Detection quality",
+            labels={"figure": "learning curves"},
+        ),
+        pdf=f"{RESULTS}/plots/learning_curves.pdf",
+    log:
+        f"{RESULTS}/logs/plots/learning_curves.log",
+    conda:
+        "../envs/plot.yaml"
+    params:
+        backbones=BACKBONES,
+        n_train=N_TRAIN,
+        seeds=SEEDS,
+    script:
+        "../scripts/plot_learning.py"
 
 
 rule plot_flux:

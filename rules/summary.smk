@@ -8,6 +8,7 @@ localrules:
 
 rule summary:
     input:
+        unpack(reference_inputs),
         splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
         train=sweep_files("train_metrics.json"),

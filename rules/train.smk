@@ -1,10 +1,11 @@
-# One Faster R-CNN per (backbone, training-set size).
+# One Faster R-CNN per (backbone, training-set size, seed); its checkpoint is chosen on the validation split.
 
 
 rule train:
     input:
         unpack(init_input),
         labels=f"{RESULTS}/labels/train_n{{n_train}}.json",
+        val=rules.split.output.val,
         images=SURVEY_PNG,
         code=package_code("train.py"),
     output:
@@ -25,6 +26,10 @@ rule train:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),
         detector=config["detector"],
         training=lambda wildcards: training_spec(wildcards.backbone, wildcards.seed),
+        selection={
+            "iou": config["evaluation"]["iou"],
+            "scores": config["evaluation"]["scores"],
+        },
         checkpoint=f"{RESULTS}/checkpoints/{{backbone}}/n{{n_train}}/seed{{seed}}/last.pt",
     script:
         "../scripts/train.py"

@@ -10,21 +10,25 @@ import pandas as pd  # noqa: E402
 from clumpfinder.figures import plot_completeness_purity  # noqa: E402
 from clumpfinder.labels import pool_size  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_csv, write_text  # noqa: E402
-from clumpfinder.summary import (compare, summary_html, summary_markdown, summary_row,  # noqa: E402
-                                 summary_table, sweep_runs, threshold_text)
+from clumpfinder.summary import (compare, reference_row, summary_html, summary_markdown,  # noqa: E402
+                                 summary_row, summary_table, sweep_runs, threshold_text, versus_references)
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
 runs = sweep_runs(p.backbones, p.n_train, p.seeds, snakemake.input.metrics,
                   full=pool_size(pd.read_csv(snakemake.input.splits)))
 rows = [summary_row(b, n, m, read_json(t), seed=s) for (b, n, s, m), t in zip(runs, snakemake.input.train)]
+references = {name: read_json(snakemake.input[key]) for name, key in (("consensus_ceiling", "ceiling"),
+                                                                      ("classical", "classical"))
+              if key in snakemake.input.keys()}
+rows += [reference_row(name, m) for name, m in references.items()]
 table = summary_table(rows)
 write_csv(table, snakemake.output.table)
 boot = p.evaluation["bootstrap"]
 comparison = compare(runs, p.baseline, boot)
 write_csv(comparison, snakemake.output.comparison)
 text = dict(iou=p.evaluation["iou"], threshold=threshold_text(m for *_, m in runs), level=boot["level"],
-            n_boot=boot["n"], data=p.data)
+            n_boot=boot["n"], data=p.data, references=versus_references(runs, references, boot))
 markdown = summary_markdown(comparison, **text)
 write_text(markdown, snakemake.output.markdown)
 write_text(summary_html(comparison, **text), snakemake.output.html)

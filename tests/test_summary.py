@@ -114,3 +114,60 @@ def test_sweep_runs_full_is_the_pool_size(tmp_path):
     assert [n for _, n, _, _ in sweep_runs(["a"], [30, "full"], [0], files, full=812)] == [30, 812]
     with pytest.raises(ValueError, match="'full' needs the size of the training pool"):
         sweep_runs(["a"], [30, "full"], [0], files)
+
+
+def _with_truth(m: dict) -> dict:
+    m = dict(m)
+    ref = dict(m["references"]["consensus"])
+    ref["merged"] = dict(ref["merged"], ci={k: {"low": 0.1, "high": 0.9} for k in ("completeness", "purity", "f1")})
+    m["references"] = {"consensus": ref, "truth": ref}
+    return m
+
+
+def test_reference_points_rows_and_comparison_with_the_classical_finder(tmp_path):
+    from clumpfinder.summary import reference_row, versus_references
+
+    cells = [(b, n, 0, _with_truth(_metrics(0.8, 0.8, found=found, false=1))) for b, found in (("a", 18), ("b", 14))
+             for n in (30, 100)]
+    classical = _with_truth(_metrics(0.5, 0.9, found=10, false=0))
+    ceiling = _with_truth(_metrics(0.9, 0.95, found=19, false=0))
+    ceiling["references"].pop("consensus")  # the consensus labels are scored against the truth only
+    rows = [summary_row(b, n, m, TRAIN, seed=s) for b, n, s, m in cells]
+    rows += [reference_row("classical", classical), reference_row("consensus_ceiling", ceiling)]
+    table = summary_table(rows)
+    assert table["backbone"].tolist()[-2:] == ["consensus_ceiling", "classical"] and table["n_train"].isna().sum() == 2
+    assert pd.isna(table.iloc[-2]["consensus_f1"]) and table.iloc[-2]["truth_f1"] == ceiling["references"]["truth"][
+        "merged"]["f1"]
+    plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="unknown reference point"):
+        reference_row("oracle", classical)
+
+    refs = versus_references(cells, {"consensus_ceiling": ceiling, "classical": classical}, BOOT)
+    points = refs[refs["n_train"].isna()]
+    assert sorted(zip(points["reference"], points["arm"])) == [("consensus", "classical"), ("truth", "classical"),
+                                                               ("truth", "consensus_ceiling")]
+    a = refs[(refs["arm"] == "a") & (refs["n_train"] == 100) & (refs["reference"] == "truth")].iloc[0]
+    # 18 of 20 found against the classical finder's 10: +0.4 completeness, every resample agrees
+    assert a["completeness_diff_classical"] == pytest.approx(0.4) and a["completeness_diff_classical_low"] > 0
+    md = summary_markdown(compare(cells, "a", BOOT), 0.5, "t", 0.95, 200, references=refs)
+    assert "## Beside the detectors: the label ceiling and a classical finder" in md
+    assert "consensus labels (the ceiling)" in md and "classical finder" in md
+    assert "At n = 100, F1 minus the classical finder's against the truth labels" in md
+    page = summary_html(compare(cells, "a", BOOT), 0.5, "t", 0.95, 200, references=refs)
+    assert "the label ceiling and a classical finder</h2>" in page
+
+
+def test_learning_curves_figure(tmp_path):
+    from clumpfinder.figures import plot_learning_curves
+
+    def train(best, stopped):
+        hist = [{"step": s, "loss": 1.0 / s, "val_f1": min(0.8, s / 100)} for s in (10, 20, 30, 40)]
+        return {"history": hist, "best_step": best, "best_val_f1": 0.4, "stopped_early": stopped}
+
+    runs = [("a", 30, 0, train(30, True)), ("a", 30, 1, train(40, False)), ("b", 100, 0, train(20, False))]
+    plot_learning_curves(runs, tmp_path / "l.png", tmp_path / "l.pdf")
+    from PIL import Image
+
+    with Image.open(tmp_path / "l.png") as im:
+        assert im.width > im.height  # one column per training-set size

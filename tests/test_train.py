@@ -130,11 +130,12 @@ def _coco_for(tiny_survey, n=6):
 def test_short_training_run_and_round_trip(tiny_survey, tmp_path):
     coco = _coco_for(tiny_survey)
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
-    spec = TrainSpec(epochs=1, min_steps=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
-                     grad_clip=10.0, augment=True, seed=0)
+    spec = TrainSpec(steps=2, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
+                     grad_clip=10.0, augment=True, seed=0, device="cpu")
     model, metrics = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1)
     assert metrics["steps"] == 2 and metrics["n_train"] == 6 and metrics["device"] == "cpu"
     assert len(metrics["history"]) == 1 and np.isfinite(metrics["history"][0]["loss"])
+    assert metrics["best_step"] is None and "val_f1" not in metrics["history"][0]  # no validation split given
     path = tmp_path / "model.pt"
     save_model(model, bb, det, path)
     loaded, det2 = load_model(path)
@@ -174,13 +175,14 @@ from clumpfinder.detector import BackboneSpec, DetectorSpec
 from clumpfinder.train import TrainSpec, train_detector
 a = json.loads(sys.argv[1])
 train_detector(json.load(open(a["coco"])), a["images"], BackboneSpec(arch="resnet18"),
-               DetectorSpec(image_size=a["size"]), TrainSpec(**a["spec"]), threads=1, checkpoint=a["checkpoint"])
+               DetectorSpec(image_size=a["size"]), TrainSpec(**a["spec"]), threads=1, checkpoint=a["checkpoint"],
+               val=json.load(open(a["coco"])))
 """
 
 
 def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, tmp_path):
-    """SIGKILL after the first epoch's checkpoint; the rerun continues from it and ends with the
-    same losses and weights as a run that was never interrupted."""
+    """SIGKILL after the first evaluation's checkpoint; the rerun continues from it and ends with
+    the same losses, validation scores and chosen weights as a run that was never interrupted."""
     import os
     import signal
     import subprocess
@@ -189,8 +191,8 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, t
 
     coco = _coco_for(tiny_survey, 8)
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    spec = dict(epochs=4, min_steps=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
-                augment=True, seed=3)
+    spec = dict(steps=8, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
+                augment=True, seed=3, device="cpu")
     ckpt = tmp_path / "ckpt" / "last.pt"
     args = {"coco": str(tmp_path / "coco.json"), "images": str(tiny_survey["root"] / "png"),
             "size": tiny_survey["spec"].image_size, "spec": spec, "checkpoint": str(ckpt)}
@@ -201,16 +203,18 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, t
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
-    done = torch.load(ckpt, weights_only=False)["epoch"]
-    assert done < 3  # killed part-way
+    done = torch.load(ckpt, weights_only=False)["step"]
+    assert done < 8  # killed part-way
 
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
     resumed, m_resumed = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1,
-                                        checkpoint=ckpt)
-    assert m_resumed["resumed_after_epoch"] == done + 1
-    whole, m_whole = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1)
-    assert [h["loss"] for h in m_resumed["history"]] == [h["loss"] for h in m_whole["history"]]
-    assert m_resumed["steps"] == m_whole["steps"] and m_whole["resumed_after_epoch"] is None
+                                        checkpoint=ckpt, val=coco)
+    assert m_resumed["resumed_at_step"] == done
+    whole, m_whole = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1, val=coco)
+    for key in ("loss", "val_f1"):
+        assert [h[key] for h in m_resumed["history"]] == [h[key] for h in m_whole["history"]]
+    assert m_resumed["steps"] == m_whole["steps"] == 8 and m_whole["resumed_at_step"] is None
+    assert m_resumed["best_step"] == m_whole["best_step"]
     for (k, a), b in zip(resumed.state_dict().items(), whole.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -218,14 +222,80 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, t
 def test_checkpoint_of_other_settings_is_not_resumed(tiny_survey, tmp_path, caplog):
     coco = _coco_for(tiny_survey, 4)
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
-    spec = TrainSpec(epochs=1, min_steps=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
+    spec = TrainSpec(steps=1, eval_every=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
                      grad_clip=10.0, augment=False, seed=0)
     ckpt = tmp_path / "last.pt"
     train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, checkpoint=ckpt)
     assert ckpt.exists()
     other = TrainSpec(**{**spec.__dict__, "lr": 5e-4})
     _, m = train_detector(coco, tiny_survey["root"] / "png", bb, det, other, threads=1, checkpoint=ckpt)
-    assert m["resumed_after_epoch"] is None and "other settings or data" in caplog.text
+    assert m["resumed_at_step"] is None and "other settings or data" in caplog.text
     ckpt.write_bytes(b"not a checkpoint")
     _, m = train_detector(coco, tiny_survey["root"] / "png", bb, det, other, threads=1, checkpoint=ckpt)
-    assert m["resumed_after_epoch"] is None and "unreadable" in caplog.text
+    assert m["resumed_at_step"] is None and "unreadable" in caplog.text
+
+
+def test_batches_depend_only_on_seed_and_step():
+    from clumpfinder.train import batch_plan
+
+    # 10 images in batches of 4: steps 0-2 are epoch 0 (4 + 4 + 2 images), step 3 starts epoch 1
+    epoch0 = [i for s in range(3) for i, _, _ in batch_plan(s, 10, 4, seed=5, augment=True)]
+    assert sorted(epoch0) == list(range(10))
+    assert [len(batch_plan(s, 10, 4, 5, True)) for s in range(4)] == [4, 4, 2, 4]
+    assert batch_plan(7, 10, 4, 5, True) == batch_plan(7, 10, 4, 5, True)
+    assert batch_plan(3, 10, 4, 5, True) != batch_plan(3, 10, 4, 6, True)
+    assert all(k == 0 and not f for _, k, f in batch_plan(3, 10, 4, 5, augment=False))
+    turns = {(k, f) for s in range(40) for _, k, f in batch_plan(s, 10, 4, 5, True)}
+    assert turns == {(k, f) for k in range(4) for f in (False, True)}  # every dihedral element occurs
+
+
+def test_validation_subset_is_fixed_and_keeps_its_boxes():
+    from clumpfinder.train import validation_subset
+
+    val = {"images": [{"id": i} for i in range(20)], "categories": [],
+           "annotations": [{"id": 100 + i, "image_id": i % 20} for i in range(30)]}
+    a, b = validation_subset(val, 5), validation_subset(val, 5)
+    assert a == b and len(a["images"]) == 5
+    ids = {im["id"] for im in a["images"]}
+    assert {x["image_id"] for x in a["annotations"]} <= ids
+    assert len(a["annotations"]) == sum(1 for x in val["annotations"] if x["image_id"] in ids)
+    assert validation_subset(val, 50)["images"] == val["images"]
+
+
+def test_best_validation_weights_are_kept_and_patience_stops(tiny_survey, monkeypatch):
+    """The returned weights are those of the evaluation with the best validation F1; with patience
+    1 training stops at the first evaluation that does not beat it."""
+    import clumpfinder.train as train_mod
+
+    coco = _coco_for(tiny_survey, 6)
+    bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
+    scores = iter([0.2, 0.5, 0.4, 0.9, 0.1])
+    seen = {}
+
+    def fake_score(model, val, images, detector, selection):  # the F1 of each evaluation, in order
+        step = len(seen) + 1
+        seen[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"val_f1": next(scores), "val_completeness": None, "val_purity": None, "val_score": 0.5}
+
+    monkeypatch.setattr(train_mod, "validation_score", fake_score)
+    spec = TrainSpec(steps=10, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
+                     grad_clip=10.0, augment=False, seed=0, patience=1)
+    model, m = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, val=coco)
+    assert m["steps"] == 6 and m["stopped_early"]  # 0.2, 0.5 (best), 0.4: one evaluation without progress
+    assert m["best_step"] == 4 and m["best_val_f1"] == 0.5
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, seen[2][k]), k
+    assert not torch.equal(seen[2]["roi_heads.box_predictor.cls_score.weight"],
+                           seen[3]["roi_heads.box_predictor.cls_score.weight"])
+    scores = iter([0.2, 0.5, 0.4, 0.9, 0.1])
+    seen.clear()
+    spec = TrainSpec(**{**spec.__dict__, "patience": 0})
+    model, m = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, val=coco)
+    assert m["steps"] == 10 and not m["stopped_early"] and m["best_step"] == 8
+    assert [h["val_f1"] for h in m["history"]] == [0.2, 0.5, 0.4, 0.9, 0.1]
+
+
+def test_train_spec_refuses_unknown_settings():
+    with pytest.raises(ValueError, match="unknown training settings.*epochs"):
+        TrainSpec.from_config({"steps": 3, "eval_every": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0,
+                               "warmup_steps": 0, "grad_clip": 0.0, "augment": False, "seed": 0, "epochs": 3})

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.workflow
 # what a change to the volunteer consensus reruns: everything downstream of it, nothing upstream
 # (the morphology pretraining learns from a population of its own, so it is not downstream)
 CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
-                        "gallery": 2, "plot_consensus": 1, "all": 1}
+                        "gallery": 2, "plot_consensus": 1, "plot_learning": 1, "classical": 1,
+                        "consensus_ceiling": 1, "all": 1}
 
 
 def test_lint(tmp_path):
@@ -88,9 +89,10 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
     for rel in ("survey/manifest.csv", "survey/truth.csv", "survey/classifications.csv", "survey/gold.csv",
                 "consensus/boxes.csv", "consensus/subjects.csv", "consensus/volunteers.csv",
                 "consensus/report.json", "labels/train.json", "labels/val.json", "labels/test.json",
-                "labels/test_truth.json", "summary.csv", "comparison.csv", "summary.md", "summary.html",
+                "labels/test_truth.json", "eval/classical/metrics.json", "eval/consensus_ceiling/metrics.json",
+                "summary.csv", "comparison.csv", "summary.md", "summary.html",
                 *[f"plots/{name}.{ext}" for ext in ("png", "pdf")
-                  for name in ("completeness_purity", "pr_curves", "completeness_vs_flux", "consensus",
+                  for name in ("completeness_purity", "pr_curves", "learning_curves", "completeness_vs_flux", "consensus",
                                *[f"gallery/n{n}" for n in tiny_config["labels"]["n_train"]])]):
         assert (res / rel).stat().st_size > 0, rel
     n_gal = tiny_config["simulate"]["n_galaxies"]
@@ -112,7 +114,8 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
     for b in tiny_config["backbones"]:
         for n in tiny_config["labels"]["n_train"]:
             log = (res / "logs" / "train" / f"{b}_n{n}_seed0.log").read_text()
-            assert re.search(r"epoch 1/\d+ step \d+ loss [\d.]+ .* s [\d.]+ img/s", log), log
+            assert re.search(r"step 2/\d+ \(epoch [\d.]+\) loss [\d.]+ .* [\d.]+ img/s; validation F1", log), log
+            assert re.search(r"kept the weights of step \d+", log), log
             assert (res / "models" / b / f"n{n}" / "seed0" / "model.pt").exists()
             sub = json.loads((res / "labels" / f"train_n{n}.json").read_text())
             assert len(sub["images"]) == n
@@ -144,8 +147,15 @@ def test_pretraining_never_sees_a_detection_galaxy(tiny_run, tiny_config):
 def test_tiny_run_summary_in_range(tiny_run, tiny_config):
     table = pd.read_csv(tiny_run["dir"] / "results" / "summary.csv")
     n_cells = len(tiny_config["backbones"]) * len(tiny_config["labels"]["n_train"])
-    assert len(table) == n_cells
-    assert set(table["backbone"]) == set(tiny_config["backbones"])
+    assert len(table) == n_cells + 2  # and the two reference points
+    assert set(table["backbone"]) == set(tiny_config["backbones"]) | {"classical", "consensus_ceiling"}
+    assert table["n_train"].isna().sum() == 2 and table["backbone"].iloc[-2:].tolist() == ["consensus_ceiling",
+                                                                                            "classical"]
+    ceiling = table[table["backbone"] == "consensus_ceiling"].iloc[0]
+    assert math.isnan(ceiling["consensus_f1"]) and 0 <= ceiling["truth_f1"] <= 1  # labels vs truth only
+    detectors = table[table["n_train"].notna()]
+    assert (detectors["train_steps"] <= tiny_config["training"]["steps"]).all()
+    assert detectors["train_best_step"].notna().all()
     for ref in ("consensus", "truth"):
         for col in ("AP", "AP50", "AP75", "AR", "completeness"):
             v = table[f"{ref}_{col}"]
@@ -187,15 +197,16 @@ def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
     [
         # one backbone's learning rate: only its train/evaluate jobs and the summary
         ("backbones:\n  resnet18_morphology:\n    training: {lr: 0.0005}\n",
-         {"train": 2, "evaluate": 2, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "all": 1}),
+         {"train": 2, "evaluate": 2, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1,
+          "all": 1}),
         # the morphology pretraining: its encoder, the clumpy classifier built on it, their detectors
         ("pretrain:\n  morphology: {epochs: 2}\n",
          {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 4, "evaluate": 4, "summary": 1, "plot_pr": 1,
-          "plot_flux": 1, "gallery": 2, "all": 1}),
+          "plot_flux": 1, "gallery": 2, "plot_learning": 1, "all": 1}),
         # a second training seed: one more train/evaluate job per cell, the same labels (the
         # galleries show the first seed's models and stay)
         ("sweep:\n  seeds: [0, 1]\n",
-         {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "all": 1}),
+         {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "plot_learning": 1, "all": 1}),
         # the consensus method: everything downstream of the consensus, nothing upstream
         ("consensus:\n  method: dbscan\n", CONSENSUS_DOWNSTREAM),
     ],
@@ -218,9 +229,9 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
                 script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule)
                 assert script and f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
                 used.append(script.group(1))
-    assert len(used) == 23 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
+    assert len(used) == 26 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
     jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
-    assert len({j["rule"] for j in jobs}) == 17
+    assert len({j["rule"] for j in jobs}) == 20
     for job in jobs:
         assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
     by_rule = {j["rule"]: j["input"] for j in jobs}
@@ -236,13 +247,14 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
     "module, expected",
     [
         # plotting code: the figures and the summary that draws the headline figure
-        ("figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1, "all": 1}),
+        ("figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1,
+                        "plot_learning": 1, "all": 1}),
         # the EM aggregation of clicks: the consensus and everything after it
         ("boxem.py", CONSENSUS_DOWNSTREAM),
         # the training module: training, the pretraining that shares its loop, the evaluation that loads
         # models through it, and what reads their outputs
         ("train.py", {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1,
-                      "plot_pr": 1, "plot_flux": 1, "gallery": 2, "all": 1}),
+                      "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1, "all": 1}),
     ],
 )
 def test_a_code_change_reruns_the_stages_that_run_it(tiny_run, module, expected):
@@ -291,6 +303,8 @@ def test_summary_documents_and_report(tiny_run, tiny_config):
     md = (res / "summary.md").read_text()
     smallest = min(tiny_config["labels"]["n_train"])
     assert f"With n = {smallest} training images, **" in md and "## Against the truth labels" in md
+    assert "## Beside the detectors: the label ceiling and a classical finder" in md
+    assert re.search(r"At n = \d+, F1 minus the classical finder's against the truth labels", md)
     comparison = pd.read_csv(res / "comparison.csv")
     assert set(comparison["backbone"]) == set(tiny_config["backbones"])
     assert (comparison.loc[comparison["backbone"] == "resnet18_scratch", "f1_diff"] == 0).all()  # the baseline
@@ -300,7 +314,7 @@ def test_summary_documents_and_report(tiny_run, tiny_config):
     assert len(page) > 100_000
     for text in ("1. Headline", "2. Detection quality", "3. Gallery", "4. Volunteer consensus", "5. Tables",
                  "Giant star-forming clumps with Faster R-CNN", "summary.html", "completeness_purity.png",
-                 "pr_curves.png", "completeness_vs_flux.png", "consensus.png", "comparison.csv",
+                 "pr_curves.png", "learning_curves.png", "completeness_vs_flux.png", "consensus.png", "comparison.csv",
                  "paired difference to the baseline", "Are the faint clumps the ones missed?"):
         assert text in page, text
 

@@ -456,7 +456,8 @@ def build_backbone(spec: BackboneSpec, pretrained: bool = True) -> nn.Module:
 
 def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len(CLASSES) + 1,
                    pretrained: bool = True) -> FasterRCNN:
-    """Faster R-CNN for ``num_classes`` (background included) at native ``det.image_size``."""
+    """Faster R-CNN for ``num_classes`` (background included) at native ``det.image_size``, its
+    weights in channels-last layout."""
     backbone = build_backbone(spec, pretrained)
     n_levels = 5  # four FPN levels + max-pool level
     sizes = list(det.anchor_sizes)
@@ -473,7 +474,7 @@ def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len
         mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     else:
         mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone,
         num_classes=None,
         min_size=det.image_size,
@@ -494,6 +495,9 @@ def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len
         box_nms_thresh=det.box_nms_thresh,
         box_detections_per_img=det.box_detections_per_img,
     )
+    # channels-last weights: ~15 % faster training on a CPU (benchmarks/train_throughput.py), and
+    # the layout convolutions prefer under mixed precision on a GPU
+    return model.to(memory_format=torch.channels_last)
 
 
 def class_agnostic_nms(outputs: list[dict[str, torch.Tensor]], iou: float | None) -> list[dict[str, torch.Tensor]]:
@@ -507,3 +511,26 @@ def class_agnostic_nms(outputs: list[dict[str, torch.Tensor]], iou: float | None
         keep = nms(o["boxes"], o["scores"], iou)
         out.append({k: v[keep] for k, v in o.items()})
     return out
+
+
+@torch.inference_mode()
+def predict_images(model: nn.Module, images: list[torch.Tensor], image_ids: list[int],
+                   agnostic_nms: float | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
+    """COCO results (bbox as x, y, w, h) of ``model`` on uint8 (3, H, W) images; ``agnostic_nms``
+    (an IoU) suppresses overlapping detections across classes. Leaves the model in eval mode."""
+    device = next(model.parameters()).device
+    model.eval()
+    results = []
+    for b0 in range(0, len(images), batch_size):
+        batch = [im.to(device, torch.float32) / 255.0 for im in images[b0 : b0 + batch_size]]
+        outs = class_agnostic_nms(model(batch), agnostic_nms)
+        for image_id, out in zip(image_ids[b0 : b0 + batch_size], outs):
+            for box, score, label in zip(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                                         out["labels"].cpu().numpy()):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                results.append(
+                    {"image_id": int(image_id), "category_id": int(label),
+                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                     "score": round(float(score), 5)}
+                )
+    return results

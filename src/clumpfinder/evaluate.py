@@ -22,36 +22,20 @@ import torch
 from pycocotools.cocoeval import COCOeval
 
 from clumpfinder import metrics
-from clumpfinder.detector import class_agnostic_nms
-from clumpfinder.train import load_images
+from clumpfinder.detector import predict_images
+from clumpfinder.labels import load_images
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def predict(
     model: torch.nn.Module, coco: dict[str, Any], image_dir: str | Path, agnostic_nms: float | None = None,
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:
     """COCO results list (bbox in x, y, w, h) for every image of ``coco``; ``agnostic_nms`` (an
     IoU) suppresses overlapping detections across classes."""
-    device = next(model.parameters()).device
-    model.eval()
-    images = load_images(coco, image_dir)
-    results = []
-    for b0 in range(0, len(images), batch_size):
-        batch = [im.to(device, torch.float32) / 255.0 for im in images[b0 : b0 + batch_size]]
-        outs = class_agnostic_nms(model(batch), agnostic_nms)
-        for info, out in zip(coco["images"][b0 : b0 + batch_size], outs):
-            for box, score, label in zip(out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
-                                         out["labels"].cpu().numpy()):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                results.append(
-                    {"image_id": info["id"], "category_id": int(label),
-                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                     "score": round(float(score), 5)}
-                )
-    return results
+    return predict_images(model, load_images(coco, image_dir), [im["id"] for im in coco["images"]],
+                          agnostic_nms, batch_size)
 
 
 def coco_ap(gt_dataset: dict[str, Any], results: list[dict[str, Any]], use_cats: bool = True) -> dict[str, float]:
@@ -146,3 +130,10 @@ def evaluate_reference(gt: dict[str, Any], results: list[dict[str, Any]], spec: 
         out["by_flux"] = metrics.completeness_by(m, flux_field, spec.flux_bins, spec.iou, score, category_id=clump)
     out["n_images"] = len(gt["images"])
     return out
+
+
+def labels_as_results(coco: dict[str, Any], score: float = 1.0) -> list[dict[str, Any]]:
+    """A label set (e.g. the consensus boxes of the test galaxies) as COCO results with one score,
+    to score labels against another label set (the simulated truth) like a detector."""
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": score}
+            for a in coco["annotations"] if not a.get("iscrowd", 0)]

@@ -40,14 +40,23 @@ def _colours(names: Iterable[str]) -> dict[str, str]:
     return {n: PALETTE[k % len(PALETTE)] for k, n in enumerate(sorted(set(names)))}
 
 
+#: reference points of summary.csv drawn as horizontal lines: (label, colour, line style)
+_REFERENCE_STYLE = {"consensus_ceiling": ("consensus labels (ceiling)", "0.15", (0, (1, 1))),
+                    "classical": ("classical finder", "0.45", (0, (5, 2, 1, 2)))}
+
+
 def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
-    """Completeness and purity vs training-set size, a line per backbone; solid against the
+    """Completeness, purity and F1 vs training-set size, a line per backbone; solid against the
     consensus labels, dashed against the simulated truth where present. With several training
     seeds the line is their mean and a shaded band spans their range. Error bars: the bootstrap
-    interval over test galaxies (mean of the seeds' bounds) where the table has one."""
+    interval over test galaxies (mean of the seeds' bounds) where the table has one. Reference
+    points (rows with no training-set size: the consensus labels against the truth, the classical
+    finder) are horizontal lines in grey, against the truth where there is one."""
     refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True, sharey=True, constrained_layout=True)
-    for ax, measure in zip(axes, ("completeness", "purity")):
+    is_ref = table["backbone"].isin(list(_REFERENCE_STYLE))
+    points, table = table[is_ref], table[~is_ref].astype({"n_train": int})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharex=True, sharey=True, constrained_layout=True)
+    for ax, measure in zip(axes, ("completeness", "purity", "f1")):
         for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
             for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
                 colour = PALETTE[k % len(PALETTE)]
@@ -64,7 +73,12 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
                             markerfacecolor=face or colour, capsize=3, label=label)
                 if n_seeds > 1:
                     ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
-        ax.axhline(0.8, color="0.6", lw=0.8, ls=":")
+        for _, r in points.iterrows():
+            ref = next((x for x in ("truth", "consensus") if pd.notna(r.get(f"{x}_{measure}"))), None)
+            if ref is None:
+                continue
+            label, colour, dash = _REFERENCE_STYLE[r["backbone"]]
+            ax.axhline(r[f"{ref}_{measure}"], color=colour, ls=dash, lw=1.4, label=f"{label} vs {ref}")
         ax.set_xscale("log")
         sizes = sorted(table["n_train"].unique())
         ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -72,12 +86,46 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
         ax.set_xlabel("training-set size (images)")
         score = table["score"]
         threshold = f"score >= {score.iloc[0]:g}" if score.nunique() == 1 else "score: F1-best on val"
-        ax.set_ylabel(f"{measure} (IoU >= {table['iou'].iloc[0]:g}, {threshold})")
+        ax.set_ylabel(f"{'F1' if measure == 'f1' else measure} (IoU >= {table['iou'].iloc[0]:g}, {threshold})")
         ax.set_ylim(0, 1)
-        ax.tick_params(labelleft=True)  # both panels carry their own scale
-        ax.set_title(measure.capitalize())
+        ax.tick_params(labelleft=True)  # every panel carries its own scale
+        ax.set_title("F1" if measure == "f1" else measure.capitalize())
         ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[2].legend(fontsize=8, loc="lower right")
+    save(fig, png, pdf)
+
+
+def plot_learning_curves(runs: Sequence[Run], png: str | Path, pdf: str | Path) -> None:
+    """Validation F1 (the checkpoint choice) against optimiser steps, one panel per training-set
+    size, one line per backbone and seed (``runs`` carry train_metrics.json); a star marks the
+    kept weights, a cross where training stopped early. Below, the training loss."""
+    sizes = sorted({n for _, n, _, _ in runs})
+    colours = _colours(b for b, *_ in runs)
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.2), squeeze=False, sharex=True,
+                             sharey="row", constrained_layout=True)
+    for j, n in enumerate(sizes):
+        top, bottom = axes[0, j], axes[1, j]
+        for backbone, n_train, seed, m in sorted(runs, key=lambda r: (r[0], r[2])):
+            if n_train != n:
+                continue
+            h = [r for r in m["history"] if r.get("val_f1") is not None]
+            first = seed == min(s for b, nn, s, _ in runs if b == backbone and nn == n)
+            kw = {"color": colours[backbone], "alpha": 0.9 if first else 0.5, "lw": 1.2}
+            if h:
+                top.plot([r["step"] for r in h], [r["val_f1"] for r in h], label=backbone if first else None, **kw)
+                if m.get("best_step") is not None:
+                    top.plot(m["best_step"], m["best_val_f1"], "*", ms=11, color=colours[backbone])
+                if m.get("stopped_early"):
+                    top.plot(h[-1]["step"], h[-1]["val_f1"], "x", ms=8, color=colours[backbone])
+            bottom.plot([r["step"] for r in m["history"]], [r.get("loss") for r in m["history"]], **kw)
+        top.set_title(f"n = {n} training images")
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+        bottom.set_xlabel("optimiser steps")
+    axes[0, 0].set_ylabel("validation F1 (vs consensus)")
+    axes[1, 0].set_ylabel("training loss")
+    axes[0, 0].set_ylim(0, 1)
+    axes[0, -1].legend(fontsize=8, loc="lower right", title="star: kept; x: stopped", title_fontsize=8)
     save(fig, png, pdf)
 
 

@@ -267,6 +267,15 @@ def read_image(image_dir: str | Path, image: dict[str, Any]) -> np.ndarray:
     return arr
 
 
+def load_images(coco: dict[str, Any], image_dir: str | Path) -> list["torch.Tensor"]:
+    """RGB uint8 tensors (3, H, W) in the order of ``coco['images']`` (cut to each image's crop
+    window): what the detector trains and predicts on; errors name the file."""
+    import torch
+
+    return [torch.from_numpy(read_image(image_dir, im).copy()).permute(2, 0, 1).contiguous()
+            for im in coco["images"]]
+
+
 def pool_size(splits: pd.DataFrame) -> int:
     """Size of the training pool: what training-set size 'full' means."""
     return int((splits["split"] == "train").sum())

@@ -32,7 +32,8 @@ from torch import nn
 
 from clumpfinder.detector import BackboneSpec, build_encoder
 from clumpfinder.io import atomic_path
-from clumpfinder.train import load_images, lr_at, pick_device
+from clumpfinder.labels import load_images
+from clumpfinder.train import lr_at, pick_device
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,9 @@ def sweep_runs(backbones: Iterable[str], n_train: Iterable[int | str], seeds: It
     return [(b, n, s, read_json(f)) for (b, n, s), f in zip(cells, files)]
 
 
-def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any],
-                seed: int = 0) -> dict[str, Any]:
-    """Flatten one evaluation (and its training record) into a table row."""
-    row: dict[str, Any] = {"backbone": backbone, "arch": train["backbone"]["arch"],
-                           "init": train["backbone"]["init"], "n_train": n_train, "seed": seed}
+def _metric_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metric columns of one evaluation (a detector's, or a reference point's)."""
+    row: dict[str, Any] = {}
     for ref, m in metrics["references"].items():
         for k in ("AP", "AP50", "AP75", "AR"):
             row[f"{ref}_{k}"] = m[k]
@@ -50,15 +48,86 @@ def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dic
     row["iou"] = metrics["iou"]
     row["score"] = metrics["score"]
     row["n_test_images"] = metrics["n_images"]
+    return row
+
+
+def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dict[str, Any],
+                seed: int = 0) -> dict[str, Any]:
+    """Flatten one evaluation (and its training record) into a table row."""
+    row: dict[str, Any] = {"backbone": backbone, "arch": train["backbone"]["arch"],
+                           "init": train["backbone"]["init"], "n_train": n_train, "seed": seed}
+    row.update(_metric_columns(metrics))
     row["train_steps"] = train["steps"]
+    row["train_epochs"] = train.get("epochs")
+    row["train_best_step"] = train.get("best_step")
+    row["train_best_val_f1"] = train.get("best_val_f1")
+    row["train_stopped_early"] = train.get("stopped_early")
     row["train_seconds"] = train["seconds"]
     row["train_img_per_s"] = train["img_per_s"]
     row["device"] = train["device"]
     return row
 
 
+#: the reference points beside the detectors, as summary.csv names them in its backbone column
+REFERENCE_NAMES = {"consensus_ceiling": "consensus labels (the ceiling)", "classical": "classical finder"}
+
+
+def reference_row(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A reference point (``consensus_ceiling`` or ``classical``) as a summary row: the same metric
+    columns as the detectors, no training."""
+    if name not in REFERENCE_NAMES:
+        raise ValueError(f"unknown reference point {name!r}")
+    return {"backbone": name, "arch": None, "init": None, "n_train": None, "seed": None, **_metric_columns(metrics)}
+
+
 def summary_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(list(rows)).sort_values(["backbone", "n_train", "seed"]).reset_index(drop=True)
+    """The detectors' rows by backbone, size and seed, then the reference points."""
+    table = pd.DataFrame(list(rows))
+    is_ref = table["backbone"].isin(list(REFERENCE_NAMES))
+    refs = table[is_ref].copy()
+    refs["_order"] = refs["backbone"].map(list(REFERENCE_NAMES).index)
+    dets = table[~is_ref].sort_values(["backbone", "n_train", "seed"])
+    return pd.concat([dets, refs.sort_values("_order").drop(columns="_order")]).reset_index(drop=True)
+
+
+def versus_references(cells: Iterable[tuple[str, int, int, dict[str, Any]]], references: dict[str, dict[str, Any]],
+                      bootstrap: dict[str, Any]) -> pd.DataFrame:
+    """Each reference point's scores and every detector's paired F1 difference to the classical
+    finder, per label set and training-set size: one row per (reference, n_train, arm), the
+    reference points with n_train None. Differences resample the same test galaxies as the
+    detectors' (paired bootstrap); the ceiling gets no difference (it is not a competitor)."""
+    by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for backbone, n_train, _, m in cells:
+        by_cell.setdefault((backbone, int(n_train)), []).append(m)
+    rows = []
+    label_sets = sorted({ref for m in references.values() for ref in m["references"]},
+                        key=lambda r: (r != "consensus", r))
+    for ref in label_sets:
+        for name, m in references.items():
+            if ref not in m["references"]:
+                continue
+            merged = m["references"][ref]["merged"]
+            row = {"reference": ref, "n_train": None, "arm": name}
+            for k in MEASURES:
+                row[k], row[f"{k}_low"], row[f"{k}_high"] = merged[k], merged["ci"][k]["low"], merged["ci"][k]["high"]
+            rows.append(row)
+        classical = references.get("classical", {}).get("references", {}).get(ref)
+        if classical is None:
+            continue
+        for (backbone, n_train), runs in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if ref not in runs[0]["references"]:
+                continue
+            stats = paired_bootstrap({"classical": [classical["per_image"]],
+                                      backbone: [r["references"][ref]["per_image"] for r in runs]},
+                                     "classical", n=bootstrap["n"], seed=bootstrap["seed"], level=bootstrap["level"])
+            row = {"reference": ref, "n_train": n_train, "arm": backbone}
+            for k in MEASURES:
+                st = stats[backbone][k]
+                row.update({k: st["value"], f"{k}_low": st["low"], f"{k}_high": st["high"],
+                            f"{k}_diff_classical": st["diff"], f"{k}_diff_classical_low": st["diff_low"],
+                            f"{k}_diff_classical_high": st["diff_high"]})
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 
@@ -195,7 +264,7 @@ def data_text(data: dict[str, Any]) -> str:
 
 
 def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
-                     data: dict[str, Any] | None = None) -> str:
+                     data: dict[str, Any] | None = None, references: pd.DataFrame | None = None) -> str:
     """results/summary.md: the headline sentence, which data it reports on, and one table per label set."""
     refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
     parts = ["# Clump detection: which backbone, how much data?", ""]
@@ -206,7 +275,50 @@ def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level
     for ref in refs:
         parts += [f"## Against the {ref} labels", "",
                   comparison_table(comparison, ref).to_markdown(index=False), ""]
+    ref_parts = _reference_parts(references)
+    if ref_parts:
+        parts += ["## Beside the detectors: the label ceiling and a classical finder", "", _REFERENCE_INTRO, ""]
+        for ref, sentence, table in ref_parts:
+            parts += [f"Against the {ref} labels:", "", table.to_markdown(index=False), ""]
+            if sentence:
+                parts += [sentence, ""]
     return "\n".join(parts)
+
+
+def references_table(refs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The reference points against one label set as display strings."""
+    rows = []
+    for _, r in refs[(refs["reference"] == reference) & refs["n_train"].isna()].iterrows():
+        row = {"": REFERENCE_NAMES.get(r["arm"], r["arm"])}
+        for k, label in (("completeness", "completeness"), ("purity", "purity"), ("f1", "F1")):
+            row[label] = _with_interval(r[k], r[f"{k}_low"], r[f"{k}_high"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def versus_classical_text(refs: pd.DataFrame, reference: str) -> str:
+    """One sentence: every detector's F1 minus the classical finder's at the largest size."""
+    rows = refs[(refs["reference"] == reference) & refs["n_train"].notna()]
+    if rows.empty or "f1_diff_classical" not in rows:
+        return ""
+    n_max = int(rows["n_train"].max())
+    parts = [f"{r['arm']} {_with_interval(r['f1_diff_classical'], r['f1_diff_classical_low'], r['f1_diff_classical_high'], signed=True)}"
+             for _, r in rows[rows["n_train"] == n_max].sort_values("arm").iterrows()]
+    return (f"At n = {n_max}, F1 minus the classical finder's against the {reference} labels (paired bootstrap over the "
+            f"same test galaxies): " + "; ".join(parts) + ".")
+
+
+def _reference_parts(refs: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:
+    """(label set, sentence, table) for each label set the reference points were scored against."""
+    if refs is None or refs.empty:
+        return []
+    return [(ref, versus_classical_text(refs, ref), references_table(refs, ref))
+            for ref in dict.fromkeys(refs["reference"])]
+
+
+_REFERENCE_INTRO = ("The consensus labels of the test galaxies scored against the simulated truth are the ceiling for a "
+                    "detector trained on such labels; the classical finder (residual peaks above a significance, "
+                    "settings chosen on the validation split) is the baseline a detector has to beat.")
 
 
 def _md_bold_to_html(text: str) -> str:
@@ -215,7 +327,7 @@ def _md_bold_to_html(text: str) -> str:
 
 
 def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
-                 data: dict[str, Any] | None = None) -> str:
+                 data: dict[str, Any] | None = None, references: pd.DataFrame | None = None) -> str:
     """The same content as :func:`summary_markdown` as a self-contained HTML page (for the
     Snakemake report, which shows HTML results inline)."""
     refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
@@ -229,6 +341,15 @@ def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: fl
         table = comparison_table(comparison, ref, bold=lambda s: f"<b>{html.escape(s)}</b>")
         body += [f"<h2>Against the {html.escape(ref)} labels</h2>",
                  table.to_html(index=False, escape=False, border=0, classes="summary")]
+    ref_parts = _reference_parts(references)
+    if ref_parts:
+        body += ["<h2>Beside the detectors: the label ceiling and a classical finder</h2>",
+                 f"<p>{html.escape(_REFERENCE_INTRO)}</p>"]
+        for ref, sentence, table in ref_parts:
+            body += [f"<p>Against the {html.escape(ref)} labels:</p>",
+                     table.to_html(index=False, border=0, classes="summary")]
+            if sentence:
+                body += [f"<p>{html.escape(sentence)}</p>"]
     style = ("body{font-family:sans-serif;margin:1em} table.summary{border-collapse:collapse;font-size:0.9em}"
              "table.summary td,table.summary th{padding:0.25em 0.6em;border-bottom:1px solid #ccc;text-align:right}"
              "table.summary td:nth-child(2),table.summary th:nth-child(2){text-align:left}")

@@ -41,7 +41,7 @@ def deep_update(base: dict, override: dict) -> dict:
 
 def measure(spec: BackboneSpec, det: DetectorSpec, batch: int, steps: int, after: bool) -> dict[str, float]:
     torch.manual_seed(0)
-    model = build_detector(spec, det)  # channels-last weights
+    model = build_detector(spec, det, pretrained=False)  # channels-last weights; speed does not depend on values
     if not after:
         model = model.to(memory_format=torch.contiguous_format)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-4, fused=after)

@@ -40,7 +40,7 @@ rule classical:
         unpack(truth_inputs),
         val=rules.split.output.val,
         test=rules.split.output.test,
-        subjects=rules.consensus.output.subjects,
+        subjects=LABEL_TABLES["subjects"],
         images=SURVEY_PNG,
         code=package_code("classical.py"),
     output:

@@ -26,10 +26,11 @@ pytestmark = pytest.mark.slurm
 OVERRIDE = "sweep:\n  backbones: [resnet18_clumpy]\nthreads:\n  simulate: 2\n"
 SUBMITTED = {"simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
              "consensus", "pretrain_morphology",
-             "pretrain_clumpy", "train", "evaluate"}
-LOCAL = {"split", "subset", "truth_labels", "summary", "plot_pr", "plot_flux", "gallery", "plot_consensus", "all"}
+             "pretrain_clumpy", "train", "evaluate", "classical"}
+LOCAL = {"split", "subset", "truth_labels", "summary", "plot_pr", "plot_flux", "gallery", "plot_consensus",
+         "consensus_ceiling", "plot_learning", "all"}
 GPU_RULES = {"pretrain_morphology", "pretrain_clumpy", "train", "evaluate"}
-TIMING_KEYS = {"seconds", "img_per_s", "galaxies_per_s"}
+TIMING_KEYS = {"seconds", "img_per_s", "galaxies_per_s", "val_seconds"}
 
 
 @pytest.fixture(scope="module")

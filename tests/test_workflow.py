@@ -156,6 +156,7 @@ def test_tiny_run_summary_in_range(tiny_run, tiny_config):
     detectors = table[table["n_train"].notna()]
     assert (detectors["train_steps"] <= tiny_config["training"]["steps"]).all()
     assert detectors["train_best_step"].notna().all()
+    table = detectors
     for ref in ("consensus", "truth"):
         for col in ("AP", "AP50", "AP75", "AR", "completeness"):
             v = table[f"{ref}_{col}"]

@@ -6,8 +6,8 @@ copy (a smooth model of the galaxy whose filter is wider than a clump), smooth t
 Gaussian of the PSF's width (a matched filter for point-like clumps), estimate its noise robustly
 (MAD of the sigma-clipped residual) and find local peaks above ``min_snr`` sigma with photutils.
 Peaks within ``centre_radius_fwhm`` of the image centre are the bulge and are dropped. Each peak
-becomes a box of the labels' size (``box_side`` of the consensus subject table, i.e. box_scale x
-PSF FWHM) with the score ``snr / (snr + snr_half)``, so a score threshold is a significance
+becomes a box of the labels' size (``box_side`` of the label source's subject table, i.e.
+box_scale x PSF FWHM) with the score ``snr / (snr + snr_half)``, so a score threshold is a significance
 threshold and the evaluation's usual F1-best threshold on the validation split chooses k.
 
 The median filter size (in PSF FWHM) is chosen from ``filter_fwhm`` on the validation split
@@ -132,8 +132,8 @@ def choose_filter(val: dict[str, Any], images: Sequence[np.ndarray], box_side: S
 
 
 def box_sides(coco: dict[str, Any], subjects: pd.DataFrame) -> list[float]:
-    """The label box side of each image of ``coco`` from the consensus subject table; an image the
-    table lacks is an error naming it."""
+    """The label box side of each image of ``coco`` from the label source's subject table (the
+    consensus's, or the catalogue route's); an image the table lacks is an error naming it."""
     side = subjects.set_index("subject_id")["box_side"]
     missing = [im["id"] for im in coco["images"] if im["id"] not in side.index]
     if missing:

@@ -30,6 +30,7 @@ from photutils.utils import NoDetectionsWarning
 from scipy.ndimage import gaussian_filter, median_filter, zoom
 
 from clumpfinder import metrics
+from clumpfinder.io import known_fields
 
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
 
@@ -54,10 +55,8 @@ class ClassicalSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "ClassicalSpec":
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown classical settings {sorted(unknown)}")
-        return cls(**{k: tuple(v) if k == "filter_fwhm" else v for k, v in cfg.items()})
+        fields = known_fields(cls, cfg, "classical")
+        return cls(**{k: tuple(v) if k == "filter_fwhm" else v for k, v in fields.items()})
 
 
 def smooth_model(data: np.ndarray, size_px: float, max_window: int = 9) -> np.ndarray:

@@ -136,3 +136,12 @@ def write_text(text: str, path: str | os.PathLike) -> None:
     """Write a text file (Markdown, HTML) atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def known_fields(cls: type, cfg: dict[str, Any], section: str) -> dict[str, Any]:
+    """``cfg`` checked against the fields of the dataclass ``cls``: an unknown key is an error that
+    names the configuration section."""
+    unknown = set(cfg) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {section} settings {sorted(unknown)}")
+    return dict(cfg)

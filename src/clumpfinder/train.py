@@ -32,7 +32,7 @@ import torch
 
 from clumpfinder.detector import (CLASSES, BackboneSpec, DetectorSpec, build_detector, init_file, init_kind,
                                   predict_images)
-from clumpfinder.io import atomic_path
+from clumpfinder.io import atomic_path, known_fields
 from clumpfinder import metrics
 from clumpfinder.labels import load_images
 
@@ -62,10 +62,7 @@ class TrainSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "TrainSpec":
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}")
-        return cls(**cfg)
+        return cls(**known_fields(cls, cfg, "training"))
 
 
 @dataclass(frozen=True)
@@ -241,7 +238,7 @@ def train_detector(
         log.info("resuming from %s at step %d", checkpoint, step)
     resumed_at = step if state is not None else None
     t_start = time.perf_counter()
-    stale = sum(1 for _ in _since_best(history, best))
+    stale = _evals_since_best(history, best)
     while step < total and not (spec.patience and val is not None and stale >= spec.patience):
         t0 = time.perf_counter()
         model.train()
@@ -284,7 +281,7 @@ def train_detector(
                 best = {"val_f1": row["val_f1"], "step": step,
                         "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         history.append(row)
-        stale = sum(1 for _ in _since_best(history, best))
+        stale = _evals_since_best(history, best)
         log.info(
             "step %d/%d (epoch %.1f) loss %.4f (cls %.4f box %.4f obj %.4f rpn %.4f) %.1f img/s%s",
             step, total, row["epoch"], row.get("loss", float("nan")), row.get("loss_classifier", float("nan")),
@@ -321,9 +318,11 @@ def train_detector(
     return model, metrics_out
 
 
-def _since_best(history: list[dict[str, Any]], best: dict[str, Any]):
-    """The evaluations after the best one."""
-    return (r for r in history if "val_f1" in r and best["step"] is not None and r["step"] > best["step"])
+def _evals_since_best(history: list[dict[str, Any]], best: dict[str, Any]) -> int:
+    """How many evaluations came after the best one (0 before any)."""
+    if best["step"] is None:
+        return 0
+    return sum(1 for r in history if "val_f1" in r and r["step"] > best["step"])
 
 
 def save_model(model: torch.nn.Module, backbone: BackboneSpec, detector: DetectorSpec, path: str | Path) -> None:

@@ -122,3 +122,15 @@ def tiny_run(tmp_path_factory):
     proc = smk("--cores", "2", "--resources", "gpu=1", "--configfile", TEST_CONFIG, cwd=root / "work",
                snakefile=snakefile)
     return {"dir": root / "work", "snakefile": snakefile, "proc": proc, "seconds": time.perf_counter() - t0}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLURM test installs packages with apt-get and starts daemons: it runs only when asked
+    (CLUMPFINDER_SLURM=1, or CLUMPFINDER_REQUIRE_SLURM=1 as .ci/run sets, which also makes a failed
+    install an error)."""
+    if os.environ.get("CLUMPFINDER_SLURM") == "1" or os.environ.get("CLUMPFINDER_REQUIRE_SLURM") == "1":
+        return
+    skip = pytest.mark.skip(reason="SLURM test not asked for: set CLUMPFINDER_SLURM=1 (installs slurm-wlm, as root)")
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)

@@ -4,7 +4,8 @@ Debian's `slurm-wlm` and `munge` packages provide the daemons; they are started 
 with every file they write (configuration, key, sockets, state, logs) under one folder, on free
 ports, and stopped by the PIDs they were started with. There is no accounting database (slurmdbd),
 so `sacct` does not work and job status must come from `squeue` / `scontrol`; MinJobAge keeps
-finished jobs visible there for an hour. The node has one fake GPU (a gres bound to
+finished jobs visible there for an hour. The daemons die with the process that started them
+(Linux's parent-death signal), so a test run killed or interrupted mid-way leaves none behind. The node has one fake GPU (a gres bound to
 /dev/null), so rules that ask for `gpu: 1` run, with CUDA_VISIBLE_DEVICES set, on a CPU-only
 machine.
 
@@ -14,6 +15,8 @@ Ctrl-C stops the daemons.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -25,6 +28,12 @@ from pathlib import Path
 
 PACKAGES = ["slurm-wlm", "munge"]
 DAEMONS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo", "scancel"]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """SIGTERM to this process when the process that started it dies, however it dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _which(name: str) -> str | None:
@@ -164,7 +173,7 @@ class LocalSlurm:
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / f"{name}.out", "ab")
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
         time.sleep(0.2)
         if self.procs[name].poll() is not None:
@@ -173,6 +182,7 @@ class LocalSlurm:
 
     def start(self, timeout: float = 60) -> "LocalSlurm":
         self._write_config()
+        atexit.register(self.stop)  # an interrupted run (Ctrl-C, pytest's own exit) stops them too
         m = self.root / "munge"
         key = m / "munge.key"
         if not key.exists():

@@ -54,8 +54,18 @@ def _written(tmp_path, name):
 
 def test_pr_and_flux_figures(tmp_path):
     r = runs(labels())
-    plot_pr_curves(r, 0.5, tmp_path / "pr.png", tmp_path / "pr.pdf")
+    fig = plot_pr_curves(r, 0.5, tmp_path / "pr.png", tmp_path / "pr.pdf")
     _written(tmp_path, "pr")
+    # rows: consensus, truth; columns: n = 10, 30; one curve per backbone and seed, plus its operating point
+    assert [ax.get_title() for ax in fig.axes] == ["n = 10, vs consensus", "n = 30, vs consensus",
+                                                   "n = 10, vs truth", "n = 30, vs truth"]
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 * 2 * 2
+    assert sorted(t.get_text() for t in fig.axes[1].get_legend().get_texts()) == ["galaxy", "scratch"]
+    first = next(m for b, n, seed, m in r if (b, n, seed) == ("galaxy", 10, 0))  # drawn first (by name, seed)
+    m = first["references"]["consensus"]
+    assert list(ax.lines[0].get_xdata()) == m["pr"]["0.5"]["recall"]
+    assert list(ax.lines[1].get_xdata()) == [m["merged"]["completeness"]]
     # a bin with every clump found (Wilson's upper bound rounds below 1 for n = 5) and an empty one
     b, n, s, m = r[0]
     perfect = copy.deepcopy(m)
@@ -63,11 +73,20 @@ def test_pr_and_flux_figures(tmp_path):
         {"low": 0.0, "high": 0.02, "n": 5, "found": 5, "completeness": 1.0},
         {"low": 0.02, "high": 0.05, "n": 9, "found": 0, "completeness": 0.0},
         {"low": 0.05, "high": 0.3, "n": 0, "found": 0, "completeness": float("nan")}]
-    plot_flux_completeness(r + [("perfect", n, s, perfect)], 0.03, tmp_path / "flux.png", tmp_path / "flux.pdf")
+    fig = plot_flux_completeness(r + [("perfect", n, s, perfect)], 0.03, tmp_path / "flux.png", tmp_path / "flux.pdf")
     _written(tmp_path, "flux")
+    assert [ax.get_title() for ax in fig.axes] == ["n = 10", "n = 30"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()] if fig.axes[0].get_legend() else []
+    legend = legend or [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "galaxy (mean of 2 seeds)" in legend and "scratch (mean of 2 seeds)" in legend
+    # the perfect model's line at n = 10: 1.0 in the full bin, 0.0 in the missed one, the empty bin not drawn
+    perfect_line = [c for c in fig.axes[0].containers if c.get_label() == "perfect"][0]
+    assert list(perfect_line.lines[0].get_ydata()) == [1.0, 0.0]
+    assert fig.axes[0].lines[-1].get_xdata()[0] == pytest.approx(3.0)  # the 3 % line that the headline counts from
     consensus_only = [(b, n, s, {**m, "references": {"consensus": m["references"]["consensus"]}})
                       for b, n, s, m in r]
-    plot_pr_curves(consensus_only, 0.5, tmp_path / "pr1.png", tmp_path / "pr1.pdf")
+    fig = plot_pr_curves(consensus_only, 0.5, tmp_path / "pr1.png", tmp_path / "pr1.pdf")
+    assert len(fig.axes) == 2  # no truth row
     with pytest.raises(ValueError, match="needs the simulated truth"):
         plot_flux_completeness(consensus_only, 0.03, tmp_path / "x.png", tmp_path / "x.pdf")
     assert not (tmp_path / "x.png").exists()
@@ -85,9 +104,19 @@ def test_gallery(tmp_path):
     truth = labels()
     truth["annotations"][0]["iscrowd"] = 1
     preds = {"scratch": predictions(gt, 2), "galaxy": predictions(gt, 5)}
-    plot_gallery(gt, tmp_path, preds, {"scratch": 0.5, "galaxy": 0.35}, ids, tmp_path / "g.png", tmp_path / "g.pdf",
-                 truth=truth, title="n = 10")
+    fig = plot_gallery(gt, tmp_path, preds, {"scratch": 0.5, "galaxy": 0.35}, ids, tmp_path / "g.png",
+                       tmp_path / "g.pdf", truth=truth, title="n = 10")
     _written(tmp_path, "g")
+    assert len(fig.axes) == 4 * 2  # galaxies x models
+    assert fig.axes[0].get_title() == "scratch\n(score >= 0.50)" and fig.axes[1].get_title() == "galaxy\n(score >= 0.35)"
+    assert [ax.get_ylabel() for ax in fig.axes[::2]] == [str(i) for i in ids]
+    for i, image_id in enumerate(ids):  # one score label per detection above each model's threshold
+        for j, model in enumerate(preds):
+            shown = sorted(f"{d['score']:.2f}" for d in preds[model]
+                           if d["image_id"] == image_id and d["score"] >= {"scratch": 0.5, "galaxy": 0.35}[model])
+            assert sorted(t.get_text() for t in fig.axes[2 * i + j].texts) == shown
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["consensus", "truth (thin: too faint to count)"]
     with pytest.raises(ValueError, match=r"gallery images \[999\] are not in the test labels"):
         plot_gallery(gt, tmp_path, preds, {"scratch": 0.5, "galaxy": 0.5}, [999], tmp_path / "h.png",
                      tmp_path / "h.pdf")
@@ -106,8 +135,19 @@ def test_consensus_diagnostics(tmp_path):
     true = pd.DataFrame({"user_id": [1000 + i for i in range(n - 2)] + [np.nan, np.nan],
                          "user_name": [f"volunteer_{i}" for i in range(n - 2)] + ["anon-a", "anon-b"],
                          "miss": rng.uniform(0, 0.6, n), "kind": ["normal"] * (n - 5) + ["spammer"] * 5})
-    plot_consensus(volunteers, subjects, tmp_path / "c.png", tmp_path / "c.pdf", true_volunteers=true)
+    fig = plot_consensus(volunteers, subjects, tmp_path / "c.png", tmp_path / "c.pdf", true_volunteers=true)
     _written(tmp_path, "c")
+    assert len(fig.axes) == 4
+    trained = int((volunteers["swap_n_trained"] > 0).sum())
+    assert fig.axes[0].get_ylabel() == f"volunteers (of {trained} who saw gold)"
+    gold_legend = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert gold_legend == [f"not gold ({(subjects['gold'] == -1).sum()})",
+                           f"gold: has clumps ({(subjects['gold'] == 1).sum()})",
+                           f"gold: no clumps ({(subjects['gold'] == 0).sum()})"]
+    # the skill scatter: every simulated volunteer with >= 5 classifications, by kind
+    shown = sum(len(c.get_offsets()) for c in fig.axes[3].collections)
+    assert shown == int((volunteers["n_classifications"] >= 5).sum())
     no_em = volunteers.assign(p_fp=np.nan, p_fn=np.nan, variance=np.nan)  # consensus.method dbscan
-    plot_consensus(no_em, subjects, tmp_path / "d.png", tmp_path / "d.pdf")
+    fig = plot_consensus(no_em, subjects, tmp_path / "d.png", tmp_path / "d.pdf")
     _written(tmp_path, "d")
+    assert len(fig.axes) == 3 and "no EM skills" in fig.axes[1].texts[0].get_text()

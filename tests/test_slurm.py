@@ -1,8 +1,9 @@
 """profiles/slurm against a real SLURM: a single-node cluster on localhost (tests/slurm_cluster.py)
 runs the tiny DAG for one backbone through the profile, unchanged but for tests/slurm (job status
-from squeue, as this cluster has no accounting database). Skipped only where SLURM cannot be
-installed (not root, no apt-get, apt-get failing); CLUMPFINDER_REQUIRE_SLURM=1 (set by .ci/run)
-makes that an error instead."""
+from squeue, as this cluster has no accounting database). Runs only when asked (CLUMPFINDER_SLURM=1;
+it installs slurm-wlm with apt-get), and is then skipped where SLURM cannot be installed (not root,
+no apt-get, apt-get failing); CLUMPFINDER_REQUIRE_SLURM=1 (set by .ci/run) asks for it and makes
+that an error instead."""
 
 from __future__ import annotations
 

@@ -35,11 +35,21 @@ def test_rows_per_seed_and_plot(tmp_path):
     assert table[["backbone", "n_train", "seed"]].iloc[:3].values.tolist() == [["a", 30, 0], ["a", 30, 1],
                                                                                 ["a", 100, 0]]
     assert table["consensus_completeness"].tolist()[:2] == [0.5, 0.6]
-    plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf")
+    fig = plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf")
     assert (tmp_path / "f.png").stat().st_size > 1000 and (tmp_path / "f.pdf").stat().st_size > 1000
+    assert [ax.get_title() for ax in fig.axes] == ["Completeness", "Purity", "F1"]
+    completeness = fig.axes[0]
+    # one line per backbone: the mean of the two seeds at each size, and a band over their range
+    lines = {c.get_label(): c.lines[0] for c in completeness.containers}
+    assert sorted(lines) == ["a vs consensus (mean of 2 seeds)", "b vs consensus (mean of 2 seeds)"]
+    assert list(lines["a vs consensus (mean of 2 seeds)"].get_xdata()) == [30, 100]
+    assert list(lines["a vs consensus (mean of 2 seeds)"].get_ydata()) == pytest.approx([0.55, 0.55])
+    assert len(completeness.collections) == 2  # the seed bands
     single = summary_table(rows[::2])
     assert set(single["seed"]) == {1}
-    plot_completeness_purity(single, tmp_path / "g.png", tmp_path / "g.pdf")
+    fig = plot_completeness_purity(single, tmp_path / "g.png", tmp_path / "g.pdf")
+    assert sorted(c.get_label() for c in fig.axes[0].containers) == ["a vs consensus", "b vs consensus"]
+    assert not fig.axes[0].collections  # one seed: no band
 
 
 BOOT = {"n": 200, "seed": 0, "level": 0.95}
@@ -138,8 +148,15 @@ def test_reference_points_rows_and_comparison_with_the_classical_finder(tmp_path
     assert table["backbone"].tolist()[-2:] == ["consensus_ceiling", "classical"] and table["n_train"].isna().sum() == 2
     assert pd.isna(table.iloc[-2]["consensus_f1"]) and table.iloc[-2]["truth_f1"] == ceiling["references"]["truth"][
         "merged"]["f1"]
-    plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf")
+    fig = plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf")
     assert (tmp_path / "f.png").stat().st_size > 1000
+    # the reference points are horizontal grey lines at their F1 against the truth
+    f1 = fig.axes[2]
+    flat = {ln.get_label(): ln.get_ydata()[0] for ln in f1.lines if len(set(ln.get_ydata())) == 1
+            and "vs truth" in ln.get_label() and ln.get_label().split(" vs ")[0] not in ("a", "b")}
+    assert len(flat) == 2
+    assert sorted(flat.values()) == pytest.approx(sorted([classical["references"]["truth"]["merged"]["f1"],
+                                                          ceiling["references"]["truth"]["merged"]["f1"]]))
     with pytest.raises(ValueError, match="unknown reference point"):
         reference_row("oracle", classical)
 
@@ -166,8 +183,12 @@ def test_learning_curves_figure(tmp_path):
         return {"history": hist, "best_step": best, "best_val_f1": 0.4, "stopped_early": stopped}
 
     runs = [("a", 30, 0, train(30, True)), ("a", 30, 1, train(40, False)), ("b", 100, 0, train(20, False))]
-    plot_learning_curves(runs, tmp_path / "l.png", tmp_path / "l.pdf")
-    from PIL import Image
-
-    with Image.open(tmp_path / "l.png") as im:
-        assert im.width > im.height  # one column per training-set size
+    fig = plot_learning_curves(runs, tmp_path / "l.png", tmp_path / "l.pdf")
+    top = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in top] == ["n = 30 training images", "n = 100 training images"]
+    n30 = top[0]
+    curves = [ln for ln in n30.lines if ln.get_linestyle() == "-"]
+    assert len(curves) == 2 and list(curves[0].get_ydata()) == [0.1, 0.2, 0.3, 0.4]
+    markers = [(ln.get_marker(), ln.get_xdata()[0]) for ln in n30.lines if ln.get_linestyle() == "None"]
+    assert sorted(markers) == [("*", 30), ("*", 40), ("x", 40)]  # kept weights of both seeds; seed 0 stopped
+    assert [t.get_text() for t in fig.axes[len(top) - 1].get_legend().get_texts()] == ["b"]

@@ -29,11 +29,14 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 Run = tuple[str, int, int, dict[str, Any]]  # backbone, n_train, seed, metrics.json
 
 
-def save(fig: plt.Figure, png: str | Path, pdf: str | Path, dpi: int = 150) -> None:
+def save(fig: plt.Figure, png: str | Path, pdf: str | Path, dpi: int = 150) -> plt.Figure:
+    """Write the figure as PNG and PDF (atomically) and release it from pyplot; returns it, so
+    that callers (and tests) can still read what was drawn."""
     for path in (png, pdf):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
+    return fig
 
 
 def _colours(names: Iterable[str]) -> dict[str, str]:
@@ -45,7 +48,7 @@ _REFERENCE_STYLE = {"consensus_ceiling": ("consensus labels (ceiling)", "0.15", 
                     "classical": ("classical finder", "0.45", (0, (5, 2, 1, 2)))}
 
 
-def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> None:
+def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> plt.Figure:
     """Completeness, purity and F1 vs training-set size, a line per backbone; solid against the
     consensus labels, dashed against the simulated truth where present. With several training
     seeds the line is their mean and a shaded band spans their range. Error bars: the bootstrap
@@ -92,10 +95,10 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
         ax.set_title("F1" if measure == "f1" else measure.capitalize())
         ax.grid(alpha=0.3, which="both")
     axes[2].legend(fontsize=8, loc="lower right")
-    save(fig, png, pdf)
+    return save(fig, png, pdf)
 
 
-def plot_learning_curves(runs: Sequence[Run], png: str | Path, pdf: str | Path) -> None:
+def plot_learning_curves(runs: Sequence[Run], png: str | Path, pdf: str | Path) -> plt.Figure:
     """Validation F1 (the checkpoint choice) against optimiser steps, one panel per training-set
     size, one line per backbone and seed (``runs`` carry train_metrics.json); a star marks the
     kept weights, a cross where training stopped early. Below, the training loss."""
@@ -126,10 +129,10 @@ def plot_learning_curves(runs: Sequence[Run], png: str | Path, pdf: str | Path) 
     axes[1, 0].set_ylabel("training loss")
     axes[0, 0].set_ylim(0, 1)
     axes[0, -1].legend(fontsize=8, loc="lower right", title="star: kept; x: stopped", title_fontsize=8)
-    save(fig, png, pdf)
+    return save(fig, png, pdf)
 
 
-def plot_pr_curves(runs: Sequence[Run], iou: float, png: str | Path, pdf: str | Path) -> None:
+def plot_pr_curves(runs: Sequence[Run], iou: float, png: str | Path, pdf: str | Path) -> plt.Figure:
     """Precision (purity) against recall (completeness) as the score threshold falls, one panel
     per training-set size (columns) and label set (rows), one line per backbone and seed; the
     marker is the headline operating point (each model's own threshold)."""
@@ -161,11 +164,11 @@ def plot_pr_curves(runs: Sequence[Run], iou: float, png: str | Path, pdf: str | 
             if j == 0:
                 ax.set_ylabel("purity (precision)")
     axes[0, -1].legend(fontsize=8, loc="lower left")
-    save(fig, png, pdf)
+    return save(fig, png, pdf)
 
 
 def plot_flux_completeness(runs: Sequence[Run], min_flux_fraction: float | None, png: str | Path,
-                           pdf: str | Path, level: float = 0.95) -> None:
+                           pdf: str | Path, level: float = 0.95) -> plt.Figure:
     """Completeness of the simulated clumps against their share of the galaxy's g-band flux (at
     each model's headline threshold), one panel per training-set size, one line per backbone
     (mean over seeds). Error bars: Wilson binomial interval for the clumps of one bin; horizontal
@@ -214,7 +217,7 @@ def plot_flux_completeness(runs: Sequence[Run], min_flux_fraction: float | None,
         if j == 0:
             ax.set_ylabel("completeness vs truth (clumps)")
     axes[0, -1].legend(fontsize=8, loc="lower right")
-    save(fig, png, pdf)
+    return save(fig, png, pdf)
 
 
 def pick_gallery(image_ids: Sequence[int], n: int, seed: int) -> list[int]:
@@ -235,7 +238,7 @@ def _boxes(ax: plt.Axes, anns: Iterable[dict[str, Any]], **style: Any) -> int:
 
 def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[str, list[dict[str, Any]]],
                  scores: dict[str, float], image_ids: Sequence[int], png: str | Path, pdf: str | Path,
-                 truth: dict[str, Any] | None = None, title: str = "") -> None:
+                 truth: dict[str, Any] | None = None, title: str = "") -> plt.Figure:
     """Test galaxies (rows) as seen by each model (columns): the consensus boxes (white, dashed),
     the simulated truth (blue, dotted; faint clumps that do not count thinner) and the model's
     detections above its headline threshold (orange: clump, pink: odd clump), with their scores."""
@@ -281,7 +284,7 @@ def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[
     leg.get_frame().set_edgecolor("0.3")
     if title:
         fig.suptitle(title, fontsize=10)
-    save(fig, png, pdf)
+    return save(fig, png, pdf)
 
 
 def _logit_bins(lo: float = 1e-4, n: int = 41) -> np.ndarray:
@@ -290,7 +293,7 @@ def _logit_bins(lo: float = 1e-4, n: int = 41) -> np.ndarray:
 
 
 def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | Path, pdf: str | Path,
-                   true_volunteers: pd.DataFrame | None = None) -> None:
+                   true_volunteers: pd.DataFrame | None = None) -> plt.Figure:
     """Diagnostics of the volunteer consensus: the volunteers' SWAP skills (P(yes | clumpy) and
     P(no | not clumpy), for those who saw gold subjects), their EM click skills (probability of
     missing a clump and of a false click), the subjects' SWAP posteriors (gold subjects by
@@ -353,4 +356,4 @@ def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | 
         ax.set_ylabel("EM p(miss a clump)")
         ax.set_title(f"volunteers with >= 5 classifications, Spearman rho = {rho:.2f}", fontsize=8)
         ax.legend(fontsize=7, loc="upper left")
-    save(fig, png, pdf)
+    return save(fig, png, pdf)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
 from clumpfinder.train import Selection, TrainSpec, train_detector, validation_score  # noqa: E402
-from clumpfinder.labels import load_images  # noqa: E402
+from clumpfinder.detector import load_images  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clumpfinder import metrics  # noqa: E402
 from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
-from clumpfinder.evaluate import coco_ap, predict  # noqa: E402
+from clumpfinder.detector import predict  # noqa: E402
+from clumpfinder.evaluate import coco_ap  # noqa: E402
 from clumpfinder.io import read_json  # noqa: E402
 from clumpfinder.labels import coco_dataset, truth_boxes  # noqa: E402
 from clumpfinder.train import TrainSpec, train_detector  # noqa: E402

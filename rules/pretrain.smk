@@ -45,13 +45,7 @@ rule pretrain_morphology:
         mem_mb=scaled_memory(config["resources"]["pretrain"]["mem_mb"]),
         runtime=config["resources"]["pretrain"]["runtime"],
     params:
-        backbone=lambda wildcards: {
-            "arch": MORPHOLOGY_KEYS[wildcards.morphology]["arch"],
-            "init": "scratch",
-            "normalization": MORPHOLOGY_KEYS[wildcards.morphology].get(
-                "normalization", "imagenet"
-            ),
-        },
+        backbone=lambda wildcards: PLAN.morphology_spec(wildcards.morphology),
         spec=config["pretrain"]["morphology"],
     script:
         "../scripts/pretrain.py"

@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 from clumpfinder import classical  # noqa: E402
 from clumpfinder.evaluate import EvalSpec, evaluate_reference  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
-from clumpfinder.labels import read_image  # noqa: E402
+from clumpfinder.imaging import read_image  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

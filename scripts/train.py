@@ -6,7 +6,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
-from clumpfinder.train import Selection, TrainSpec, save_model, train_detector  # noqa: E402
+from clumpfinder.detector import save_model  # noqa: E402
+from clumpfinder.train import Selection, TrainSpec, train_detector  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.labels import coco_dataset, make_splits, nested_order, strata, subset, truth_boxes
+from clumpfinder.labels import coco_dataset, subset, truth_boxes
+from clumpfinder.splits import make_splits, nested_order, strata
 
 FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
 
@@ -137,7 +138,7 @@ def test_central_crop_moves_clips_and_drops_boxes(tmp_path):
     """labels.crop: the detector sees the central crop (Popp et al.: 200 of 400 px)."""
     from PIL import Image
 
-    from clumpfinder.labels import read_image
+    from clumpfinder.imaging import read_image
 
     images = pd.DataFrame({"subject_id": [1], "file_name": ["1.png"], "width": [40], "height": [40]})
     boxes = pd.DataFrame({"subject_id": [1, 1, 1], "x1": [18.0, 9.0, 0.0], "y1": [18.0, 9.0, 0.0],
@@ -241,7 +242,7 @@ def split_inputs(n=200, seed=0):
 def test_gold_and_injected_subjects_are_never_detection_labels(tmp_path):
     from PIL import Image
 
-    from clumpfinder.labels import split_subjects
+    from clumpfinder.splits import split_subjects
     from clumpfinder.pretrain import pretraining_pool
 
     subjects, boxes, manifest = split_inputs()
@@ -284,7 +285,7 @@ def test_gold_and_injected_subjects_are_never_detection_labels(tmp_path):
 
 
 def test_missing_grouping_column_names_file_and_column():
-    from clumpfinder.labels import split_subjects
+    from clumpfinder.splits import split_subjects
 
     subjects, _, manifest = split_inputs(60)
     bare = manifest.drop(columns="galaxy_id")

@@ -1,12 +1,17 @@
-"""The conda environment files agree with pyproject.toml."""
+"""The conda environment files agree with pyproject.toml, and each rule's env holds every library its
+code imports (so `--sdm conda` runs every rule)."""
 
 from __future__ import annotations
 
 import re
 import tomllib
+from pathlib import Path
+
+import pytest
 
 import yaml
 
+from clumpfinder.config import third_party_imports
 from conftest import REPO
 
 
@@ -45,3 +50,72 @@ def test_rules_declare_envs_logs():
             name = rule.split(":", 1)[0]
             assert "log:" in rule, f"{smk.name}: rule {name} has no log"
             assert "conda:" in rule, f"{smk.name}: rule {name} has no conda env"
+
+
+# import name -> distribution name, where they differ
+DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml", "skimage": "scikit-image"}
+# snakemake injects the `snakemake` object; some libraries bring others along (pip dependencies)
+PROVIDED = {"snakemake"}
+BROUGHT_BY = {"timm": {"huggingface-hub", "safetensors"}, "astroquery": {"requests"}}
+
+
+def env_packages(env: Path) -> set[str]:
+    """Distribution names an env file installs (conda and pip), with what they bring along."""
+    names = set()
+    for d in yaml.safe_load(env.read_text())["dependencies"]:
+        names.update(_name(x) for x in (d["pip"] if isinstance(d, dict) else [d]))
+    return names | {b for n in names for b in BROUGHT_BY.get(n, ())}
+
+
+def rule_script_envs() -> list[tuple[str, Path, Path]]:
+    """(rule, script, env file) of every script rule in rules/*.smk."""
+    found = []
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?:local)?rule ", smk.read_text())[1:]:
+            name = block.split(":", 1)[0]
+            script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
+            env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
+            if script:
+                assert env, f"{smk.name}: rule {name} runs a script but has no conda env"
+                found.append((name, (smk.parent / script.group(1)).resolve(), (smk.parent / env.group(1)).resolve()))
+    return found
+
+
+def missing_from_env(script: Path, env: Path, package_dir: Path = REPO / "src" / "clumpfinder") -> set[str]:
+    """Libraries the script (and the package modules it runs) import that the env lacks."""
+    needed = {DISTRIBUTION.get(n, n).lower().replace("_", "-") for n in third_party_imports(script, package_dir)}
+    return needed - PROVIDED - env_packages(env)
+
+
+RULES = rule_script_envs()
+
+
+@pytest.mark.parametrize("rule, script, env", RULES, ids=[r for r, _, _ in RULES])
+def test_each_rules_env_holds_what_its_code_imports(rule, script, env):
+    assert not missing_from_env(script, env), f"rule {rule}: {env.name} lacks {sorted(missing_from_env(script, env))}"
+
+
+def test_the_env_check_sees_a_missing_library(tmp_path):
+    """An env without a library that a rule's code imports fails the check, naming it."""
+    rule, script, env = next(r for r in RULES if r[0] == "train")
+    spec = yaml.safe_load(env.read_text())
+    spec["dependencies"] = [d for d in spec["dependencies"] if not (isinstance(d, str) and d.startswith("pandas"))]
+    broken = tmp_path / "train.yaml"
+    broken.write_text(yaml.safe_dump(spec))
+    assert missing_from_env(script, env) == set()
+    assert missing_from_env(script, broken) == {"pandas"}
+    assert len(RULES) >= 20  # every script rule of the workflow was found
+
+
+def test_modules_import_only_their_own_or_earlier_layers():
+    """Data flow one way: no module of the package imports one of a later stage (clumpfinder.LAYERS)."""
+    import clumpfinder
+    from clumpfinder.config import _imports
+
+    rank = {m: i for i, mods in enumerate(clumpfinder.LAYERS.values()) for m in mods}
+    package = REPO / "src" / "clumpfinder"
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
+    assert modules == set(rank), f"modules not in a layer: {modules - set(rank)}; gone: {set(rank) - modules}"
+    later = [(m, other) for m in sorted(modules) for other in sorted(_imports(package / f"{m}.py")[0])
+             if rank.get(other, -1) > rank[m]]
+    assert not later, f"imports of a later stage: {later}"

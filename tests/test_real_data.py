@@ -118,16 +118,9 @@ def test_download_resumes_from_the_cache(catalogue_run):
 
 @pytest.mark.parametrize(
     "source, data, override, message",
-    [
-        ("catalogue", {}, {}, "data.catalogue.path is not set"),
-        ("zooniverse", {}, {}, "data.classifications is not set"),
-        ("zooniverse", {"classifications": "c.csv"}, {"consensus": {"swap": {"mode": "supervised"}}},
-         "'supervised' but data.gold is not set"),
-        # pretrain:morphology has simulated votes only; pretrain:clumpy needs volunteers' classifications
+    [  # every cross-field check has a unit test (tests/test_plan.py); here: the workflow stops on one
         ("catalogue", {"catalogue": {"path": "t.txt"}}, {"sweep": {"backbones": ["resnet18_morphology"]}},
          "give real Galaxy Zoo votes in pretrain.catalogue"),
-        ("catalogue", {"catalogue": {"path": "t.txt"}}, {"sweep": {"backbones": ["resnet18_clumpy"]}},
-         "data.source 'catalogue' has no volunteer classifications"),
     ],
 )
 def test_real_sources_need_their_files(tmp_path, source, data, override, message):

@@ -11,7 +11,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 
-from clumpfinder.simulate import BANDS, fits_pixel_to_png, png_to_fits_pixel, simulate_survey
+from clumpfinder.imaging import fits_pixel_to_png, png_to_fits_pixel
+from clumpfinder.simulate import BANDS, simulate_survey
 
 
 def test_manifest_columns_and_files(tiny_survey):

@@ -1,9 +1,35 @@
 """clumpfinder: giant star-forming clumps with Faster R-CNN trained on volunteer labels.
 
-One module per workflow stage: ``simulate`` (GalSim survey), ``volunteers`` (simulated
-classifications), ``zooniverse`` (export format), ``consensus``, ``labels`` (splits, COCO),
-``detector`` (Faster R-CNN builder), ``train``, ``evaluate``, ``summary``; ``io`` holds the atomic
-writers shared by all.
+Modules by stage of the DAG (``LAYERS``, in order): data flow down the list, and a module imports
+only modules of its own layer or of layers above it (tests/test_packaging.py checks this):
+
+    shared     io (atomic writes, logging), tables (reading input tables), boxes (label-sized
+               boxes), imaging (the colour composite, FITS/PNG pixels, reading a labelled image), metrics
+               (completeness, purity, F1, bootstrap), config (cross-field checks of a
+               configuration, the rules' per-backbone settings, the import walk)
+    data       simulate (GalSim survey), zooniverse (export format), volunteers (simulated clicks),
+               morphology (Galaxy-Zoo-style votes for pretraining), subjects (subject lists),
+               download (hips2fits cutouts), catalogue (published clump tables), realism
+    crowd      swap (per-subject SWAP), sites (correlated false clicks), boxem (EM box consensus),
+               consensus (clicks -> boxes)
+    labels     labels (COCO JSON, subsets), splits (train/val/test by galaxy, nested order)
+    detection  detector (Faster R-CNN builder, model files, images as tensors, prediction),
+               train (the detector's training loop), pretrain (galaxy pretraining of the encoder)
+    scoring    evaluate (COCO evaluation, threshold choice), classical (the classical finder)
+    report     summary (tables, headline, Markdown/HTML), figures
+
+``scripts/*.py`` (one per rule) read Snakemake's inputs and parameters, call these modules and
+write the outputs.
 """
 
 __version__ = "0.1.0"
+
+LAYERS = {
+    "shared": ("io", "tables", "boxes", "imaging", "metrics", "config"),
+    "data": ("simulate", "zooniverse", "volunteers", "morphology", "subjects", "download", "catalogue", "realism"),
+    "crowd": ("swap", "sites", "boxem", "consensus"),
+    "labels": ("labels", "splits"),
+    "detection": ("detector", "train", "pretrain"),
+    "scoring": ("evaluate", "classical"),
+    "report": ("summary", "figures"),
+}

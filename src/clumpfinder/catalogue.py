@@ -26,8 +26,8 @@ from astropy.table import Table
 from astropy.units import UnitsWarning
 from astropy.wcs import WCS
 
-from clumpfinder.labels import square_boxes
-from clumpfinder.simulate import fits_pixel_to_png
+from clumpfinder.boxes import square_boxes
+from clumpfinder.imaging import fits_pixel_to_png
 
 # quantity -> labels tried in order (case-insensitive); the first five are required
 LABELS: dict[str, tuple[str, ...]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +27,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign, nms
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from clumpfinder.imaging import read_image
+from clumpfinder.io import atomic_path
 
 CLASSES = ("clump", "odd_clump")  # COCO category ids 1 and 2; 0 is background
 
@@ -534,3 +537,69 @@ def predict_images(model: nn.Module, images: list[torch.Tensor], image_ids: list
                      "score": round(float(score), 5)}
                 )
     return results
+
+
+# ------------------------------------------------------------------ device, model files, images, prediction
+
+
+def dihedral(img: torch.Tensor, boxes: torch.Tensor | None, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one dihedral transform of the package (training augmentation, pretraining views): rotate
+    an image (..., H, W) and its boxes (x1, y1, x2, y2; None: image only) by k x 90 degrees
+    (counter-clockwise as displayed), then optionally flip left-right."""
+    h, w = img.shape[-2:]
+    b = None if boxes is None else boxes.clone()
+    for _ in range(k % 4):
+        img = torch.rot90(img, 1, dims=(-2, -1))
+        if b is not None:  # (x, y) -> (y, w - x) for a counter-clockwise quarter turn of a w x h image
+            x1, y1, x2, y2 = b.unbind(-1)
+            b = torch.stack([y1, w - x2, y2, w - x1], dim=-1)
+        h, w = w, h
+    if flip:
+        img = torch.flip(img, dims=(-1,))
+        if b is not None:
+            x1, y1, x2, y2 = b.unbind(-1)
+            b = torch.stack([w - x2, y1, w - x1, y2], dim=-1)
+    return img, b
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def save_model(model: torch.nn.Module, backbone: BackboneSpec, detector: DetectorSpec, path: str | Path) -> None:
+    """Weights plus everything needed to rebuild the detector."""
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "backbone": asdict(backbone), "detector": asdict(detector), "classes": list(CLASSES),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, DetectorSpec]:
+    """The trained detector (in eval mode) and its detector settings."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    detector = DetectorSpec(**payload["detector"])
+    model = build_detector(BackboneSpec(**payload["backbone"]), detector, num_classes=len(payload["classes"]) + 1,
+                           pretrained=False)  # the trained weights replace the init's anyway
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device or torch.device("cpu")).eval(), detector
+
+
+def load_images(coco: dict[str, Any], image_dir: str | Path) -> list["torch.Tensor"]:
+    """RGB uint8 tensors (3, H, W) in the order of ``coco['images']`` (cut to each image's crop
+    window): what the detector trains and predicts on; errors name the file."""
+    return [torch.from_numpy(read_image(image_dir, im).copy()).permute(2, 0, 1).contiguous()
+            for im in coco["images"]]
+
+
+def predict(
+    model: torch.nn.Module, coco: dict[str, Any], image_dir: str | Path, agnostic_nms: float | None = None,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """COCO results list (bbox in x, y, w, h) for every image of ``coco``; ``agnostic_nms`` (an
+    IoU) suppresses overlapping detections across classes."""
+    return predict_images(model, load_images(coco, image_dir), [im["id"] for im in coco["images"]],
+                          agnostic_nms, batch_size)

@@ -52,7 +52,7 @@ from astropy.io import fits
 from PIL import Image
 
 from clumpfinder.io import atomic_dir, atomic_path
-from clumpfinder.simulate import lupton_png
+from clumpfinder.imaging import lupton_png
 
 log = logging.getLogger(__name__)
 

@@ -14,28 +14,14 @@ import copy
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pycocotools.cocoeval import COCOeval
 
 from clumpfinder import metrics
-from clumpfinder.detector import predict_images
-from clumpfinder.labels import load_images
 
 log = logging.getLogger(__name__)
-
-
-def predict(
-    model: torch.nn.Module, coco: dict[str, Any], image_dir: str | Path, agnostic_nms: float | None = None,
-    batch_size: int = 16,
-) -> list[dict[str, Any]]:
-    """COCO results list (bbox in x, y, w, h) for every image of ``coco``; ``agnostic_nms`` (an
-    IoU) suppresses overlapping detections across classes."""
-    return predict_images(model, load_images(coco, image_dir), [im["id"] for im in coco["images"]],
-                          agnostic_nms, batch_size)
 
 
 def coco_ap(gt_dataset: dict[str, Any], results: list[dict[str, Any]], use_cats: bool = True) -> dict[str, float]:

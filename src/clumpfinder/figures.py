@@ -22,7 +22,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from clumpfinder.io import atomic_path  # noqa: E402
-from clumpfinder.labels import read_image  # noqa: E402
+from clumpfinder.imaging import read_image  # noqa: E402
 
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 

@@ -30,10 +30,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clumpfinder.detector import BackboneSpec, build_encoder
+from clumpfinder.detector import BackboneSpec, build_encoder, dihedral, load_images, pick_device
 from clumpfinder.io import atomic_path
-from clumpfinder.labels import load_images
-from clumpfinder.train import lr_at, pick_device
+from clumpfinder.train import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +65,10 @@ class PretrainSpec:
 
 def dihedral_view(x: torch.Tensor, element: int) -> torch.Tensor:
     """Element 0..7 of D4 applied to a batch (B, C, H, W): rotation by (element % 4) x 90 degrees,
-    preceded by a left-right flip for elements 4..7."""
-    if element >= 4:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, element % 4, dims=(-2, -1))
+    preceded by a left-right flip for elements 4..7; i.e. the detector's transform
+    (:func:`clumpfinder.detector.dihedral`: turn, then flip) turning the other way when flipped."""
+    k, flip = element % 4, element >= 4
+    return dihedral(x, None, -k % 4 if flip else k, flip)[0]
 
 
 class GroupPooledClassifier(nn.Module):

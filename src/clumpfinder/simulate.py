@@ -46,11 +46,11 @@ import pandas as pd
 from joblib import Parallel, delayed
 from astropy.cosmology import Planck18
 from astropy.io import fits
-from astropy.visualization import make_lupton_rgb
 from astropy.wcs import WCS
 from PIL import Image
 from scipy.integrate import quad
 
+from clumpfinder.imaging import lupton_png, png_to_fits_pixel
 from clumpfinder.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ NANOMAGGY_ZP = 22.5
 #: subject ids of the detection survey count up from here (other populations start elsewhere)
 FIRST_SUBJECT_ID = 100_000
 #: star-forming regions: the kinds whose flux fraction decides whether they count as giant clumps
-STAR_FORMING = ("clump", "knot")
 #: shape of the spiral arms: phase profile ((1 + cos)/2)^ARM_SHARPNESS, light rising from the
 #: centre as 1 - exp(-(r / (ARM_INNER r_d))^2) (arms start outside the bulge)
 ARM_SHARPNESS = 4
@@ -340,15 +339,6 @@ def make_wcs(ra: float, dec: float, pixel_scale_arcsec: float, size: int) -> WCS
     return w
 
 
-def png_to_fits_pixel(x: np.ndarray, y: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """PNG coordinates (corner origin, y down) -> 0-based FITS pixel coordinates (y up)."""
-    return np.asarray(x) - 0.5, height - np.asarray(y) - 0.5
-
-
-def fits_pixel_to_png(px: np.ndarray, py: np.ndarray, height: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(px) + 0.5, height - np.asarray(py) - 0.5
-
-
 # --------------------------------------------------------------------------------------------
 # rendering (parallel over galaxies)
 # --------------------------------------------------------------------------------------------
@@ -417,22 +407,6 @@ def _render_one(task: dict[str, Any]) -> None:
     # headers are built here from a WCS object and fixed keys (tests verify a written file
     # strictly); astropy's per-file verification would cost ~16 ms a galaxy
     fits.HDUList(hdus).writeto(fits_path, output_verify="ignore")
-
-
-def lupton_png(planes: dict[str, np.ndarray], pixel_scale: float, png: dict[str, Any]) -> np.ndarray:
-    """Colour composite (i, r, g -> R, G, B) in display orientation, as the volunteers saw it.
-
-    Planes are converted to surface brightness (nanomaggy / arcsec^2) first so galaxies drawn on
-    different pixel scales look alike.
-    """
-    area = pixel_scale**2
-    s = png["band_scales"]
-    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on pixels of zero intensity
-        rgb = make_lupton_rgb(
-            planes["i"] / area * s["i"], planes["r"] / area * s["r"], planes["g"] / area * s["g"],
-            minimum=png["minimum"], stretch=png["stretch"], Q=png["Q"],
-        )
-    return np.ascontiguousarray(rgb[::-1])  # FITS row 0 is the bottom row
 
 
 def _catalogue(spec: SurveySpec, first_subject_id: int):

@@ -30,11 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from clumpfinder.detector import (CLASSES, BackboneSpec, DetectorSpec, build_detector, init_file, init_kind,
-                                  predict_images)
+from clumpfinder.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_file, init_kind,
+                                  load_images, pick_device, predict_images)
 from clumpfinder.io import atomic_path, known_fields
 from clumpfinder import metrics
-from clumpfinder.labels import load_images
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +73,6 @@ class Selection:
     scores: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_targets(coco: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
     """Per image: boxes (x1, y1, x2, y2) and labels; crowd (ignored) annotations are left out."""
     per: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
@@ -96,24 +89,6 @@ def load_targets(coco: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         labels = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
         targets.append({"boxes": boxes, "labels": labels})
     return targets
-
-
-def dihedral(img: torch.Tensor, boxes: torch.Tensor, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate image and boxes by k x 90 degrees (counter-clockwise as displayed), then
-    optionally flip left-right."""
-    h, w = img.shape[-2:]
-    b = boxes.clone()
-    for _ in range(k % 4):
-        img = torch.rot90(img, 1, dims=(-2, -1))
-        # (x, y) -> (y, w - x) for a counter-clockwise quarter turn of a w x h image
-        x1, y1, x2, y2 = b.unbind(-1)
-        b = torch.stack([y1, w - x2, y2, w - x1], dim=-1)
-        h, w = w, h
-    if flip:
-        img = torch.flip(img, dims=(-1,))
-        x1, y1, x2, y2 = b.unbind(-1)
-        b = torch.stack([w - x2, y1, w - x1, y2], dim=-1)
-    return img, b
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -323,23 +298,3 @@ def _evals_since_best(history: list[dict[str, Any]], best: dict[str, Any]) -> in
     if best["step"] is None:
         return 0
     return sum(1 for r in history if "val_f1" in r and r["step"] > best["step"])
-
-
-def save_model(model: torch.nn.Module, backbone: BackboneSpec, detector: DetectorSpec, path: str | Path) -> None:
-    """Weights plus everything needed to rebuild the detector."""
-    payload = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "backbone": asdict(backbone), "detector": asdict(detector), "classes": list(CLASSES),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_model(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, DetectorSpec]:
-    """The trained detector (in eval mode) and its detector settings."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    detector = DetectorSpec(**payload["detector"])
-    model = build_detector(BackboneSpec(**payload["backbone"]), detector, num_classes=len(payload["classes"]) + 1,
-                           pretrained=False)  # the trained weights replace the init's anyway
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device or torch.device("cpu")).eval(), detector

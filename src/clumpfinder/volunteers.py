@@ -41,8 +41,10 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from clumpfinder.simulate import STAR_FORMING
 from clumpfinder.zooniverse import classification_row, write_export
+
+#: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
+STAR_FORMING = ("clump", "knot")
 
 EPOCH = dt.datetime(2019, 6, 1, tzinfo=dt.timezone.utc)
 

@@ -1,0 +1,241 @@
+"""What the workflow's JSON schema cannot say about a configuration (how its keys relate to each
+other), and the import walk that ties each rule to the package code and libraries it runs.
+
+Standard library only: ``rules/common.smk`` imports this when Snakemake parses the workflow.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from functools import cache
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "clumpfinder"
+
+
+def sweep_backbones(config: dict[str, Any]) -> list[str]:
+    """The backbones the sweep trains: ``sweep.backbones``, or every entry of ``backbones``."""
+    names = config["sweep"]["backbones"] or list(config["backbones"])
+    for name in names:
+        if name not in config["backbones"]:
+            raise ValueError(f"sweep.backbones names {name!r}, which is not an entry of backbones "
+                             f"({', '.join(config['backbones'])})")
+    return names
+
+
+def baseline_backbone(config: dict[str, Any], backbones: list[str]) -> str:
+    """``report.baseline``, or the sweep's first backbone trained from scratch (else its first)."""
+    baseline = config["report"]["baseline"] or next(
+        (b for b in backbones if config["backbones"][b]["init"] == "scratch"), backbones[0])
+    if baseline not in backbones:
+        raise ValueError(f"report.baseline {baseline!r} is not a backbone of the sweep ({', '.join(backbones)})")
+    return baseline
+
+
+def backbones_using(config: dict[str, Any], backbones: list[str], init: str) -> list[str]:
+    """The backbones whose init (or clumpy classifier's base_init) is ``init``."""
+    return [b for b in backbones if init in (config["backbones"][b]["init"], config["backbones"][b].get("base_init"))]
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise ValueError, naming the keys, where settings that are each valid do not fit together."""
+    backbones = sweep_backbones(config)
+    baseline_backbone(config, backbones)
+    data, source = config["data"], config["data"]["source"]
+    if source == "catalogue" and not data["catalogue"]["path"]:
+        raise ValueError("data.source is 'catalogue' but data.catalogue.path is not set (the MRT clump table)")
+    if source == "zooniverse" and not data["classifications"]:
+        raise ValueError("data.source is 'zooniverse' but data.classifications is not set (the classification export)")
+    if source == "zooniverse" and config["consensus"]["swap"]["mode"] == "supervised" and not data["gold"]:
+        raise ValueError("consensus.swap.mode is 'supervised' but data.gold is not set: give gold subjects "
+                         "(CSV subject_id, has_clumps) or use mode 'unsupervised'")
+    clumpy = backbones_using(config, backbones, "pretrain:clumpy")
+    if source == "catalogue" and clumpy:
+        raise ValueError(f"backbone(s) {', '.join(clumpy)} use pretrain:clumpy, which learns from the volunteers' "
+                         "SWAP posteriors; data.source 'catalogue' has no volunteer classifications")
+    morphology = backbones_using(config, backbones, "pretrain:morphology")
+    if source != "simulate" and morphology and not config["pretrain"]["catalogue"]:
+        raise ValueError(f"backbone(s) {', '.join(morphology)} use pretrain:morphology, whose votes are simulated "
+                         "only for data.source 'simulate'; give real Galaxy Zoo votes in pretrain.catalogue or "
+                         "leave these backbones out of sweep.backbones")
+
+
+@cache
+def _imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """(package modules, other top-level modules) that one source file imports, anywhere in it
+    (function-level imports too). Imports by absolute or relative module name are seen;
+    importlib calls are not."""
+    ours, others = set(), set()
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            parts = node.module.split(".") if node.module else []
+            if node.level == 0 and parts[:1] != [PACKAGE]:
+                others.add(parts[0])
+                continue
+            parts = parts[1:] if node.level == 0 else parts
+            ours.update(parts[:1])  # from clumpfinder.x import ...
+            if not parts:  # from clumpfinder import x
+                ours.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                top, _, rest = a.name.partition(".")
+                if top == PACKAGE:
+                    ours.update(rest.split(".")[:1] if rest else [])
+                else:
+                    others.add(top)
+    return frozenset(ours), frozenset(others)
+
+
+def package_modules(script: str | Path, package_dir: str | Path) -> list[Path]:
+    """The package's module files a script runs, directly or through other modules (and the
+    package's ``__init__``, which runs whenever the package is imported), sorted."""
+    package_dir = Path(package_dir)
+    found = {package_dir / "__init__.py"}
+    todo = [Path(script), package_dir / "__init__.py"]
+    while todo:
+        for name in _imports(todo.pop())[0]:
+            path = package_dir / f"{name}.py"
+            if path.exists() and path not in found:
+                found.add(path)
+                todo.append(path)
+    return sorted(found)
+
+
+def third_party_imports(script: str | Path, package_dir: str | Path) -> set[str]:
+    """Top-level names of the libraries (neither the standard library nor this package) that a
+    script and the package modules it runs import."""
+    names = set()
+    for path in [Path(script), *package_modules(script, package_dir)]:
+        names |= _imports(path)[1]
+    return {n for n in names if n not in sys.stdlib_module_names and n != PACKAGE and n != "__future__"}
+
+
+def backbone_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """The defaults the schema gives the optional keys of a backbone entry."""
+    entry = schema["properties"]["backbones"]["additionalProperties"]["properties"]
+    return {k: v["default"] for k, v in entry.items() if "default" in v}
+
+
+class Plan:
+    """The per-backbone settings the rules hand to their scripts, and the files they read, from a
+    validated configuration; a backbone entry's missing keys take the schema's defaults."""
+
+    def __init__(self, config: dict[str, Any], results: str, schema: dict[str, Any]):
+        check_config(config)
+        self.config, self.results = config, results
+        self.backbones = sweep_backbones(config)
+        self.baseline = baseline_backbone(config, self.backbones)
+        self.n_train = sorted(config["labels"]["n_train"], key=lambda n: (n == "full", 0 if n == "full" else n))
+        self.seeds = list(config["sweep"]["seeds"])
+        self.defaults = backbone_defaults(schema)
+
+    def value(self, backbone: str, key: str) -> Any:
+        return self.config["backbones"][backbone].get(key, self.defaults.get(key))
+
+    def morphology_key(self, backbone: str) -> str:
+        """Backbones of one arch and input normalisation share one morphology pretraining job."""
+        return f"{self.value(backbone, 'arch').replace(':', '-')}_{self.value(backbone, 'normalization')}"
+
+    def morphology_keys(self) -> dict[str, str]:
+        """Each morphology pretraining job's key and a backbone of the sweep that needs it."""
+        return {self.morphology_key(b): b for b in backbones_using(self.config, self.backbones, "pretrain:morphology")}
+
+    def morphology_spec(self, key: str) -> dict[str, Any]:
+        """The encoder a morphology pretraining job trains from scratch."""
+        backbone = self.morphology_keys()[key]
+        return {"arch": self.value(backbone, "arch"), "init": "scratch",
+                "normalization": self.value(backbone, "normalization")}
+
+    def init_weights(self, backbone: str, init: str) -> str | None:
+        """The file a backbone's initialisation reads (None for scratch): the fetch_weights record
+        of a hub init, the user's file, or a pretraining stage's encoder."""
+        kind, _, value = init.partition(":")
+        if kind in ("torchvision", "hf_hub"):
+            return f"{self.results}/weights/{backbone}.json"
+        if kind == "file":
+            return value
+        if init == "pretrain:morphology":
+            return f"{self.results}/pretrain/morphology/{self.morphology_key(backbone)}/encoder.pt"
+        if init == "pretrain:clumpy":
+            return f"{self.results}/pretrain/clumpy/{backbone}/encoder.pt"
+        return None
+
+    def backbone_spec(self, backbone: str) -> dict[str, Any]:
+        """The backbone entry without its training overrides, plus the encoder file of a pretrain init."""
+        spec = {k: v for k, v in self.config["backbones"][backbone].items() if k != "training"}
+        if spec["init"].startswith("pretrain:"):
+            spec["init_file"] = self.init_weights(backbone, spec["init"])
+        return spec
+
+    def clumpy_base_spec(self, backbone: str) -> dict[str, Any]:
+        """What the clumpy classifier of a 'pretrain:clumpy' backbone starts from."""
+        base = self.value(backbone, "base_init")
+        spec = {"arch": self.value(backbone, "arch"), "init": base,
+                "normalization": self.value(backbone, "normalization"), "batchnorm": self.value(backbone, "batchnorm")}
+        if base.startswith("pretrain:"):
+            spec["init_file"] = self.init_weights(backbone, base)
+        return spec
+
+    def weights_input(self, backbone: str, key: str = "init") -> dict[str, str]:
+        """{'init_weights': file} for the backbone's init (or base_init), or {} for scratch."""
+        path = self.init_weights(backbone, self.value(backbone, key))
+        return {"init_weights": path} if path else {}
+
+    def training_spec(self, backbone: str, seed: int | str) -> dict[str, Any]:
+        """Global training settings updated with the backbone's own overrides, and the job's seed."""
+        return {**self.config["training"], **self.config["backbones"][backbone].get("training", {}), "seed": int(seed)}
+
+    def pretraining_population_spec(self) -> dict[str, Any]:
+        """The simulated pretraining population: the survey's physics with a seed and size of its own."""
+        population = self.config["morphology"]["population"]
+        return {**self.config["simulate"], "seed": population["seed"], "n_galaxies": population["n_galaxies"]}
+
+    def sweep_files(self, name: str) -> list[str]:
+        """One training or evaluation file per (backbone, n_train, seed), in that nesting order."""
+        folder = "models" if name == "train_metrics.json" else "eval"
+        return [f"{self.results}/{folder}/{b}/n{n}/seed{s}/{name}"
+                for b, n, s in product(self.backbones, self.n_train, self.seeds)]
+
+    def final_targets(self) -> list[str]:
+        """What `snakemake` with no target makes: the summary tables and documents, and the figures
+        the data route has (the consensus diagnostics need volunteers, the flux figure a truth)."""
+        source = self.config["data"]["source"]
+        names = ["completeness_purity", "pr_curves", "learning_curves"]
+        names += ["consensus"] if source != "catalogue" else []
+        names += [f"gallery/n{n}" for n in self.n_train]
+        names += ["completeness_vs_flux"] if source == "simulate" else []
+        return ([f"{self.results}/{f}" for f in ("summary.csv", "comparison.csv", "summary.md", "summary.html")]
+                + [f"{self.results}/plots/{name}.{ext}" for name in names for ext in ("png", "pdf")])
+
+    # --- what the consensus and the split read, by data route
+    def gold_input(self) -> dict[str, str]:
+        """SWAP's gold subjects (known truth): simulated, data.gold, or none."""
+        if self.config["data"]["source"] == "simulate":
+            return {"gold": f"{self.results}/survey/gold.csv"}
+        return {"gold": self.config["data"]["gold"]} if self.config["data"]["gold"] else {}
+
+    def subject_list_output(self) -> dict[str, str]:
+        """Real data: the subject list, whose origin column marks injected-clump subjects."""
+        return {} if self.config["data"]["source"] == "simulate" else {
+            "subject_list": f"{self.results}/survey/subjects.csv"}
+
+    def subject_list_input(self) -> str:
+        """The file the subject list of a real-data run is read from."""
+        data = self.config["data"]
+        return data["catalogue"]["path"] if data["source"] == "catalogue" else data["subjects"] or data["classifications"]
+
+    def export_inputs(self, wildcards: Any = None) -> dict[str, str]:
+        """The classification export, gold subjects and, for real exports, the subject list (its
+        injected-clump subjects are gold too) that the consensus reads."""
+        if self.config["data"]["source"] == "simulate":
+            return {"export": f"{self.results}/survey/classifications.csv", **self.gold_input()}
+        return {"export": self.config["data"]["classifications"], **self.gold_input(), **self.subject_list_output()}
+
+    def split_inputs(self, wildcards: Any = None) -> dict[str, str]:
+        """What the split leaves out of the detection labels: gold subjects and, on real data, the
+        injected-clump subjects of the subject list."""
+        return {**self.gold_input(), **self.subject_list_output()}

@@ -1,0 +1,118 @@
+"""clumpfinder.config: the cross-field checks of a configuration, the per-backbone settings the
+rules hand to their scripts (schema defaults filled in), and the import walk behind each rule's
+code inputs and conda environment."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import yaml
+
+from clumpfinder.config import Plan, check_config, package_modules, third_party_imports
+from conftest import REPO, deep_update
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+
+
+def _config(default_config, **override):
+    return deep_update(copy.deepcopy(default_config), override)
+
+
+def test_shipped_configurations_pass(default_config, tiny_config):
+    check_config(default_config)
+    check_config(tiny_config)
+    check_config(_config(default_config, **yaml.safe_load((REPO / "config" / "paper.yaml").read_text())))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"sweep": {"backbones": ["resnet18_scratch", "nope"]}}, "sweep.backbones names 'nope'"),
+        ({"report": {"baseline": "resnet50"}}, "report.baseline 'resnet50' is not a backbone of the sweep"),
+        ({"data": {"source": "catalogue"}}, "data.catalogue.path is not set"),
+        ({"data": {"source": "zooniverse"}}, "data.classifications is not set"),
+        ({"data": {"source": "zooniverse", "classifications": "c.csv"}}, "'supervised' but data.gold is not set"),
+        ({"data": {"source": "catalogue", "catalogue": {"path": "t.txt"}}},
+         "resnet18_morphology use pretrain:morphology"),
+        ({"data": {"source": "catalogue", "catalogue": {"path": "t.txt"}},
+          "backbones": {"c": {"arch": "resnet18", "init": "pretrain:clumpy"}}, "sweep": {"backbones": ["c"]}},
+         "data.source 'catalogue' has no volunteer classifications"),
+    ],
+)
+def test_settings_that_do_not_fit_together_are_named(default_config, override, message):
+    with pytest.raises(ValueError, match=message):
+        check_config(_config(default_config, **override))
+
+
+def test_real_votes_let_morphology_pretraining_run_on_real_data(default_config):
+    check_config(_config(default_config, data={"source": "catalogue", "catalogue": {"path": "t.txt"}},
+                         pretrain={"catalogue": "votes.csv"}))
+
+
+def test_backbone_defaults_come_from_the_schema_and_match_the_spec(default_config, schema):
+    from clumpfinder.detector import BackboneSpec
+
+    cfg = _config(default_config, backbones={"bare": {"arch": "timm:regnetx_002", "init": "pretrain:morphology"}},
+                  sweep={"backbones": ["bare", "resnet18_morphology"]})
+    plan = Plan(cfg, "results", schema)
+    # every optional key of a backbone entry has a schema default, equal to BackboneSpec's
+    spec_defaults = {f.name: f.default for f in dataclasses.fields(BackboneSpec) if f.default is not dataclasses.MISSING}
+    assert plan.defaults == {k: spec_defaults[k] if k != "base_init" else "scratch" for k in plan.defaults}
+    assert set(plan.defaults) == {"trainable_layers", "fpn_channels", "normalization", "batchnorm", "base_init"}
+    # one morphology pretraining job per (arch, normalisation); the bare entry normalises as ImageNet
+    assert plan.morphology_keys() == {"timm-regnetx_002_imagenet": "bare", "resnet18_unit": "resnet18_morphology"}
+    assert plan.morphology_spec("timm-regnetx_002_imagenet") == {"arch": "timm:regnetx_002", "init": "scratch",
+                                                                "normalization": "imagenet"}
+    assert plan.backbone_spec("bare") == {"arch": "timm:regnetx_002", "init": "pretrain:morphology",
+                                          "init_file": "results/pretrain/morphology/timm-regnetx_002_imagenet/encoder.pt"}
+    assert plan.weights_input("bare") == {"init_weights": plan.backbone_spec("bare")["init_file"]}
+    assert plan.clumpy_base_spec("bare") == {"arch": "timm:regnetx_002", "init": "scratch", "normalization": "imagenet",
+                                             "batchnorm": "auto"}
+    assert plan.weights_input("bare", "base_init") == {}
+
+
+def test_training_settings_take_the_backbones_overrides(default_config, schema):
+    cfg = _config(default_config, backbones={"resnet18_scratch": {"training": {"lr": 0.01}}})
+    plan = Plan(cfg, "results", schema)
+    spec = plan.training_spec("resnet18_scratch", "2")
+    assert spec["lr"] == 0.01 and spec["seed"] == 2 and spec["steps"] == default_config["training"]["steps"]
+    assert "training" not in plan.backbone_spec("resnet18_scratch")
+    assert plan.training_spec("resnet18_morphology", 0)["lr"] == default_config["training"]["lr"]
+
+
+def test_targets_follow_the_data_route(default_config, schema):
+    plan = Plan(_config(default_config, labels={"n_train": [300, "full", 30]}, sweep={"seeds": [0, 1]}), "r", schema)
+    assert plan.n_train == [30, 300, "full"]
+    files = plan.sweep_files("metrics.json")
+    assert files[:3] == ["r/eval/resnet18_scratch/n30/seed0/metrics.json", "r/eval/resnet18_scratch/n30/seed1/metrics.json",
+                         "r/eval/resnet18_scratch/n300/seed0/metrics.json"]
+    assert len(files) == 2 * 3 * 2 and plan.sweep_files("train_metrics.json")[0].startswith("r/models/")
+    simulated = plan.final_targets()
+    assert "r/plots/completeness_vs_flux.png" in simulated and "r/plots/consensus.pdf" in simulated
+    assert "r/plots/gallery/nfull.png" in simulated and "r/summary.html" in simulated
+    catalogue = Plan(_config(default_config, data={"source": "catalogue", "catalogue": {"path": "t.txt"}},
+                             sweep={"backbones": ["resnet18_scratch"]}), "r", schema)
+    names = catalogue.final_targets()
+    assert "r/plots/completeness_vs_flux.png" not in names and "r/plots/consensus.png" not in names
+    assert catalogue.subject_list_input() == "t.txt" and catalogue.split_inputs() == {
+        "subject_list": "r/survey/subjects.csv"}
+    assert plan.export_inputs() == {"export": "r/survey/classifications.csv", "gold": "r/survey/gold.csv"}
+
+
+def test_import_walk_follows_the_package_and_names_libraries(tmp_path):
+    pkg = tmp_path / "src" / "clumpfinder"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""doc"""\n')
+    (pkg / "a.py").write_text("from __future__ import annotations\nimport json\nimport numpy as np\nfrom .b import f\n")
+    (pkg / "b.py").write_text("import os.path\n\ndef f():\n    import scipy.ndimage  # a lazy import counts too\n")
+    (pkg / "c.py").write_text("import torch\n")  # not reached
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nfrom clumpfinder import a\nfrom clumpfinder.io import nothing  # no such file\n"
+                      "import PIL.Image\n")
+    assert [p.name for p in package_modules(script, pkg)] == ["__init__.py", "a.py", "b.py"]
+    assert third_party_imports(script, pkg) == {"numpy", "scipy", "PIL"}

@@ -116,3 +116,44 @@ def test_import_walk_follows_the_package_and_names_libraries(tmp_path):
                       "import PIL.Image\n")
     assert [p.name for p in package_modules(script, pkg)] == ["__init__.py", "a.py", "b.py"]
     assert third_party_imports(script, pkg) == {"numpy", "scipy", "PIL"}
+
+
+def _specs():
+    from clumpfinder.boxem import EMSpec
+    from clumpfinder.classical import ClassicalSpec
+    from clumpfinder.consensus import ConsensusSpec
+    from clumpfinder.detector import DetectorSpec
+    from clumpfinder.download import DownloadSpec
+    from clumpfinder.evaluate import EvalSpec
+    from clumpfinder.morphology import VoteSpec
+    from clumpfinder.pretrain import PretrainSpec
+    from clumpfinder.simulate import SurveySpec
+    from clumpfinder.sites import SiteSpec
+    from clumpfinder.swap import SwapSpec
+    from clumpfinder.train import TrainSpec
+    from clumpfinder.volunteers import CrowdSpec
+
+    return [(ConsensusSpec, "consensus"), (EMSpec, "consensus.em"), (SiteSpec, "consensus.em.false_sites"),
+            (SwapSpec, "consensus.swap"), (DetectorSpec, "detector"), (DownloadSpec, "data.download"),
+            (EvalSpec, "evaluation"), (VoteSpec, "morphology"), (PretrainSpec, "pretrain.morphology"),
+            (SurveySpec, "simulate"), (CrowdSpec, "volunteers"), (TrainSpec, "training"), (ClassicalSpec, "classical")]
+
+
+@pytest.mark.parametrize("spec, section", _specs(), ids=[s for _, s in _specs()])
+def test_every_from_config_refuses_unknown_and_missing_keys(default_config, spec, section):
+    """One policy for every settings class: the default section loads; a key nobody reads and a
+    missing setting are errors naming the section and the key."""
+    cfg = default_config
+    for part in section.split("."):
+        cfg = cfg[part]
+    cfg = copy.deepcopy(cfg)
+    if spec.__name__ == "TrainSpec":
+        cfg["seed"] = 0  # the rule adds the job's seed
+    spec.from_config(cfg)
+    with pytest.raises(ValueError, match=rf"unknown {section.split('.')[0]}.* settings \['bogus'\]"):
+        spec.from_config({**cfg, "bogus": 1})
+    required = [k for k, f in spec.__dataclass_fields__.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for key in required:  # (DetectorSpec and ClassicalSpec give every setting a default)
+        with pytest.raises(ValueError, match=rf"lacks the settings \[{key!r}\]"):
+            spec.from_config({k: v for k, v in cfg.items() if k != key})

@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import erfc
 
+from clumpfinder.io import known_fields
 from clumpfinder.sites import SiteSpec, false_sites
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class EMSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "EMSpec":
-        kw = {k: cfg[k] for k in cls.__dataclass_fields__}
+        kw = known_fields(cls, cfg, "consensus.em")
         kw["false_sites"] = SiteSpec.from_config(cfg["false_sites"])
         return cls(**kw)
 

@@ -32,6 +32,7 @@ import pandas as pd
 import sklearn
 from sklearn.cluster import DBSCAN, HDBSCAN
 
+from clumpfinder.io import known_fields
 from clumpfinder.boxem import EMSpec, aggregate
 from clumpfinder.subjects import injected_subjects
 from clumpfinder.swap import SwapSpec, run_swap
@@ -67,9 +68,11 @@ class ConsensusSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "ConsensusSpec":
-        if cfg["method"] not in METHODS:
-            raise ValueError(f"consensus.method {cfg['method']!r} is not one of {', '.join(METHODS)}")
-        kw = {k: cfg[k] for k in cls.__dataclass_fields__}
+        # the export's filters are read by zooniverse.read_export
+        kw = known_fields(cls, cfg, "consensus", elsewhere=("task", "workflow_id", "min_workflow_version",
+                                                            "shape_centres"))
+        if kw["method"] not in METHODS:
+            raise ValueError(f"consensus.method {kw['method']!r} is not one of {', '.join(METHODS)}")
         kw["em"] = EMSpec.from_config(cfg["em"])
         kw["swap"] = SwapSpec.from_config(cfg["swap"])
         return cls(**kw)

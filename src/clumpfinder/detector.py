@@ -29,7 +29,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from clumpfinder.imaging import read_image
-from clumpfinder.io import atomic_path
+from clumpfinder.io import atomic_path, known_fields
 
 CLASSES = ("clump", "odd_clump")  # COCO category ids 1 and 2; 0 is background
 
@@ -144,7 +144,7 @@ class DetectorSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "DetectorSpec":
-        return cls(**cfg)
+        return cls(**known_fields(cls, cfg, "detector"))
 
 
 def frozen_bn(spec: BackboneSpec) -> bool:

@@ -51,7 +51,7 @@ from astropy.coordinates import Angle
 from astropy.io import fits
 from PIL import Image
 
-from clumpfinder.io import atomic_dir, atomic_path
+from clumpfinder.io import atomic_dir, atomic_path, known_fields
 from clumpfinder.imaging import lupton_png
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class DownloadSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "DownloadSpec":
-        spec = cls(**{k: v for k, v in cfg.items() if k != "cache"})
+        spec = cls(**known_fields(cls, cfg, "data.download", elsewhere=("cache",)))  # the rule's cache folder
         missing = [b for b in PNG_BANDS if b not in spec.bands]
         if missing:
             raise ValueError(f"data.download.bands must include {', '.join(PNG_BANDS)} for the colour PNG; "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
+from clumpfinder.io import known_fields
 from clumpfinder import metrics
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class EvalSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "EvalSpec":
+        # the truth's flux cuts are read by the truth_labels rule
+        known_fields(cls, cfg, "evaluation", elsewhere=("truth_min_flux_fraction", "truth_ignore_min_flux_fraction"))
         return cls(float(cfg["iou"]), None if cfg["score"] is None else float(cfg["score"]),
                    tuple(float(t) for t in cfg["ious"]), tuple(sorted(float(s) for s in cfg["scores"])),
                    dict(cfg["bootstrap"]), tuple(float(b) for b in cfg["flux_bins"]))

@@ -8,6 +8,7 @@ the same directory and is renamed into place (``os.replace`` is atomic on POSIX)
 from __future__ import annotations
 
 import contextlib
+from dataclasses import MISSING
 import json
 import logging
 import os
@@ -138,10 +139,16 @@ def write_text(text: str, path: str | os.PathLike) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def known_fields(cls: type, cfg: dict[str, Any], section: str) -> dict[str, Any]:
-    """``cfg`` checked against the fields of the dataclass ``cls``: an unknown key is an error that
-    names the configuration section."""
-    unknown = set(cfg) - set(cls.__dataclass_fields__)
+def known_fields(cls: type, cfg: dict[str, Any], section: str, elsewhere: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The one policy of every ``from_config``: the keys of configuration ``section`` that are fields
+    of the dataclass ``cls``. A key that is neither a field nor read by other code (``elsewhere``)
+    is an error, as is a field without a default that the section lacks; both name the section
+    and the keys."""
+    fields = cls.__dataclass_fields__
+    unknown = set(cfg) - set(fields) - set(elsewhere)
     if unknown:
         raise ValueError(f"unknown {section} settings {sorted(unknown)}")
-    return dict(cfg)
+    missing = [k for k, f in fields.items() if k not in cfg and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ValueError(f"{section} lacks the settings {missing}")
+    return {k: v for k, v in cfg.items() if k in fields}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clumpfinder.io import known_fields
 from clumpfinder.volunteers import CrowdSpec, appearance, odd_look, visibility
 
 # question -> (answers, (parent question, parent answer) or None): a Galaxy Zoo DECaLS-like tree
@@ -63,7 +64,7 @@ class VoteSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "VoteSpec":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        return cls(**known_fields(cls, cfg, "morphology", elsewhere=("population",)))  # simulated by simulate
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from clumpfinder.detector import BackboneSpec, build_encoder, dihedral, load_images, pick_device
-from clumpfinder.io import atomic_path
+from clumpfinder.io import atomic_path, known_fields
 from clumpfinder.train import lr_at
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class PretrainSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "PretrainSpec":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+        return cls(**known_fields(cls, cfg, "pretrain"))
 
 
 def dihedral_view(x: torch.Tensor, element: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ from PIL import Image
 from scipy.integrate import quad
 
 from clumpfinder.imaging import lupton_png, png_to_fits_pixel
-from clumpfinder.io import atomic_dir
+from clumpfinder.io import atomic_dir, known_fields
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class SurveySpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "SurveySpec":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        return cls(**known_fields(cls, cfg, "simulate"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from clumpfinder.io import known_fields
+
 
 @dataclass(frozen=True)
 class SiteSpec:
@@ -50,7 +52,7 @@ class SiteSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "SiteSpec":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        return cls(**known_fields(cls, cfg, "consensus.em.false_sites"))
 
 
 def _beta(count: np.ndarray, total: np.ndarray, prior: dict[str, float]) -> np.ndarray:

@@ -36,6 +36,7 @@ import numba
 import numpy as np
 import pandas as pd
 
+from clumpfinder.io import known_fields
 from clumpfinder.zooniverse import ANSWER_YES, Question, time_order
 
 MODES = ("supervised", "unsupervised")
@@ -59,8 +60,7 @@ class SwapSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "SwapSpec":
-        spec = cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k != "question"},
-                   question=Question.from_config(cfg.get("question")))
+        spec = cls(**{**known_fields(cls, cfg, "consensus.swap"), "question": Question.from_config(cfg.get("question"))})
         if spec.mode not in MODES:
             raise ValueError(f"consensus.swap.mode {spec.mode!r} is not one of {', '.join(MODES)}")
         if not 0 < spec.rejection_threshold < spec.prior < spec.detection_threshold < 1:

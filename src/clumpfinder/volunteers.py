@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from clumpfinder.io import known_fields
 from clumpfinder.zooniverse import classification_row, write_export
 
 #: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
@@ -76,7 +77,7 @@ class CrowdSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "CrowdSpec":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__})
+        return cls(**known_fields(cls, cfg, "volunteers"))
 
 
 def draw_population(spec: CrowdSpec, rng: np.random.Generator) -> pd.DataFrame:

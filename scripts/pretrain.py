@@ -32,10 +32,13 @@ else:
     images, counts, pool = morphology_pool(pd.read_csv(inp.population), labels, vote_columns(questions),
                                            pd.read_csv(inp.survey), inp.images)
 log.info("pretraining pool: %s", pool)
+# the checkpoint lies outside the declared outputs, so a killed job resumes from its last epoch
 encoder, metrics = pretrain_encoder(images, counts, questions, BackboneSpec(**p.backbone),
-                                    PretrainSpec.from_config(p.spec), threads=snakemake.threads)
+                                    PretrainSpec.from_config(p.spec), threads=snakemake.threads,
+                                    checkpoint=p.checkpoint)
 metrics["pool"] = pool
 save_encoder(encoder, snakemake.output.encoder)
 write_json(metrics, snakemake.output.metrics)
+Path(p.checkpoint).unlink(missing_ok=True)
 log.info("validation vote-fraction RMSE %s (pool-mean baseline %s)", metrics.get("val_fraction_rmse"),
          metrics.get("val_fraction_rmse_mean_baseline"))

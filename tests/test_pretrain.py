@@ -192,11 +192,18 @@ def test_pool_never_includes_the_test_split(tiny_survey, votes):
         pretraining_pool(manifest, splits, ["train", "test"], labels, vote_columns(), tiny_survey["root"] / "png")
 
 
-def test_pretraining_runs_and_reports(tiny_survey, votes):
+@pytest.fixture(scope="module")
+def train_pool(tiny_survey, votes):
+    """(images, counts) of every tiny-survey galaxy, all in the training split."""
     manifest = tiny_survey["manifest"]
     splits = pd.DataFrame({"subject_id": manifest["subject_id"], "split": "train"})
     images, counts, _ = pretraining_pool(manifest, splits, ["train"], votes, vote_columns(),
                                          tiny_survey["root"] / "png")
+    return images, counts
+
+
+def test_pretraining_runs_and_reports(train_pool):
+    images, counts = train_pool
     spec = PretrainSpec(epochs=2, batch_size=16, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=2,
                         validation_fraction=0.2, seed=0)
     encoder, metrics = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1)
@@ -206,6 +213,39 @@ def test_pretraining_runs_and_reports(tiny_survey, votes):
     assert metrics["max_logit_change_under_d4"] < 1e-4
     assert all(math.isfinite(h["loss"]) for h in metrics["history"])
     assert isinstance(encoder(torch.rand(1, 3, 64, 64)), torch.Tensor)
+
+
+def test_killed_pretraining_resumes_and_ends_as_an_uninterrupted_run(train_pool, tmp_path, monkeypatch):
+    """The pretraining shares the detector's loop (clumpfinder.loop): a run stopped part-way
+    resumes from its last epoch's checkpoint (model, optimiser, the batch generator's state) and
+    ends with the same encoder, losses and validation losses as a run never stopped."""
+    import clumpfinder.pretrain as pretrain
+
+    images, counts = train_pool[0][:30], train_pool[1][:30]  # 24 to train on, 6 held out
+    spec = PretrainSpec(epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=2,
+                        validation_fraction=0.2, seed=0, device="cpu")  # bit-exact on the CPU
+    ckpt = tmp_path / "last.pt"
+    real_loss, calls = pretrain.vote_loss, {"n": 0}
+
+    def dies_in_the_second_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 3 steps an epoch, then its validation loss: the 2nd epoch's 2nd step
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(pretrain, "vote_loss", dies_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["step"] == 3
+    monkeypatch.setattr(pretrain, "vote_loss", real_loss)
+    resumed, m_resumed = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1,
+                                          checkpoint=ckpt)
+    whole, m_whole = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1)
+    assert m_resumed["resumed_at_step"] == 3 and m_whole["resumed_at_step"] is None
+    for key in ("loss", "val_loss"):
+        assert [h[key] for h in m_resumed["history"]] == [h[key] for h in m_whole["history"]]
+    for (k, a), b in zip(resumed.state_dict().items(), whole.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_clumpy_labels_from_swap():

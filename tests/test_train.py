@@ -10,7 +10,8 @@ import torch
 
 from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
 from clumpfinder.detector import dihedral, load_images, load_model, pick_device, predict, save_model
-from clumpfinder.train import TrainSpec, lr_at, train_detector
+from clumpfinder.loop import lr_at
+from clumpfinder.train import TrainSpec, train_detector
 
 # the machine's own device: these tests run on a GPU where there is one (bit-exact resume is
 # asserted on the CPU only, where kernels are deterministic)

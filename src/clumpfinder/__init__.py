@@ -13,8 +13,10 @@ only modules of its own layer or of layers above it (tests/test_packaging.py che
     crowd      swap (per-subject SWAP), sites (correlated false clicks), boxem (EM box consensus),
                consensus (clicks -> boxes)
     labels     labels (COCO JSON, subsets), splits (train/val/test by galaxy, nested order)
-    detection  detector (Faster R-CNN builder, model files, images as tensors, prediction),
-               train (the detector's training loop), pretrain (galaxy pretraining of the encoder)
+    detection  detector (Faster R-CNN builder, model files, images as tensors, prediction, the
+               dihedral transform), loop (the one optimisation loop: schedule, clipping,
+               evaluations, best weights, checkpoints), train (the detector's training), pretrain
+               (galaxy pretraining of the encoder)
     scoring    evaluate (COCO evaluation, threshold choice), classical (the classical finder)
     report     summary (tables, headline, Markdown/HTML), figures
 
@@ -29,7 +31,7 @@ LAYERS = {
     "data": ("simulate", "zooniverse", "volunteers", "morphology", "subjects", "download", "catalogue", "realism"),
     "crowd": ("swap", "sites", "boxem", "consensus"),
     "labels": ("labels", "splits"),
-    "detection": ("detector", "train", "pretrain"),
+    "detection": ("detector", "loop", "train", "pretrain"),
     "scoring": ("evaluate", "classical"),
     "report": ("summary", "figures"),
 }

@@ -18,10 +18,11 @@ feature maps see galaxies in every orientation.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ import torch
 from torch import nn
 
 from clumpfinder.detector import BackboneSpec, build_encoder, dihedral, load_images, pick_device
+from clumpfinder import loop
 from clumpfinder.io import atomic_path, known_fields
-from clumpfinder.train import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,12 @@ def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple
 
 def pretrain_encoder(
     images: list[torch.Tensor], counts: np.ndarray, questions: dict[str, tuple[tuple[str, ...], Any]],
-    backbone: BackboneSpec, spec: PretrainSpec, threads: int | None = None,
+    backbone: BackboneSpec, spec: PretrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``backbone``'s network (from its own init) to predict the vote ``counts`` (one row
-    per image, one column per answer in ``questions`` order). Returns (encoder, metrics)."""
+    per image, one column per answer in ``questions`` order). Returns (encoder, metrics). The
+    validation loss is logged after every epoch; with a ``checkpoint`` path a killed job resumes
+    from its last epoch and ends as an uninterrupted run would (on the CPU)."""
     if threads:
         torch.set_num_threads(threads)
     if len(images) != len(counts):
@@ -170,43 +173,53 @@ def pretrain_encoder(
     total = spec.epochs * steps_per_epoch
     log.info("pretraining %s (%s) on %d galaxies (%d held out), %d questions, %d views per step: %d steps of %d",
              backbone.arch, backbone.init, len(train_idx), n_val, len(slices), spec.views, total, bs)
-    model.train()
-    history, step, t_start = [], 0, time.perf_counter()
-    for epoch in range(spec.epochs):
-        t0, loss_sum, n_batches = time.perf_counter(), 0.0, 0
-        perm = train_idx[rng.permutation(len(train_idx))]
-        for b0 in range(0, len(perm), bs):
-            idx = perm[b0 : b0 + bs]
-            x = torch.stack([images[i] for i in idx]).to(device, torch.float32) / 255.0
-            elements = sorted(rng.choice(8, size=spec.views, replace=False).tolist())
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, spec.warmup_steps, spec.lr)
-            loss = vote_loss(model(x, elements), targets[idx].to(device), slices)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretraining loss is {loss.item()} at step {step}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach())
-            n_batches += 1
-            step += 1
-        row = {"epoch": epoch, "steps": step, "loss": round(loss_sum / max(1, n_batches), 5),
-               "seconds": round(time.perf_counter() - t0, 2)}
+    perm = train_idx  # the epoch's order of the training galaxies, drawn at its first step
+
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        nonlocal perm
+        b0 = (step % steps_per_epoch) * bs
+        if b0 == 0:
+            perm = train_idx[rng.permutation(len(train_idx))]
+        idx = perm[b0 : b0 + bs]
+        x = torch.stack([images[i] for i in idx]).to(device, torch.float32) / 255.0
+        elements = sorted(rng.choice(8, size=spec.views, replace=False).tolist())
+        return vote_loss(model(x, elements), targets[idx].to(device), slices), {}, len(idx)
+
+    def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": step // steps_per_epoch}
         if n_val:
-            val_logits = _predict(model, [images[i] for i in val_idx], device)
-            row["val_loss"] = round(float(vote_loss(val_logits, targets[val_idx], slices)), 5)
-        history.append(row)
-        log.info("epoch %d/%d loss %.4f val %s %.1f s", epoch + 1, spec.epochs, row["loss"],
-                 row.get("val_loss"), row["seconds"])
-    seconds = time.perf_counter() - t_start
+            row["val_loss"] = round(float(vote_loss(_predict(model, [images[i] for i in val_idx], device),
+                                                    targets[val_idx], slices)), 5)
+        return row
+
+    def describe(step: int, row: dict[str, Any], best: dict[str, Any]) -> str:
+        return "epoch %d/%d loss %.4f val %s %.1f s" % (row["epoch"], spec.epochs, row["loss"], row.get("val_loss"),
+                                                         row["seconds"])
+
+    def set_rng(state: dict[str, Any]) -> None:
+        nonlocal perm
+        rng.bit_generator.state, perm = state["rng"], state["perm"]
+
+    fingerprint = hashlib.sha256(json.dumps({
+        "checkpoint_format": 1, "backbone": asdict(backbone), "spec": asdict(spec),
+        "questions": {q: list(a) for q, (a, _) in questions.items()}, "n_images": len(images),
+        "counts": hashlib.sha256(np.ascontiguousarray(counts)).hexdigest(),
+        "images": hashlib.sha256(b"".join(im.numpy().tobytes() for im in images[:64])).hexdigest(),
+    }, sort_keys=True, default=str).encode()).hexdigest()
+    run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
+        total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=steps_per_epoch, what="pretraining",
+        checkpoint=checkpoint, fingerprint=fingerprint, describe=describe,
+        extra_state=lambda: {"rng": rng.bit_generator.state, "perm": perm}, load_extra_state=set_rng), device)
+    step, history, seconds = run["steps"], run["history"], run["seconds"]
     metrics: dict[str, Any] = {
         "arch": backbone.arch, "init": backbone.init, "n_pool": len(images), "n_train": len(train_idx),
         "n_val": n_val, "questions": {q: list(a) for q, (a, _) in questions.items()}, "steps": step,
         "seconds": round(seconds, 2), "galaxies_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
-        "device": str(device), "history": history,
+        "device": str(device), "resumed_at_step": run["resumed_at_step"], "history": history,
     }
     if n_val:
-        val_images = [images[i] for i in val_idx]  # val_logits: the last epoch's, of the final model
+        val_images = [images[i] for i in val_idx]
+        val_logits = _predict(model, val_images, device)  # of the final model
         metrics["val_fraction_rmse"] = fraction_rmse(val_logits, targets[val_idx], slices)
         # baseline: every galaxy gets the training pool's mean vote fractions
         mean_logits = torch.log(targets[train_idx].sum(0, keepdim=True).clamp_min(1e-6)).expand(len(val_idx), -1)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ import torch
 
 from clumpfinder.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_file, init_kind,
                                   load_images, pick_device, predict_images)
-from clumpfinder.io import atomic_path, known_fields
-from clumpfinder import metrics
+from clumpfinder.io import known_fields
+from clumpfinder import loop, metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +90,6 @@ def load_targets(coco: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
     return targets
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
 def job_fingerprint(coco: dict[str, Any], backbone: BackboneSpec, detector: DetectorSpec, spec: TrainSpec,
                     val: dict[str, Any] | None = None, selection: Selection | None = None) -> str:
     """What a checkpoint must match to be resumed: settings, the init's weights file, the training
@@ -105,27 +97,13 @@ def job_fingerprint(coco: dict[str, Any], backbone: BackboneSpec, detector: Dete
     weights = None
     if init_kind(backbone.init) in ("file", "pretrain"):  # a re-made encoder must not resume old runs
         weights = hashlib.sha256(init_file(backbone).read_bytes()).hexdigest()
-    key = {"backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec), "weights": weights,
+    key = {"checkpoint_format": 2, "backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec), "weights": weights,
            "images": [im["file_name"] for im in coco["images"]],
            "annotations": [(a["image_id"], a["bbox"], a["category_id"]) for a in coco["annotations"]],
            "selection": asdict(selection) if selection else None,
            "val": None if val is None else [[im["file_name"] for im in val["images"]],
                                             [(a["image_id"], a["bbox"], a["category_id"]) for a in val["annotations"]]]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a checkpoint is only a cache: a damaged one means starting over
-        log.warning("checkpoint %s is unreadable (%s): starting from scratch", path, err)
-        return None
-    if state.get("fingerprint") != fingerprint:
-        log.warning("checkpoint %s belongs to other settings or data: starting from scratch", path)
-        return None
-    return state
 
 
 def validation_subset(val: dict[str, Any], n: int, seed: int = 0) -> dict[str, Any]:
@@ -197,104 +175,48 @@ def train_detector(
         backbone.arch, backbone.init, n, sum(len(t["labels"]) for t in targets), total, bs, total * bs / n, device,
         f"{len(val['images'])} images every {spec.eval_every} steps" if val is not None else "none",
     )
-    step = 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_f1": -1.0, "step": None, "state": None}
-    seconds_before = 0.0
-    fingerprint = job_fingerprint(coco, backbone, detector, spec, val, selection)
-    state = _load_checkpoint(Path(checkpoint), fingerprint) if checkpoint else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, history, best, seconds_before = state["step"], state["history"], state["best"], state["seconds"]
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        log.info("resuming from %s at step %d", checkpoint, step)
-    resumed_at = step if state is not None else None
-    t_start = time.perf_counter()
-    stale = _evals_since_best(history, best)
-    while step < total and not (spec.patience and val is not None and stale >= spec.patience):
-        t0 = time.perf_counter()
-        model.train()
-        sums: dict[str, float] = {}
-        n_batches = n_images = 0
-        for _ in range(min(spec.eval_every, total - step)):
-            batch_imgs, batch_tgts = [], []
-            for i, k, flip in batch_plan(step, n, bs, spec.seed, spec.augment):
-                img, boxes = images[i], targets[i]["boxes"]
-                if k or flip:
-                    img, boxes = dihedral(img, boxes, k, flip)
-                batch_imgs.append(img.to(device, torch.float32) / 255.0)
-                batch_tgts.append({"boxes": boxes.to(device), "labels": targets[i]["labels"].to(device)})
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, spec.warmup_steps, spec.lr)
-            losses = model(batch_imgs, batch_tgts)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower training.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
-            opt.step()
-            for name, v in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            n_batches += 1
-            n_images += len(batch_imgs)
-            step += 1
-        dt = time.perf_counter() - t0
-        row: dict[str, Any] = {"step": step, "epoch": round(step * bs / n, 2), "seconds": round(dt, 2),
-                               "img_per_s": round(n_images / dt, 2) if dt > 0 else None}
-        row.update({name: round(v / max(1, n_batches), 5) for name, v in sums.items()})
+
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        batch_imgs, batch_tgts = [], []
+        for i, k, flip in batch_plan(step, n, bs, spec.seed, spec.augment):
+            img, boxes = images[i], targets[i]["boxes"]
+            if k or flip:
+                img, boxes = dihedral(img, boxes, k, flip)
+            batch_imgs.append(img.to(device, torch.float32) / 255.0)
+            batch_tgts.append({"boxes": boxes.to(device), "labels": targets[i]["labels"].to(device)})
+        losses = model(batch_imgs, batch_tgts)
+        return sum(losses.values()), losses, len(batch_imgs)
+
+    def evaluate(model: torch.nn.Module, step: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"epoch": round(step * bs / n, 2)}
         if val is not None:
-            t1 = time.perf_counter()
             row.update(validation_score(model, val, val_images, detector, selection))
-            row["val_seconds"] = round(time.perf_counter() - t1, 2)
-            if row["val_f1"] is not None and row["val_f1"] > best["val_f1"]:
-                best = {"val_f1": row["val_f1"], "step": step,
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        history.append(row)
-        stale = _evals_since_best(history, best)
-        log.info(
-            "step %d/%d (epoch %.1f) loss %.4f (cls %.4f box %.4f obj %.4f rpn %.4f) %.1f img/s%s",
+            row["score"] = row["val_f1"]
+        return row
+
+    def describe(step: int, row: dict[str, Any], best: dict[str, Any]) -> str:
+        return ("step %d/%d (epoch %.1f) loss %.4f (cls %.4f box %.4f obj %.4f rpn %.4f) %.1f img/s%s" % (
             step, total, row["epoch"], row.get("loss", float("nan")), row.get("loss_classifier", float("nan")),
             row.get("loss_box_reg", float("nan")), row.get("loss_objectness", float("nan")),
             row.get("loss_rpn_box_reg", float("nan")), row["img_per_s"] or 0,
-            f"; validation F1 {row['val_f1']} (best {best['val_f1']} at step {best['step']})" if val is not None else "",
-        )
-        if checkpoint:
-            with atomic_path(checkpoint) as tmp:
-                torch.save({
-                    "fingerprint": fingerprint, "step": step, "history": history, "best": best,
-                    "seconds": seconds_before + time.perf_counter() - t_start,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                }, tmp)
-    seconds = seconds_before + time.perf_counter() - t_start
-    stopped_early = step < total
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    if stopped_early:
+            f"; validation F1 {row['val_f1']} (best {best['score']} at step {best['step']})" if val is not None else ""))
+
+    run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
+        total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=spec.eval_every, grad_clip=spec.grad_clip,
+        patience=spec.patience if val is not None else 0, what="training", checkpoint=checkpoint, describe=describe,
+        fingerprint=job_fingerprint(coco, backbone, detector, spec, val, selection)), device)
+    step, best = run["steps"], run["best"]
+    if run["stopped_early"]:
         log.info("stopped at step %d: no better validation F1 in %d evaluations", step, spec.patience)
     if val is not None:
-        log.info("kept the weights of step %s (validation F1 %s)", best["step"], best["val_f1"])
+        log.info("kept the weights of step %s (validation F1 %s)", best["step"], best["score"])
     metrics_out = {
         "backbone": asdict(backbone), "training": asdict(spec), "n_train": n, "steps": step, "max_steps": total,
-        "epochs": round(step * bs / n, 2), "batch_size": bs, "stopped_early": stopped_early,
-        "best_step": best["step"], "best_val_f1": best["val_f1"] if best["step"] is not None else None,
+        "epochs": round(step * bs / n, 2), "batch_size": bs, "stopped_early": run["stopped_early"],
+        "best_step": best["step"], "best_val_f1": best["score"] if best["step"] is not None else None,
         "val_images": len(val["images"]) if val is not None else 0,
-        "seconds": round(seconds, 2), "img_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
-        "device": str(device), "resumed_at_step": resumed_at,
-        "final_loss": history[-1].get("loss") if history else None, "history": history,
+        "seconds": round(run["seconds"], 2), "img_per_s": round(step * bs / run["seconds"], 2) if run["seconds"] > 0 else None,
+        "device": str(device), "resumed_at_step": run["resumed_at_step"],
+        "final_loss": run["history"][-1].get("loss") if run["history"] else None, "history": run["history"],
     }
     return model, metrics_out
-
-
-def _evals_since_best(history: list[dict[str, Any]], best: dict[str, Any]) -> int:
-    """How many evaluations came after the best one (0 before any)."""
-    if best["step"] is None:
-        return 0
-    return sum(1 for r in history if "val_f1" in r and r["step"] > best["step"])

@@ -68,7 +68,8 @@ def catalogue_run(tmp_path_factory):
         cfg = real_config(work, srv.url, catalogue={"path": str(mrt)})
         proc = smk("--cores", "2", "--configfile", cfg, cwd=work)
         requests = sum(srv.requests.values())
-        rerun = smk("--cores", "2", "--configfile", cfg, "--forcerun", "download", cwd=work)
+        # the download alone, forced (what follows it would only repeat the run above)
+        rerun = smk("--cores", "2", "--configfile", cfg, "--forcerun", "download", "--until", "download", cwd=work)
         requests_rerun = sum(srv.requests.values()) - requests
     return {"dir": work, "proc": proc, "rerun": rerun, "requests": requests, "requests_rerun": requests_rerun,
             "config": cfg}

@@ -40,7 +40,7 @@ N_SUBJECTS, N_VOLUNTEERS = 85_286, 20_999
 
 
 def make(results: Path, out: Path, cfg: dict) -> None:
-    from clumpfinder.volunteers import CrowdSpec, simulate_export
+    from clumpfinder.data.volunteers import CrowdSpec, simulate_export
 
     manifest = pd.read_csv(results / "survey" / "manifest.csv")
     truth = pd.read_csv(results / "survey" / "truth.csv")
@@ -79,8 +79,8 @@ def main() -> None:
         return
     import numba
 
-    from clumpfinder.consensus import ConsensusSpec, run_consensus
-    from clumpfinder.zooniverse import read_export
+    from clumpfinder.crowd.consensus import ConsensusSpec, run_consensus
+    from clumpfinder.data.zooniverse import read_export
 
     spec = ConsensusSpec.from_config(dict(cfg["consensus"], method=a.method,
                                           swap=dict(cfg["consensus"]["swap"], mode="unsupervised")))

@@ -26,18 +26,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
-from clumpfinder.train import Selection, TrainSpec, train_detector, validation_score  # noqa: E402
-from clumpfinder.detector import load_images  # noqa: E402
+from clumpfinder.config import deep_update  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
+from clumpfinder.detection.train import Selection, TrainSpec, train_detector, validation_score  # noqa: E402
+from clumpfinder.detection.detector import load_images  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def deep_update(base: dict, override: dict) -> dict:
-    for k, v in override.items():
-        base[k] = deep_update(dict(base.get(k, {})), v) if isinstance(v, dict) else v
-    return base
 
 
 def main() -> None:
@@ -52,7 +47,7 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    deep_update(cfg, yaml.safe_load((REPO / "config" / "development.yaml").read_text()))
+    cfg = deep_update(cfg, yaml.safe_load((REPO / "config" / "development.yaml").read_text()))
     res = a.workdir / "results"
     val_full = json.loads((res / "labels" / "val.json").read_text())
     image_dir = res / "survey" / "png"

@@ -34,7 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from clumpfinder.download import DownloadSpec, download_cutouts  # noqa: E402
+from clumpfinder.data.download import DownloadSpec, download_cutouts  # noqa: E402
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from clumpfinder import metrics as M  # noqa: E402
-from clumpfinder.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
+from clumpfinder.scoring.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
 
 
 def synthetic(n_images: int, n_dets: int, seed: int = 0) -> tuple[dict, list[dict]]:

@@ -47,11 +47,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from clumpfinder.consensus import ConsensusSpec, run_consensus  # noqa: E402
-from clumpfinder.realism import ks_to_reference, label_statistics, summarise  # noqa: E402
-from clumpfinder.simulate import SurveySpec, simulate_catalogue  # noqa: E402
-from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
-from clumpfinder.zooniverse import read_export  # noqa: E402
+from clumpfinder.crowd.consensus import ConsensusSpec, run_consensus  # noqa: E402
+from clumpfinder.data.realism import ks_to_reference, label_statistics, summarise  # noqa: E402
+from clumpfinder.data.simulate import SurveySpec, simulate_catalogue  # noqa: E402
+from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
+from clumpfinder.data.zooniverse import read_export  # noqa: E402
 from consensus_vs_truth import match  # noqa: E402
 from provenance import git_commit  # noqa: E402
 

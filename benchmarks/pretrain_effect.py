@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clumpfinder import metrics  # noqa: E402
-from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
-from clumpfinder.detector import predict  # noqa: E402
-from clumpfinder.evaluate import coco_ap  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
+from clumpfinder.detection.detector import predict  # noqa: E402
+from clumpfinder.scoring.evaluate import coco_ap  # noqa: E402
 from clumpfinder.io import read_json  # noqa: E402
-from clumpfinder.labels import coco_dataset, truth_boxes  # noqa: E402
-from clumpfinder.train import TrainSpec, train_detector  # noqa: E402
+from clumpfinder.labels.coco import coco_dataset, truth_boxes  # noqa: E402
+from clumpfinder.detection.train import TrainSpec, train_detector  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 #: arm -> (backbone of config/config.yaml, overrides)

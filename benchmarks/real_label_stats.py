@@ -4,7 +4,7 @@
 
 ``PATH_TO_CHECKOUT`` is a clone of ``ou-astrophysics/Faster-R-CNN-for-Galaxy-Zoo-Clump-Scout``; the
 two pickled label tables in ``Faster-RCNN - Pytorch/`` are read with an unpickler that admits only
-pandas and numpy classes (:func:`clumpfinder.realism.read_pickled_frame`). Lengths are in units of
+pandas and numpy classes (:func:`clumpfinder.data.realism.read_pickled_frame`). Lengths are in units of
 the 200 px crop the labels refer to. Only the derived statistics are written (and committed), with
 the source files' git blob ids so anyone can check they came from the same files.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from clumpfinder.realism import label_statistics, popp_boxes, read_pickled_frame, reference_statistics  # noqa: E402
+from clumpfinder.data.realism import label_statistics, popp_boxes, read_pickled_frame, reference_statistics  # noqa: E402
 
 FILES = ("Faster-RCNN - Pytorch/imageGroups_train.pkl", "Faster-RCNN - Pytorch/imageGroups_valid.pkl")
 CROP = 200  # the labels are pixels of the central 200 x 200 crop of the 400 px subject images

@@ -6,7 +6,7 @@
 where ``seeds.yaml`` sets ``sweep: {seeds: [0, 1, 2]}``: the extra seeds' models of an existing run
 (e.g. the default's, from benchmarks/workflow_timing.py) are trained and evaluated without touching
 its other outputs. This script reads every backbone's evaluations at the given size and seeds and
-runs the summary's own paired comparison (``clumpfinder.summary.compare``: means over seeds,
+runs the summary's own paired comparison (``clumpfinder.report.summary.compare``: means over seeds,
 bootstrap over the same test galaxies, seed standard deviation). It only reports: nothing is
 chosen from it. Writes ``--out`` (JSON) with command, date and commit.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clumpfinder.io import read_json  # noqa: E402
-from clumpfinder.summary import compare  # noqa: E402
+from clumpfinder.report.summary import compare  # noqa: E402
 from provenance import git_commit  # noqa: E402
 
 

@@ -7,7 +7,7 @@ Builds each backbone of the configuration (config/config.yaml, plus overrides) w
 configured detector settings, and times optimiser steps and inference on images of the configured
 size carrying two clump-sized boxes each, in two set-ups: ``before`` (contiguous weights, the
 for-each AdamW, prediction under ``no_grad``: the loop before issue 16) and ``after`` (what
-``clumpfinder.train`` and ``clumpfinder.detector.predict_images`` now do: channels-last weights,
+``clumpfinder.detection.train`` and ``clumpfinder.detection.detector.predict_images`` now do: channels-last weights,
 the fused AdamW, ``inference_mode``). Writes benchmarks/results/train_throughput.json with the
 command, date and commit.
 """
@@ -25,18 +25,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+from clumpfinder.config import deep_update  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def deep_update(base: dict, override: dict) -> dict:
-    for k, v in override.items():
-        base[k] = deep_update(base.get(k, {}), v) if isinstance(v, dict) else v
-    return base
 
 
 def measure(spec: BackboneSpec, det: DetectorSpec, batch: int, steps: int, after: bool) -> dict[str, float]:
@@ -79,7 +74,7 @@ def main() -> None:
     a = ap.parse_args()
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for extra in a.configfile:
-        deep_update(cfg, yaml.safe_load(Path(extra).read_text()))
+        cfg = deep_update(cfg, yaml.safe_load(Path(extra).read_text()))
     det = DetectorSpec.from_config(cfg["detector"])
     batch = cfg["training"]["batch_size"]
     rows = []

@@ -7,8 +7,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder import classical  # noqa: E402
-from clumpfinder.evaluate import EvalSpec, evaluate_reference  # noqa: E402
+from clumpfinder.scoring import classical  # noqa: E402
+from clumpfinder.scoring.evaluate import EvalSpec, evaluate_reference  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
 from clumpfinder.imaging import read_image  # noqa: E402
 

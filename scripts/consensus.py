@@ -6,10 +6,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import numba  # noqa: E402
 
-from clumpfinder.consensus import ConsensusSpec, gold_with_injected, run_consensus  # noqa: E402
+from clumpfinder.crowd.consensus import ConsensusSpec, gold_with_injected, run_consensus  # noqa: E402
 from clumpfinder.io import setup_logging, write_csv, write_json  # noqa: E402
 from clumpfinder.tables import read_gold, read_table  # noqa: E402
-from clumpfinder.zooniverse import read_export  # noqa: E402
+from clumpfinder.data.zooniverse import read_export  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 cfg = snakemake.params.spec

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
-from clumpfinder.evaluate import EvalSpec, evaluate_reference, labels_as_results  # noqa: E402
+from clumpfinder.scoring.evaluate import EvalSpec, evaluate_reference, labels_as_results  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.download import DownloadSpec, download_cutouts  # noqa: E402
+from clumpfinder.data.download import DownloadSpec, download_cutouts  # noqa: E402
 from clumpfinder.io import setup_logging, write_csv, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

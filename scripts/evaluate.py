@@ -7,8 +7,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import torch  # noqa: E402
 
-from clumpfinder.detector import load_model, pick_device, predict  # noqa: E402
-from clumpfinder.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
+from clumpfinder.detection.detector import load_model, pick_device, predict  # noqa: E402
+from clumpfinder.scoring.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
-from clumpfinder.detector import BackboneSpec, fetch_weights, init_kind  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec, fetch_weights, init_kind  # noqa: E402
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
-from clumpfinder.figures import pick_gallery, plot_gallery  # noqa: E402
+from clumpfinder.report.figures import pick_gallery, plot_gallery  # noqa: E402
 from clumpfinder.io import read_json, setup_logging  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

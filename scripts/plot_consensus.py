@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.figures import plot_consensus  # noqa: E402
+from clumpfinder.report.figures import plot_consensus  # noqa: E402
 from clumpfinder.io import setup_logging  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

@@ -6,10 +6,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.figures import plot_flux_completeness  # noqa: E402
-from clumpfinder.labels import pool_size  # noqa: E402
+from clumpfinder.report.figures import plot_flux_completeness  # noqa: E402
+from clumpfinder.labels.coco import pool_size  # noqa: E402
 from clumpfinder.io import setup_logging  # noqa: E402
-from clumpfinder.summary import sweep_runs  # noqa: E402
+from clumpfinder.report.summary import sweep_runs  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

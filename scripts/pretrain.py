@@ -7,10 +7,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.detector import BackboneSpec  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec  # noqa: E402
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
-from clumpfinder.morphology import read_vote_catalogue, vote_columns  # noqa: E402
-from clumpfinder.pretrain import (  # noqa: E402
+from clumpfinder.data.morphology import read_vote_catalogue, vote_columns  # noqa: E402
+from clumpfinder.detection.pretrain import (  # noqa: E402
     CLUMPY_QUESTIONS,
     PretrainSpec,
     clumpy_labels,

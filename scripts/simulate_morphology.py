@@ -7,8 +7,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 import pandas as pd  # noqa: E402
 
 from clumpfinder.io import setup_logging, write_csv  # noqa: E402
-from clumpfinder.morphology import HOST_COLUMNS, VoteSpec, simulate_votes  # noqa: E402
-from clumpfinder.volunteers import APPEARANCE_COLUMNS, CrowdSpec  # noqa: E402
+from clumpfinder.data.morphology import HOST_COLUMNS, VoteSpec, simulate_votes  # noqa: E402
+from clumpfinder.data.volunteers import APPEARANCE_COLUMNS, CrowdSpec  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 # only the host's look and the objects' appearance are read: no flux fraction, no class

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
 from clumpfinder.io import setup_logging, write_csv  # noqa: E402
-from clumpfinder.simulate import SurveySpec, simulate_survey  # noqa: E402
+from clumpfinder.data.simulate import SurveySpec, simulate_survey  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 spec = SurveySpec.from_config(snakemake.params.spec)

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 import pandas as pd  # noqa: E402
 
 from clumpfinder.io import setup_logging, write_csv  # noqa: E402
-from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
+from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 manifest = pd.read_csv(snakemake.input.manifest)

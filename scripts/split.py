@@ -5,9 +5,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
 from clumpfinder.io import setup_logging, write_csv, write_json  # noqa: E402
-from clumpfinder.labels import BOXES_NEEDS, MANIFEST_NEEDS, SPLITS, SUBJECTS_NEEDS, coco_dataset  # noqa: E402
-from clumpfinder.splits import split_subjects  # noqa: E402
-from clumpfinder.subjects import injected_subjects  # noqa: E402
+from clumpfinder.labels.coco import BOXES_NEEDS, MANIFEST_NEEDS, SPLITS, SUBJECTS_NEEDS, coco_dataset  # noqa: E402
+from clumpfinder.labels.splits import split_subjects  # noqa: E402
+from clumpfinder.data.subjects import injected_subjects  # noqa: E402
 from clumpfinder.tables import read_gold, read_table  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

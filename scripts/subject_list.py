@@ -6,9 +6,9 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.catalogue import CLUMP_COLUMNS, read_clump_catalogue  # noqa: E402
+from clumpfinder.data.catalogue import CLUMP_COLUMNS, read_clump_catalogue  # noqa: E402
 from clumpfinder.io import setup_logging, write_csv, write_json  # noqa: E402
-from clumpfinder.subjects import from_catalogue, read_subject_list  # noqa: E402
+from clumpfinder.data.subjects import from_catalogue, read_subject_list  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 out = snakemake.output

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 import pandas as pd  # noqa: E402
 
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
-from clumpfinder.labels import subset  # noqa: E402
+from clumpfinder.labels.coco import subset  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 splits = pd.read_csv(snakemake.input.splits)

@@ -7,10 +7,10 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.figures import plot_completeness_purity  # noqa: E402
-from clumpfinder.labels import pool_size  # noqa: E402
+from clumpfinder.report.figures import plot_completeness_purity  # noqa: E402
+from clumpfinder.labels.coco import pool_size  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_csv, write_text  # noqa: E402
-from clumpfinder.summary import (compare, reference_row, summary_html, summary_markdown,  # noqa: E402
+from clumpfinder.report.summary import (compare, reference_row, summary_html, summary_markdown,  # noqa: E402
                                  summary_row, summary_table, sweep_runs, threshold_text, versus_references)
 
 log = setup_logging(snakemake.log[0])

@@ -4,10 +4,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
-from clumpfinder.detector import BackboneSpec, DetectorSpec  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
-from clumpfinder.detector import save_model  # noqa: E402
-from clumpfinder.train import Selection, TrainSpec, train_detector  # noqa: E402
+from clumpfinder.detection.detector import save_model  # noqa: E402
+from clumpfinder.detection.train import Selection, TrainSpec, train_detector  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params

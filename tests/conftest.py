@@ -3,7 +3,6 @@ run once on the tiny test configuration; `smk` runs the snakemake command line."
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from clumpfinder.config import deep_update  # noqa: F401  (the tests' config merge)
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_CONFIG = REPO / "tests" / "config" / "config.yaml"
@@ -70,13 +71,6 @@ def copy_workflow(dest: Path) -> Path:
     return dest / "Snakefile"
 
 
-def deep_update(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 @pytest.fixture(scope="session")
 def default_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -90,7 +84,7 @@ def tiny_config(default_config) -> dict:
 @pytest.fixture(scope="session")
 def tiny_survey(tmp_path_factory, tiny_config):
     """A 60-galaxy survey rendered once per test session."""
-    from clumpfinder.simulate import SurveySpec, simulate_survey
+    from clumpfinder.data.simulate import SurveySpec, simulate_survey
 
     root = tmp_path_factory.mktemp("survey")
     spec = SurveySpec.from_config(tiny_config["simulate"])
@@ -100,7 +94,7 @@ def tiny_survey(tmp_path_factory, tiny_config):
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory, tiny_survey, tiny_config):
-    from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export
+    from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export
 
     path = tmp_path_factory.mktemp("export") / "classifications.csv"
     spec = CrowdSpec.from_config(tiny_config["volunteers"])

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector, build_encoder, read_state_dict
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector, build_encoder, read_state_dict
 from conftest import REPO
 
 DET = DetectorSpec(image_size=64)
@@ -88,7 +88,7 @@ def test_hf_hub_init_loads_the_cached_zoobot_encoder(tmp_path, arch):
     write_hub_cache(tmp_path / "hf", repo, "resnet18", state)
     proc = run_offline(tmp_path / "hf", f"""
         import torch
-        from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector, fetch_weights
+        from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector, fetch_weights
         spec = BackboneSpec(arch={arch!r}, init="hf_hub:{repo}", trainable_layers=3, normalization="unit")
         record = fetch_weights(spec)
         assert record["path"].endswith("model.safetensors") and record["bytes"] > 0, record
@@ -110,7 +110,7 @@ def test_hf_hub_init_loads_the_cached_zoobot_encoder(tmp_path, arch):
 
 def test_hf_hub_init_offline_without_cache_names_the_files(tmp_path):
     proc = run_offline(tmp_path / "empty", """
-        from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+        from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector
         build_detector(BackboneSpec(arch="resnet50", init="hf_hub:mwalmsley/zoobot-encoder-resnet50"), DetectorSpec())
     """)
     assert proc.returncode != 0
@@ -121,7 +121,7 @@ def test_hf_hub_init_offline_without_cache_names_the_files(tmp_path):
 def test_hf_hub_architecture_mismatch_is_explained(tmp_path):
     write_hub_cache(tmp_path / "hf", "me/enc", "resnet18", _timm_state("resnet18"))
     proc = run_offline(tmp_path / "hf", """
-        from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
+        from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector
         build_detector(BackboneSpec(arch="timm:resnet34", init="hf_hub:me/enc"), DetectorSpec())
     """)
     assert proc.returncode != 0 and "holds a timm 'resnet18', but the backbone arch is 'timm:resnet34'" in proc.stderr
@@ -172,7 +172,7 @@ def test_file_init_that_does_not_fit_is_an_error(tmp_path):
 def test_pretrained_encoder_round_trip(tmp_path, arch):
     """An encoder saved by the pretraining stage is what pretrain:* inits load, BatchNorm
     statistics included (they are frozen in the detector)."""
-    from clumpfinder.pretrain import save_encoder
+    from clumpfinder.detection.pretrain import save_encoder
 
     encoder, _ = build_encoder(BackboneSpec(arch=arch))
     encoder.load_state_dict(_distinctive(encoder.state_dict()))
@@ -200,7 +200,7 @@ def test_bad_init_specs():
 
 @pytest.mark.parametrize("arch", ["resnet18", "timm:resnet18"])
 def test_trainable_batchnorm_keeps_the_loaded_statistics(tmp_path, arch):
-    from clumpfinder.pretrain import save_encoder
+    from clumpfinder.detection.pretrain import save_encoder
 
     encoder, _ = build_encoder(BackboneSpec(arch=arch))
     encoder.load_state_dict(_distinctive(encoder.state_dict()))

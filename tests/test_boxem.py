@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.consensus import ConsensusSpec, run_consensus
-from clumpfinder.zooniverse import ParsedExport, read_export
+from clumpfinder.crowd.consensus import ConsensusSpec, run_consensus
+from clumpfinder.data.zooniverse import ParsedExport, read_export
 from test_consensus import parsed, spec_for
 
 
@@ -68,7 +68,7 @@ def test_em_stops_when_the_association_cycles(EM, monkeypatch, costs, max_iterat
     settling: here every E step flips between one clump and none. The EM stops when two E steps
     in a row fail to lower the cost below its best, and keeps the cheapest association, with the
     skills it was found with."""
-    from clumpfinder import boxem
+    from clumpfinder.crowd import boxem
 
     real, calls = boxem._associate, []
 
@@ -203,7 +203,7 @@ def test_results_do_not_depend_on_row_order(tiny_export, tiny_config, tmp_path, 
 
 def test_em_recovers_volunteer_skill_on_simulation(tiny_survey, tiny_config, tmp_path):
     """Estimated p_fp ranks spammers above careful volunteers (a tiny crowd with 15 % spammers)."""
-    from clumpfinder.volunteers import CrowdSpec, gold_subjects, simulate_export
+    from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export
 
     crowd = CrowdSpec.from_config(dict(tiny_config["volunteers"], spammer_fraction=0.15))
     pop = simulate_export(crowd, tiny_survey["manifest"], tiny_survey["truth"], tmp_path / "export.csv")
@@ -279,7 +279,7 @@ def _greedy_reference(n, nv, vol, cx, cy, side, dummy, conn_a, conn_b, open_cost
 def test_compiled_association_matches_the_plain_greedy(max_distance):
     """Random images with clustered boxes and random costs: the compiled association (candidate
     lists, savings recomputed only when they can have changed) makes the very same choices."""
-    from clumpfinder.boxem import _associate, _neighbours
+    from clumpfinder.crowd.boxem import _associate, _neighbours
 
     rng = np.random.default_rng(3)
     sizes = rng.integers(0, 40, 60)

@@ -8,8 +8,8 @@ import pytest
 from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
-from clumpfinder.catalogue import clumps_to_pixels, read_clump_catalogue
-from clumpfinder.simulate import make_wcs
+from clumpfinder.data.catalogue import clumps_to_pixels, read_clump_catalogue
+from clumpfinder.data.simulate import make_wcs
 
 GAL = {1237648720693755918: (150.0, 2.0, 0.05, 1.2), 1237648720693755999: (151.0, -1.0, 0.08, 1.5),
        1237648720693756000: (10.0, 30.0, 0.11, 1.1)}

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder import classical
-from clumpfinder.evaluate import labels_as_results
+from clumpfinder.scoring import classical
+from clumpfinder.scoring.evaluate import labels_as_results
 
 
 def _galaxy(clumps=((30, 60), (70, 40)), size=96, fwhm=4.0, seed=0, clump_peak=60.0):

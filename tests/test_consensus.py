@@ -7,9 +7,9 @@ import copy
 import pandas as pd
 import pytest
 
-from clumpfinder.consensus import ConsensusSpec, drop_duplicate_taps
-from clumpfinder.consensus import run_consensus as _run
-from clumpfinder.zooniverse import ParsedExport
+from clumpfinder.crowd.consensus import ConsensusSpec, drop_duplicate_taps
+from clumpfinder.crowd.consensus import run_consensus as _run
+from clumpfinder.data.zooniverse import ParsedExport
 
 
 def spec_for(default_config, method="dbscan", **over):
@@ -163,7 +163,7 @@ def test_consensus_recovers_bright_simulated_clumps(tiny_export, tiny_survey, ti
     of whom mark a bright clump: HDBSCAN's clusters are sized to that (3 of 8, as 5 of 20 by default)."""
     import numpy as np
 
-    from clumpfinder.zooniverse import read_export
+    from clumpfinder.data.zooniverse import read_export
 
     cfg = dict(tiny_config["consensus"], method=method, hdbscan={"min_cluster_size": 3, "min_samples": 3})
     boxes, _, _ = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(cfg), tiny_export["gold"])
@@ -188,7 +188,7 @@ def test_injected_subjects_join_the_gold(tmp_path):
     data.gold keeps its word on a subject in both; a simulated export (all 'sim') adds nothing."""
     import numpy as np
 
-    from clumpfinder.consensus import gold_with_injected
+    from clumpfinder.crowd.consensus import gold_with_injected
 
     subject_list = pd.DataFrame({"subject_id": [1, 2, 3, 4], "origin": ["real", "sim", "Sim", np.nan]})
     gold = pd.Series([0, 1], index=[3, 4])
@@ -239,7 +239,7 @@ def test_export_with_question_and_shapes_through_consensus(tmp_path, default_con
     answers of task T1 (labels), and three classifications without one are not SWAP votes."""
     import json
 
-    from clumpfinder.zooniverse import classification_row, read_export, write_export
+    from clumpfinder.data.zooniverse import classification_row, read_export, write_export
 
     wf = {"id": 1, "name": "w", "version": "1.0"}
     rows = []

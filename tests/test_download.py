@@ -20,7 +20,7 @@ from astropy.wcs import WCS
 from PIL import Image
 
 from conftest import REPO
-from clumpfinder.download import (DownloadSpec, cache_file, download_cutouts, field_of_view, read_cached,
+from clumpfinder.data.download import (DownloadSpec, cache_file, download_cutouts, field_of_view, read_cached,
                                   request_key)
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -126,7 +126,7 @@ import sys
 sys.path.insert(0, {src!r}); sys.path.insert(0, {tests!r})
 import pandas as pd
 from test_download import make_spec, subjects
-from clumpfinder.download import download_cutouts
+from clumpfinder.data.download import download_cutouts
 download_cutouts(subjects(40), make_spec({url!r}, workers=4), {cache!r}, {png!r})
 print("finished", flush=True)
 """

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from clumpfinder import metrics as M
-from clumpfinder.evaluate import EvalSpec, coco_ap, evaluate_reference
-from clumpfinder.labels import CATEGORIES
+from clumpfinder.scoring.evaluate import EvalSpec, coco_ap, evaluate_reference
+from clumpfinder.labels.coco import CATEGORIES
 
 
 def gt(boxes_per_image, crowd=()):

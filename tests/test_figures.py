@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clumpfinder.evaluate import EvalSpec, evaluate_reference
-from clumpfinder.figures import (pick_gallery, plot_consensus, plot_flux_completeness, plot_gallery,
+from clumpfinder.scoring.evaluate import EvalSpec, evaluate_reference
+from clumpfinder.report.figures import (pick_gallery, plot_consensus, plot_flux_completeness, plot_gallery,
                                  plot_pr_curves)
 
 SPEC = EvalSpec(0.5, None, (0.3, 0.5), (0.1, 0.5, 0.9), {"n": 50, "seed": 0, "level": 0.95},

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.labels import coco_dataset, subset, truth_boxes
-from clumpfinder.splits import make_splits, nested_order, strata
+from clumpfinder.labels.coco import coco_dataset, subset, truth_boxes
+from clumpfinder.labels.splits import make_splits, nested_order, strata
 
 FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
 
@@ -242,8 +242,8 @@ def split_inputs(n=200, seed=0):
 def test_gold_and_injected_subjects_are_never_detection_labels(tmp_path):
     from PIL import Image
 
-    from clumpfinder.splits import split_subjects
-    from clumpfinder.pretrain import pretraining_pool
+    from clumpfinder.labels.splits import split_subjects
+    from clumpfinder.detection.pretrain import pretraining_pool
 
     subjects, boxes, manifest = split_inputs()
     ids = subjects["subject_id"].to_numpy()
@@ -285,7 +285,7 @@ def test_gold_and_injected_subjects_are_never_detection_labels(tmp_path):
 
 
 def test_missing_grouping_column_names_file_and_column():
-    from clumpfinder.splits import split_subjects
+    from clumpfinder.labels.splits import split_subjects
 
     subjects, _, manifest = split_inputs(60)
     bare = manifest.drop(columns="galaxy_id")
@@ -327,7 +327,7 @@ def test_bad_label_table_names_file_and_column(tmp_path, content, message):
 
 
 def test_label_tables_the_split_reads_name_what_they_lack(tmp_path):
-    from clumpfinder.labels import BOXES_NEEDS, SUBJECTS_NEEDS
+    from clumpfinder.labels.coco import BOXES_NEEDS, SUBJECTS_NEEDS
     from clumpfinder.tables import read_table
 
     subjects, boxes = fake(10)

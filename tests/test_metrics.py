@@ -7,7 +7,7 @@ import math
 import pytest
 
 from clumpfinder import metrics as M
-from clumpfinder.evaluate import EvalSpec, choose_score, evaluate_reference
+from clumpfinder.scoring.evaluate import EvalSpec, choose_score, evaluate_reference
 
 CATS = [{"id": 1, "name": "clump"}, {"id": 2, "name": "odd_clump"}]
 
@@ -178,7 +178,7 @@ def test_coco_ap_equals_pycocotools_summarize():
     import numpy as np
     from pycocotools.cocoeval import COCOeval
 
-    from clumpfinder.evaluate import coco_ap
+    from clumpfinder.scoring.evaluate import coco_ap
 
     rng = np.random.default_rng(5)
     gt = dataset([[(float(x), float(y), int(c)) for x, y, c in zip(rng.uniform(0, 80, k), rng.uniform(0, 80, k),

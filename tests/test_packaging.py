@@ -108,14 +108,37 @@ def test_the_env_check_sees_a_missing_library(tmp_path):
 
 
 def test_modules_import_only_their_own_or_earlier_layers():
-    """Data flow one way: no module of the package imports one of a later stage (clumpfinder.LAYERS)."""
+    """Data flow one way: a module imports the shared top-level modules, its own stage and earlier
+    stages, never a later one (the order of clumpfinder.LAYERS)."""
     import clumpfinder
     from clumpfinder.config import _imports
 
-    rank = {m: i for i, mods in enumerate(clumpfinder.LAYERS.values()) for m in mods}
     package = REPO / "src" / "clumpfinder"
-    modules = {p.stem for p in package.glob("*.py")} - {"__init__"}
-    assert modules == set(rank), f"modules not in a layer: {modules - set(rank)}; gone: {set(rank) - modules}"
-    later = [(m, other) for m in sorted(modules) for other in sorted(_imports(package / f"{m}.py")[0])
-             if rank.get(other, -1) > rank[m]]
+    rank = {stage: i + 1 for i, stage in enumerate(clumpfinder.LAYERS)}  # 0: the shared modules
+    assert {p.name for p in package.iterdir() if (p / "__init__.py").exists()} == set(rank)
+
+    def layer(name: str) -> int:
+        return rank.get(name.split(".")[0], 0)
+
+    later = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).with_suffix("")
+        own = layer(".".join(rel.parts))
+        later += [(str(rel), name) for name in sorted(_imports(path)[0]) if layer(name) > own]
     assert not later, f"imports of a later stage: {later}"
+    assert len(list(package.rglob("*.py"))) >= 30  # every module was walked
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "scripts").glob("*.py")), ids=lambda p: p.name)
+def test_every_name_a_script_takes_from_the_package_exists(script):
+    """What `from clumpfinder... import name` promises in each rule's script is there (a moved or
+    renamed module fails here rather than in the middle of a run)."""
+    import ast
+    import importlib
+
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "clumpfinder":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), (
+                    f"{script.name}: {node.module} has no {alias.name}")

@@ -55,7 +55,7 @@ def test_real_votes_let_morphology_pretraining_run_on_real_data(default_config):
 
 
 def test_backbone_defaults_come_from_the_schema_and_match_the_spec(default_config, schema):
-    from clumpfinder.detector import BackboneSpec
+    from clumpfinder.detection.detector import BackboneSpec
 
     cfg = _config(default_config, backbones={"bare": {"arch": "timm:regnetx_002", "init": "pretrain:morphology"}},
                   sweep={"backbones": ["bare", "resnet18_morphology"]})
@@ -116,22 +116,32 @@ def test_import_walk_follows_the_package_and_names_libraries(tmp_path):
                       "import PIL.Image\n")
     assert [p.name for p in package_modules(script, pkg)] == ["__init__.py", "a.py", "b.py"]
     assert third_party_imports(script, pkg) == {"numpy", "scipy", "PIL"}
+    # a stage sub-package: its __init__ runs too; relative imports inside it are followed
+    (pkg / "stage").mkdir()
+    (pkg / "stage" / "__init__.py").write_text("")
+    (pkg / "stage" / "m.py").write_text("from . import n\nfrom ..b import f\n")
+    (pkg / "stage" / "n.py").write_text("import pandas\n")
+    other = tmp_path / "other_script.py"  # (files are read once per process: a new name)
+    other.write_text("from clumpfinder.stage import m\n")
+    assert [str(p.relative_to(pkg)) for p in package_modules(other, pkg)] == [
+        "__init__.py", "b.py", "stage/__init__.py", "stage/m.py", "stage/n.py"]
+    assert third_party_imports(other, pkg) == {"pandas", "scipy"}
 
 
 def _specs():
-    from clumpfinder.boxem import EMSpec
-    from clumpfinder.classical import ClassicalSpec
-    from clumpfinder.consensus import ConsensusSpec
-    from clumpfinder.detector import DetectorSpec
-    from clumpfinder.download import DownloadSpec
-    from clumpfinder.evaluate import EvalSpec
-    from clumpfinder.morphology import VoteSpec
-    from clumpfinder.pretrain import PretrainSpec
-    from clumpfinder.simulate import SurveySpec
-    from clumpfinder.sites import SiteSpec
-    from clumpfinder.swap import SwapSpec
-    from clumpfinder.train import TrainSpec
-    from clumpfinder.volunteers import CrowdSpec
+    from clumpfinder.crowd.boxem import EMSpec
+    from clumpfinder.scoring.classical import ClassicalSpec
+    from clumpfinder.crowd.consensus import ConsensusSpec
+    from clumpfinder.detection.detector import DetectorSpec
+    from clumpfinder.data.download import DownloadSpec
+    from clumpfinder.scoring.evaluate import EvalSpec
+    from clumpfinder.data.morphology import VoteSpec
+    from clumpfinder.detection.pretrain import PretrainSpec
+    from clumpfinder.data.simulate import SurveySpec
+    from clumpfinder.crowd.sites import SiteSpec
+    from clumpfinder.crowd.swap import SwapSpec
+    from clumpfinder.detection.train import TrainSpec
+    from clumpfinder.data.volunteers import CrowdSpec
 
     return [(ConsensusSpec, "consensus"), (EMSpec, "consensus.em"), (SiteSpec, "consensus.em.false_sites"),
             (SwapSpec, "consensus.swap"), (DetectorSpec, "detector"), (DownloadSpec, "data.download"),

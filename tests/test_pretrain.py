@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from clumpfinder.detector import BackboneSpec
-from clumpfinder.morphology import (
+from clumpfinder.detection.detector import BackboneSpec
+from clumpfinder.data.morphology import (
     HOST_COLUMNS,
     QUESTIONS,
     VoteSpec,
@@ -18,7 +18,7 @@ from clumpfinder.morphology import (
     simulate_votes,
     vote_columns,
 )
-from clumpfinder.pretrain import (
+from clumpfinder.detection.pretrain import (
     CLUMPY_QUESTIONS,
     GroupPooledClassifier,
     PretrainSpec,
@@ -31,7 +31,7 @@ from clumpfinder.pretrain import (
     question_slices,
     vote_loss,
 )
-from clumpfinder.volunteers import APPEARANCE_COLUMNS, CrowdSpec
+from clumpfinder.data.volunteers import APPEARANCE_COLUMNS, CrowdSpec
 
 SPEC = VoteSpec(seed=3, votes_per_galaxy=40, min_votes=10, random_answer_fraction=0.1, disagreement=0.5)
 
@@ -162,7 +162,7 @@ def test_vote_loss_by_hand():
 
 
 def test_group_pooled_classifier_is_exactly_invariant():
-    from clumpfinder.detector import build_encoder
+    from clumpfinder.detection.detector import build_encoder
 
     torch.manual_seed(0)
     enc, nf = build_encoder(BackboneSpec("resnet18"))
@@ -216,10 +216,10 @@ def test_pretraining_runs_and_reports(train_pool):
 
 
 def test_killed_pretraining_resumes_and_ends_as_an_uninterrupted_run(train_pool, tmp_path, monkeypatch):
-    """The pretraining shares the detector's loop (clumpfinder.loop): a run stopped part-way
+    """The pretraining shares the detector's loop (clumpfinder.detection.loop): a run stopped part-way
     resumes from its last epoch's checkpoint (model, optimiser, the batch generator's state) and
     ends with the same encoder, losses and validation losses as a run never stopped."""
-    import clumpfinder.pretrain as pretrain
+    import clumpfinder.detection.pretrain as pretrain
 
     images, counts = train_pool[0][:30], train_pool[1][:30]  # 24 to train on, 6 held out
     spec = PretrainSpec(epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=2,

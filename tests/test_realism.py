@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.realism import (
+from clumpfinder.data.realism import (
     LEVELS,
     ks_to_reference,
     label_statistics,

@@ -12,7 +12,7 @@ from astropy.wcs import WCS
 from PIL import Image
 
 from clumpfinder.imaging import fits_pixel_to_png, png_to_fits_pixel
-from clumpfinder.simulate import BANDS, simulate_survey
+from clumpfinder.data.simulate import BANDS, simulate_survey
 
 
 def test_manifest_columns_and_files(tiny_survey):
@@ -56,7 +56,7 @@ def test_flux_fractions_span_thresholds(tiny_survey):
 
 def test_catalogue_without_images_matches_the_rendered_survey(tiny_survey, tmp_path):
     """simulate_catalogue gives the same tables without rendering; other ids and no FITS on request."""
-    from clumpfinder.simulate import simulate_catalogue
+    from clumpfinder.data.simulate import simulate_catalogue
 
     spec = dataclasses.replace(tiny_survey["spec"], n_galaxies=8)
     man, truth = simulate_survey(spec, tmp_path / "png", tmp_path / "fits")
@@ -81,7 +81,7 @@ def test_fits_files_pass_strict_verification(tiny_survey):
 def test_arms_hold_their_flux_and_show_in_the_image(tiny_survey):
     """The analytic arm profile integrates to the arm flux, and a spiral galaxy's FITS image is
     brighter on the arm ridge than between the arms at the same radius."""
-    from clumpfinder.simulate import arm_surface_brightness
+    from clumpfinder.data.simulate import arm_surface_brightness
 
     host = {"position_angle_deg": 20.0, "inclination_deg": 40.0, "disc_scale_arcsec": 3.0, "n_arms": 2,
             "arm_pitch_deg": 20.0, "arm_phase": 0.5, "arm_flux_g": 7.0}
@@ -99,7 +99,7 @@ def test_arms_hold_their_flux_and_show_in_the_image(tiny_survey):
     with fits.open(tiny_survey["root"] / "fits" / row["fits"]) as hdul:
         g = hdul["G"].data.astype(float)
     # the arm ridge vs the inter-arm region on a ring of 1.5 disc scale lengths (FITS: y up)
-    from clumpfinder.simulate import _catalogue
+    from clumpfinder.data.simulate import _catalogue
 
     hosts, _, _ = _catalogue(tiny_survey["spec"], 100_000)
     h = hosts.set_index("subject_id").loc[row["subject_id"]].to_dict()
@@ -172,7 +172,7 @@ def test_png_is_display_orientation(tiny_survey):
 
 
 def test_deterministic_and_independent_of_workers(tmp_path, tiny_config):
-    from clumpfinder.simulate import SurveySpec
+    from clumpfinder.data.simulate import SurveySpec
 
     cfg = dict(tiny_config["simulate"], n_galaxies=12)
     spec = SurveySpec.from_config(cfg)
@@ -191,8 +191,8 @@ def test_deterministic_and_independent_of_workers(tmp_path, tiny_config):
 
 def test_failed_render_leaves_no_directory(tmp_path, tiny_config, monkeypatch):
     """A crash half-way leaves no partial image directory behind (atomic directory output)."""
-    from clumpfinder import simulate
-    from clumpfinder.simulate import SurveySpec
+    from clumpfinder.data import simulate
+    from clumpfinder.data.simulate import SurveySpec
 
     calls = {"n": 0}
     real = simulate._render_one
@@ -216,7 +216,7 @@ def test_host_surface_brightness_matches_galsim():
     (no PSF), in every direction: position angle and inclination conventions are the same."""
     import galsim
 
-    from clumpfinder.simulate import host_surface_brightness
+    from clumpfinder.data.simulate import host_surface_brightness
 
     host = pd.DataFrame([{
         "position_angle_deg": 30.0, "inclination_deg": 50.0, "disc_scale_arcsec": 3.0, "disc_flux_g": 100.0,

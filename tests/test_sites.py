@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clumpfinder.sites import SiteSpec, false_sites
+from clumpfinder.crowd.sites import SiteSpec, false_sites
 
 SPEC = SiteSpec(enabled=True, rate={"mean": 0.2, "count": 10}, miss={"mean": 0.3, "count": 10},
                 susceptibility={"mean": 0.05, "count": 20}, drop_above=0.5, max_iterations=200, tolerance=1e-6)

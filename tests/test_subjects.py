@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.subjects import from_catalogue, read_subject_list
+from clumpfinder.data.subjects import from_catalogue, read_subject_list
 
 
 def test_zooniverse_subject_export(tmp_path):
@@ -72,7 +72,7 @@ def test_from_catalogue_keeps_sdss_ids():
 def test_origin_marks_injected_subjects(tmp_path):
     """Adams et al. (2022) injected synthetic clumps into real images: those subjects say
     origin 'sim' (any case of key and value); the rest are real galaxies."""
-    from clumpfinder.subjects import injected_subjects
+    from clumpfinder.data.subjects import injected_subjects
 
     meta = [{"ra": 1.0, "dec": 0.0, "#dr8objid": "1237648720693755918", "origin": "real"},
             {"ra": 1.0, "dec": 0.0, "#dr8objid": "1237648720693755918", "Origin": "SIM"},  # same galaxy, injected
@@ -95,7 +95,7 @@ def test_origin_marks_injected_subjects(tmp_path):
 def test_a_simulated_export_has_no_injected_subjects(tiny_export):
     """The simulated export gives every subject the same origin (volunteers.py has written 'sim'
     and 'real'): on the real-data route that reads it, none is an injected-clump subject."""
-    from clumpfinder.subjects import injected_subjects
+    from clumpfinder.data.subjects import injected_subjects
 
     subs, rep = read_subject_list(tiny_export["path"])
     assert rep["origin_sim"] in (0, len(subs)) and len(subs) > 0

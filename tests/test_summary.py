@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from clumpfinder.figures import plot_completeness_purity
-from clumpfinder.summary import compare, headline, summary_html, summary_markdown, summary_row, summary_table
+from clumpfinder.report.figures import plot_completeness_purity
+from clumpfinder.report.summary import compare, headline, summary_html, summary_markdown, summary_row, summary_table
 
 
 def _metrics(c: float, p: float, found: int = 10, false: int = 3, n_images: int = 20) -> dict:
@@ -90,7 +90,7 @@ def test_headline_when_the_baseline_wins_or_ties():
 
 
 def test_an_interval_touching_zero_at_the_shown_precision_is_not_called_significant():
-    from clumpfinder.summary import _excludes_zero
+    from clumpfinder.report.summary import _excludes_zero
 
     assert _excludes_zero(0.001, 0.2) and _excludes_zero(-0.3, -0.0006)
     assert not _excludes_zero(0.0003, 0.2) and not _excludes_zero(-0.3, -0.0004)
@@ -100,7 +100,7 @@ def test_an_interval_touching_zero_at_the_shown_precision_is_not_called_signific
 def test_sweep_runs_pairs_files_with_cells_in_expand_order(tmp_path):
     import json
 
-    from clumpfinder.summary import sweep_runs
+    from clumpfinder.report.summary import sweep_runs
 
     files = []
     for k in range(4):
@@ -116,7 +116,7 @@ def test_sweep_runs_pairs_files_with_cells_in_expand_order(tmp_path):
 def test_sweep_runs_full_is_the_pool_size(tmp_path):
     import json
 
-    from clumpfinder.summary import sweep_runs
+    from clumpfinder.report.summary import sweep_runs
 
     files = [str(tmp_path / f"{k}.json") for k in range(2)]
     for f in files:
@@ -135,7 +135,7 @@ def _with_truth(m: dict) -> dict:
 
 
 def test_reference_points_rows_and_comparison_with_the_classical_finder(tmp_path):
-    from clumpfinder.summary import reference_row, versus_references
+    from clumpfinder.report.summary import reference_row, versus_references
 
     cells = [(b, n, 0, _with_truth(_metrics(0.8, 0.8, found=found, false=1))) for b, found in (("a", 18), ("b", 14))
              for n in (30, 100)]
@@ -176,7 +176,7 @@ def test_reference_points_rows_and_comparison_with_the_classical_finder(tmp_path
 
 
 def test_learning_curves_figure(tmp_path):
-    from clumpfinder.figures import plot_learning_curves
+    from clumpfinder.report.figures import plot_learning_curves
 
     def train(best, stopped):
         hist = [{"step": s, "loss": 1.0 / s, "val_f1": min(0.8, s / 100)} for s in (10, 20, 30, 40)]

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.consensus import read_gold
-from clumpfinder.swap import SwapSpec, run_swap
-from clumpfinder.zooniverse import Question
+from clumpfinder.crowd.consensus import read_gold
+from clumpfinder.crowd.swap import SwapSpec, run_swap
+from clumpfinder.data.zooniverse import Question
 
 BASE = dict(mode="supervised", prior=0.3, initial_pl=0.5, initial_pd=0.5, skepticism=2.0,
             detection_threshold=0.99, rejection_threshold=0.004, probability_floor=0.001, agent_clip=0.01,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clumpfinder.detector import BackboneSpec, DetectorSpec, build_detector
-from clumpfinder.detector import dihedral, load_images, load_model, pick_device, predict, save_model
-from clumpfinder.loop import lr_at
-from clumpfinder.train import TrainSpec, train_detector
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector
+from clumpfinder.detection.detector import dihedral, load_images, load_model, pick_device, predict, save_model
+from clumpfinder.detection.loop import lr_at
+from clumpfinder.detection.train import TrainSpec, train_detector
 
 # the machine's own device: these tests run on a GPU where there is one (bit-exact resume is
 # asserted on the CPU only, where kernels are deterministic)
@@ -74,7 +74,7 @@ def test_torchvision_init_loads_the_cached_file(tmp_path, monkeypatch, arch, wei
     backbone through torchvision's own loader (no network: the file is found in the cache)."""
     import urllib.error
 
-    from clumpfinder.detector import _MOBILENETS, _RESNETS, torchvision_weights_path
+    from clumpfinder.detection.detector import _MOBILENETS, _RESNETS, torchvision_weights_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
@@ -125,7 +125,7 @@ def test_lr_schedule():
 
 
 def _coco_for(tiny_survey, n=6):
-    from clumpfinder.labels import coco_dataset, truth_boxes
+    from clumpfinder.labels.coco import coco_dataset, truth_boxes
 
     man, truth = tiny_survey["manifest"].iloc[:n], tiny_survey["truth"]
     boxes = truth_boxes(tiny_survey["manifest"], truth, 2.0, 0.03, 0.015)
@@ -166,7 +166,7 @@ def test_missing_image_named(tiny_survey, tmp_path):
 
 
 def test_class_agnostic_nms():
-    from clumpfinder.detector import class_agnostic_nms
+    from clumpfinder.detection.detector import class_agnostic_nms
 
     out = [{"boxes": torch.tensor([[10.0, 10, 18, 18], [10.5, 10, 18.5, 18], [40, 40, 48, 48]]),
             "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 2, 1])}]
@@ -177,8 +177,8 @@ def test_class_agnostic_nms():
 
 _RESUME_SCRIPT = """
 import json, sys
-from clumpfinder.detector import BackboneSpec, DetectorSpec
-from clumpfinder.train import TrainSpec, train_detector
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec
+from clumpfinder.detection.train import TrainSpec, train_detector
 a = json.loads(sys.argv[1])
 train_detector(json.load(open(a["coco"])), a["images"], BackboneSpec(arch="resnet18"),
                DetectorSpec(image_size=a["size"]), TrainSpec(**a["spec"]), threads=1, checkpoint=a["checkpoint"],
@@ -242,7 +242,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_survey, tmp_path, capl
 
 
 def test_batches_depend_only_on_seed_and_step():
-    from clumpfinder.train import batch_plan
+    from clumpfinder.detection.train import batch_plan
 
     # 10 images in batches of 4: steps 0-2 are epoch 0 (4 + 4 + 2 images), step 3 starts epoch 1
     epoch0 = [i for s in range(3) for i, _, _ in batch_plan(s, 10, 4, seed=5, augment=True)]
@@ -256,7 +256,7 @@ def test_batches_depend_only_on_seed_and_step():
 
 
 def test_validation_subset_is_fixed_and_keeps_its_boxes():
-    from clumpfinder.train import validation_subset
+    from clumpfinder.detection.train import validation_subset
 
     val = {"images": [{"id": i} for i in range(20)], "categories": [],
            "annotations": [{"id": 100 + i, "image_id": i % 20} for i in range(30)]}
@@ -271,7 +271,7 @@ def test_validation_subset_is_fixed_and_keeps_its_boxes():
 def test_best_validation_weights_are_kept_and_patience_stops(tiny_survey, monkeypatch):
     """The returned weights are those of the evaluation with the best validation F1; with patience
     1 training stops at the first evaluation that does not beat it."""
-    import clumpfinder.train as train_mod
+    import clumpfinder.detection.train as train_mod
 
     coco = _coco_for(tiny_survey, 6)
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)

@@ -237,9 +237,10 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
         assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
     by_rule = {j["rule"]: j["input"] for j in jobs}
     # evaluate loads models with the detector module (model files live there, not in the training loop)
-    for module in ("evaluate", "metrics", "detector", "imaging", "io"):
+    for module in ("scoring/evaluate", "metrics", "detection/detector", "imaging", "io", "detection/__init__",
+                   "scoring/__init__"):
         assert f"src/clumpfinder/{module}.py" in by_rule["evaluate"], module
-    for module in ("consensus", "boxem", "swap", "zooniverse"):
+    for module in ("crowd/consensus", "crowd/boxem", "crowd/swap", "data/zooniverse"):
         assert f"src/clumpfinder/{module}.py" in by_rule["consensus"], module
     assert "train.py" not in by_rule["consensus"] and "boxem.py" not in by_rule["train"]
     assert "train.py" not in by_rule["evaluate"] and "splits.py" not in by_rule["evaluate"]
@@ -251,17 +252,18 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
     "module, expected",
     [
         # plotting code: the figures and the summary that draws the headline figure
-        ("figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1,
-                        "plot_learning": 1, "all": 1}),
+        ("report/figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1,
+                               "plot_learning": 1, "all": 1}),
         # the EM aggregation of clicks: the consensus and everything after it
-        ("boxem.py", CONSENSUS_DOWNSTREAM),
+        ("crowd/boxem.py", CONSENSUS_DOWNSTREAM),
         # the detector's training and what reads its models (the evaluation reruns because its models
         # are new: it does not run this code)
-        ("train.py", {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2,
-                      "plot_learning": 1, "all": 1}),
+        ("detection/train.py", {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
+                                "gallery": 2, "plot_learning": 1, "all": 1}),
         # the optimisation loop that training and both pretrainings share
-        ("loop.py", {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1,
-                     "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1, "all": 1}),
+        ("detection/loop.py", {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6,
+                               "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1,
+                               "all": 1}),
     ],
 )
 def test_a_code_change_reruns_the_stages_that_run_it(tiny_run, module, expected):

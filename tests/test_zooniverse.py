@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.zooniverse import COLUMNS, ExportFormatError, classification_row, read_export, write_export
+from clumpfinder.data.zooniverse import COLUMNS, ExportFormatError, classification_row, read_export, write_export
 
 WORKFLOW = {"id": 1, "name": "Clump Scout", "version": "1.2"}
 
@@ -207,7 +207,7 @@ def test_chunked_parse_matches_one_piece_with_multiline_fields_and_stray_quotes(
 def test_time_order_is_pandas_stable_sort():
     """Exports are sorted by time stamp (as strings), ties by classification id, missing times
     last, as DataFrame.sort_values orders them, whether nearly sorted already or shuffled."""
-    from clumpfinder.zooniverse import time_order
+    from clumpfinder.data.zooniverse import time_order
 
     rng = np.random.default_rng(0)
     stamps = [f"2020-01-0{d} 0{h}:00:00 UTC" for d, h in zip(rng.integers(1, 4, 300), rng.integers(0, 3, 300))]
@@ -246,7 +246,7 @@ def test_chunk_without_usable_rows_changes_nothing(tmp_path):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_export_with_a_header_only_is_empty_not_an_error(tmp_path, workers):
-    from clumpfinder.zooniverse import CLICK_COLUMNS
+    from clumpfinder.data.zooniverse import CLICK_COLUMNS
 
     path = tmp_path / "export.csv"
     write_export([], path)
@@ -279,7 +279,7 @@ def _dimensions_reference(metadata):
 def test_remembered_image_sizes_are_the_sizes_decoded():
     """Metadata in many shapes, each value seen several times in random order (the remembered
     outcome is used from the second time on): every row gets what a full decode gives."""
-    from clumpfinder.zooniverse import _dimensions, _Skip
+    from clumpfinder.data.zooniverse import _dimensions, _Skip
 
     values = ['[{"naturalWidth":96,"naturalHeight":96}]', '[{"naturalWidth": 96, "naturalHeight": 80}]',
               '[{"naturalWidth":"424","naturalHeight":424.0,"label":"a]b"}]', '[[1], {"naturalWidth":5}]',

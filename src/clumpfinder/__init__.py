@@ -1,22 +1,22 @@
 """clumpfinder: giant star-forming clumps with Faster R-CNN trained on volunteer labels.
 
-Modules by stage of the DAG (``LAYERS``, in order): data flow down the list, and a module imports
-only modules of its own layer or of layers above it (tests/test_packaging.py checks this):
+One sub-package per stage of the DAG, in the order data flow (``LAYERS``); a module imports only
+the shared top-level modules, its own stage and earlier stages (tests/test_packaging.py checks it):
 
-    shared     io (atomic writes, logging), tables (reading input tables), boxes (label-sized
-               boxes), imaging (the colour composite, FITS/PNG pixels, reading a labelled image), metrics
-               (completeness, purity, F1, bootstrap), config (cross-field checks of a
+    (shared)   io (atomic writes, logging), tables (reading input tables), boxes (label-sized
+               boxes), imaging (the colour composite, FITS/PNG pixels, reading a labelled image),
+               metrics (completeness, purity, F1, bootstrap), config (cross-field checks of a
                configuration, the rules' per-backbone settings, the import walk)
     data       simulate (GalSim survey), zooniverse (export format), volunteers (simulated clicks),
                morphology (Galaxy-Zoo-style votes for pretraining), subjects (subject lists),
                download (hips2fits cutouts), catalogue (published clump tables), realism
     crowd      swap (per-subject SWAP), sites (correlated false clicks), boxem (EM box consensus),
                consensus (clicks -> boxes)
-    labels     labels (COCO JSON, subsets), splits (train/val/test by galaxy, nested order)
+    labels     coco (COCO JSON, nested subsets), splits (train/val/test by galaxy)
     detection  detector (Faster R-CNN builder, model files, images as tensors, prediction, the
                dihedral transform), loop (the one optimisation loop: schedule, clipping,
-               evaluations, best weights, checkpoints), train (the detector's training), pretrain
-               (galaxy pretraining of the encoder)
+               evaluations, best weights, checkpoints), train (the detector), pretrain (galaxy
+               pretraining of the encoder)
     scoring    evaluate (COCO evaluation, threshold choice), classical (the classical finder)
     report     summary (tables, headline, Markdown/HTML), figures
 
@@ -26,12 +26,5 @@ write the outputs.
 
 __version__ = "0.1.0"
 
-LAYERS = {
-    "shared": ("io", "tables", "boxes", "imaging", "metrics", "config"),
-    "data": ("simulate", "zooniverse", "volunteers", "morphology", "subjects", "download", "catalogue", "realism"),
-    "crowd": ("swap", "sites", "boxem", "consensus"),
-    "labels": ("labels", "splits"),
-    "detection": ("detector", "loop", "train", "pretrain"),
-    "scoring": ("evaluate", "classical"),
-    "report": ("summary", "figures"),
-}
+#: the stage sub-packages in the order data flow through them (shared modules sit above them all)
+LAYERS = ("data", "crowd", "labels", "detection", "scoring", "report")

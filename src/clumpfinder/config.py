@@ -7,6 +7,7 @@ Standard library only: ``rules/common.smk`` imports this when Snakemake parses t
 from __future__ import annotations
 
 import ast
+import copy
 import sys
 from functools import cache
 from itertools import product
@@ -14,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE = "clumpfinder"
+
+
+def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` merged in key by key (nested dicts merged, anything
+    else replaced), as Snakemake merges a ``--configfile`` on top of the default."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def sweep_backbones(config: dict[str, Any]) -> list[str]:
@@ -66,42 +76,71 @@ def check_config(config: dict[str, Any]) -> None:
 @cache
 def _imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
     """(package modules, other top-level modules) that one source file imports, anywhere in it
-    (function-level imports too). Imports by absolute or relative module name are seen;
-    importlib calls are not."""
+    (function-level imports too). Package modules are dotted names below the package
+    (``data.simulate``; for ``from clumpfinder.data import simulate`` both ``data`` and
+    ``data.simulate``, the walk keeps those that are files). Relative imports are resolved against
+    the file's place in the package. importlib calls are not seen."""
     ours, others = set(), set()
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    here = _package_parts(path)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             parts = node.module.split(".") if node.module else []
             if node.level == 0 and parts[:1] != [PACKAGE]:
                 others.add(parts[0])
                 continue
-            parts = parts[1:] if node.level == 0 else parts
-            ours.update(parts[:1])  # from clumpfinder.x import ...
-            if not parts:  # from clumpfinder import x
-                ours.update(a.name for a in node.names)
+            if node.level == 0:
+                base = parts[1:]
+            else:  # relative: from the file's package, up level - 1
+                if here is None:
+                    continue
+                base = here[: len(here) - (node.level - 1)] + parts
+            if base:
+                ours.add(".".join(base))
+            ours.update(".".join([*base, a.name]) for a in node.names)
         elif isinstance(node, ast.Import):
             for a in node.names:
                 top, _, rest = a.name.partition(".")
                 if top == PACKAGE:
-                    ours.update(rest.split(".")[:1] if rest else [])
+                    if rest:
+                        ours.add(rest)
                 else:
                     others.add(top)
     return frozenset(ours), frozenset(others)
 
 
+def _package_parts(path: Path) -> list[str] | None:
+    """The sub-package a file of the package lies in, as parts below the package (None outside)."""
+    parts = Path(path).resolve().parts
+    if PACKAGE not in parts:
+        return None
+    below = list(parts[len(parts) - parts[::-1].index(PACKAGE):])
+    return below[:-1]
+
+
+def _module_file(name: str, package_dir: Path) -> Path | None:
+    path = package_dir.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def package_modules(script: str | Path, package_dir: str | Path) -> list[Path]:
-    """The package's module files a script runs, directly or through other modules (and the
-    package's ``__init__``, which runs whenever the package is imported), sorted."""
+    """The package's module files a script runs, directly or through other modules, with the
+    ``__init__.py`` of every package on the way (they run whenever a module below is imported),
+    sorted."""
     package_dir = Path(package_dir)
     found = {package_dir / "__init__.py"}
     todo = [Path(script), package_dir / "__init__.py"]
     while todo:
         for name in _imports(todo.pop())[0]:
-            path = package_dir / f"{name}.py"
-            if path.exists() and path not in found:
-                found.add(path)
-                todo.append(path)
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):  # the packages on the way, then the module itself
+                path = _module_file(".".join(parts[:k]), package_dir)
+                if path is not None and path not in found:
+                    found.add(path)
+                    todo.append(path)
     return sorted(found)
 
 

@@ -4,7 +4,7 @@ Volunteers see what is in the image, not the truth table: every object (giant cl
 background galaxy) has an *appearance* (:data:`APPEARANCE_COLUMNS`: position, local contrast,
 signal-to-noise, colour) and volunteers decide from it alone whether they notice it and which tool
 they use. The same perception model drives the simulated Galaxy Zoo votes of the pretraining
-stage (:mod:`clumpfinder.morphology`). Because everyone looks at the same image, errors are
+stage (:mod:`clumpfinder.data.morphology`). Because everyone looks at the same image, errors are
 correlated as in the real project: a star-forming knot that stands out is marked by many
 volunteers although it is far below any giant-clump definition, and a bluish foreground star is
 called a clump by most.
@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
-from clumpfinder.zooniverse import classification_row, write_export
+from clumpfinder.data.zooniverse import classification_row, write_export
 
 #: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
 STAR_FORMING = ("clump", "knot")

@@ -59,7 +59,7 @@ import pandas as pd
 from scipy.special import erfc
 
 from clumpfinder.io import known_fields
-from clumpfinder.sites import SiteSpec, false_sites
+from clumpfinder.crowd.sites import SiteSpec, false_sites
 
 log = logging.getLogger(__name__)
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)

@@ -3,7 +3,7 @@
 Clicks become square boxes centred on the click whose side is the subject's PSF FWHM (image
 pixels) times ``box_scale``, as Clump Scout did. Three ways to turn them into clumps (``method``):
 
-* ``em`` (default): the Bayesian EM aggregation with volunteer skill (:mod:`clumpfinder.boxem`);
+* ``em`` (default): the Bayesian EM aggregation with volunteer skill (:mod:`clumpfinder.crowd.boxem`);
 * ``dbscan``: per subject, DBSCAN on the clicks (radius in units of the FWHM, a minimum number of
   distinct volunteers that scales with how many classified the subject); the box is centred on the
   mean click;
@@ -12,7 +12,7 @@ pixels) times ``box_scale``, as Clump Scout did. Three ways to turn them into cl
 
 The two clustering baselines weigh every click the same. For all three, clusters on the galaxy
 centre (the bulge) are dropped and the class is the majority tool (for ``em`` also "odd" when
-P(false positive) is high). Independently, SWAP (:mod:`clumpfinder.swap`) gives each subject a
+P(false positive) is high). Independently, SWAP (:mod:`clumpfinder.crowd.swap`) gives each subject a
 posterior probability of having clumps and each volunteer a PL/PD; its vote is "marked anything",
 or the answer to a yes/no question task (``swap.question``), in which case classifications without
 an answer are no SWAP vote (counted in the report as ``classifications_without_answer``) but their
@@ -33,11 +33,11 @@ import sklearn
 from sklearn.cluster import DBSCAN, HDBSCAN
 
 from clumpfinder.io import known_fields
-from clumpfinder.boxem import EMSpec, aggregate
-from clumpfinder.subjects import injected_subjects
-from clumpfinder.swap import SwapSpec, run_swap
+from clumpfinder.crowd.boxem import EMSpec, aggregate
+from clumpfinder.data.subjects import injected_subjects
+from clumpfinder.crowd.swap import SwapSpec, run_swap
 from clumpfinder.tables import read_gold  # noqa: F401  (gold lists are read here by the consensus script)
-from clumpfinder.zooniverse import ParsedExport
+from clumpfinder.data.zooniverse import ParsedExport
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def run_consensus(parsed: ParsedExport, spec: ConsensusSpec, gold: pd.Series | N
 def gold_with_injected(gold: pd.Series | None,
                        subject_list: pd.DataFrame | None) -> tuple[pd.Series | None, dict[str, int]]:
     """SWAP's gold subjects: ``gold`` (``data.gold``, by subject_id) plus the injected-clump
-    subjects of a real ``subject_list`` (origin 'sim', :func:`~clumpfinder.subjects.injected_subjects`)
+    subjects of a real ``subject_list`` (origin 'sim', :func:`~clumpfinder.data.subjects.injected_subjects`)
     as has_clumps = 1. A subject in both keeps its ``data.gold`` value (the user's word wins).
 
     Injected subjects only ever say "has clumps", so in supervised SWAP they train PL, not PD;

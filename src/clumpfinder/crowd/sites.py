@@ -1,6 +1,6 @@
 """Correlated false positives: is a consensus clump real, or a spot that fools several volunteers at once?
 
-The EM box consensus (:mod:`clumpfinder.boxem`) treats each volunteer's false boxes as
+The EM box consensus (:mod:`clumpfinder.crowd.boxem`) treats each volunteer's false boxes as
 independent: five volunteers marking the same empty spot is then astronomically unlikely, so any
 spot that several of them mark becomes a clump with a tiny P(false positive). Real crowds err
 together: a knot below the giant-clump definition that stands out, a bright patch of a spiral arm,

@@ -1,5 +1,5 @@
 """Training labels: COCO JSON of the consensus (or catalogue, or simulated truth) boxes, nested
-training subsets, and the vocabulary the split uses (:mod:`clumpfinder.splits` draws the split).
+training subsets, and the vocabulary the split uses (:mod:`clumpfinder.labels.splits` draws the split).
 
 Splits are stratified on what the volunteers did with each subject (SWAP's verdict and clicks per
 classification, which do not depend on the consensus method) with a fixed seed. They are drawn per

@@ -10,8 +10,8 @@ and its encoder then serves other tasks. Here the same idea runs inside the work
   who looks at the galaxy: the host's look (bulge size, inclination, spiral arms, brightness) sets
   the answer probabilities of the shape questions, and the clump and odd-feature questions are
   answered from what that volunteer *notices*, with the same perception model that decides what
-  Clump Scout volunteers click (:func:`clumpfinder.volunteers.visibility`,
-  :func:`clumpfinder.volunteers.odd_look`, each voter with their own skill). The votes never read
+  Clump Scout volunteers click (:func:`clumpfinder.data.volunteers.visibility`,
+  :func:`clumpfinder.data.volunteers.odd_look`, each voter with their own skill). The votes never read
   the truth's flux fractions or classes, so pretraining cannot learn the evaluation's definition
   of a clump. Volunteer noise: per-galaxy disagreement on the shape questions, a fraction of
   random answers, a random number of volunteers, and the tree (a question is only asked of
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
-from clumpfinder.volunteers import CrowdSpec, appearance, odd_look, visibility
+from clumpfinder.data.volunteers import CrowdSpec, appearance, odd_look, visibility
 
 # question -> (answers, (parent question, parent answer) or None): a Galaxy Zoo DECaLS-like tree
 QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, str] | None]] = {
@@ -109,7 +109,7 @@ def simulate_votes(manifest: pd.DataFrame, objects: pd.DataFrame, spec: VoteSpec
     """Vote counts per galaxy: ``subject_id`` then one column per answer (see :data:`QUESTIONS`).
 
     Reads only :data:`HOST_COLUMNS` of ``manifest`` and the appearance columns of ``objects``
-    (:data:`clumpfinder.volunteers.APPEARANCE_COLUMNS`, via :func:`~clumpfinder.volunteers.appearance`); ``crowd`` gives the voters' perception
+    (:data:`clumpfinder.data.volunteers.APPEARANCE_COLUMNS`, via :func:`~clumpfinder.data.volunteers.appearance`); ``crowd`` gives the voters' perception
     skills (the ``volunteers`` section)."""
     missing = [c for c in HOST_COLUMNS if c not in manifest.columns]
     if missing:

@@ -1,7 +1,7 @@
 """Galaxy pretraining of a detector backbone: the workflow's own, small Zoobot.
 
 The backbone network is trained as an image encoder that predicts volunteers' answers to a tree
-of questions (:mod:`clumpfinder.morphology`: ``pretrain:morphology``) or whether a galaxy has
+of questions (:mod:`clumpfinder.data.morphology`: ``pretrain:morphology``) or whether a galaxy has
 clumps (the consensus SWAP posterior: ``pretrain:clumpy``, Popp et al.'s fifth arm). Each question
 is a softmax over its answers trained on the vote fractions (cross-entropy, questions nobody
 answered are skipped), as Zoobot does with counts.
@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clumpfinder.detector import BackboneSpec, build_encoder, dihedral, load_images, pick_device
-from clumpfinder import loop
+from clumpfinder.detection.detector import BackboneSpec, build_encoder, dihedral, load_images, pick_device
+from clumpfinder.detection import loop
 from clumpfinder.io import atomic_path, known_fields
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class PretrainSpec:
 def dihedral_view(x: torch.Tensor, element: int) -> torch.Tensor:
     """Element 0..7 of D4 applied to a batch (B, C, H, W): rotation by (element % 4) x 90 degrees,
     preceded by a left-right flip for elements 4..7; i.e. the detector's transform
-    (:func:`clumpfinder.detector.dihedral`: turn, then flip) turning the other way when flipped."""
+    (:func:`clumpfinder.detection.detector.dihedral`: turn, then flip) turning the other way when flipped."""
     k, flip = element % 4, element >= 4
     return dihedral(x, None, -k % 4 if flip else k, flip)[0]
 

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from clumpfinder.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_file, init_kind,
-                                  load_images, pick_device, predict_images)
+from clumpfinder.detection.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_file,
+                                            init_kind, load_images, pick_device, predict_images)
 from clumpfinder.io import known_fields
-from clumpfinder import loop, metrics
+from clumpfinder import metrics
+from clumpfinder.detection import loop
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The train/val/test split by galaxy and the nested order of the training pool (see
-:mod:`clumpfinder.labels` for how and why).
+:mod:`clumpfinder.labels.coco` for how and why).
 
 Splits are stratified on what the volunteers did with each subject with a fixed seed, drawn per
 galaxy, with subjects of known truth kept out; the pool's nested order makes the subset of size n
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from clumpfinder.labels import SPLITS
+from clumpfinder.labels.coco import SPLITS
 
 MIN_STRATUM = 4
 

@@ -4,7 +4,7 @@ Each volunteer is an agent with PL = P(says yes | has clumps) and PD = P(says no
 starting at ``initial_pl``/``initial_pd`` with pseudo-count N = 2 + ``skepticism``. A volunteer's
 vote is, by default, whether they marked anything (a click kept by the export reader: yes; none:
 no). With a ``question`` (a yes/no question task of the workflow, "Does this galaxy have
-clumps?", :class:`~clumpfinder.zooniverse.Question`) the vote is the answer to it instead (the
+clumps?", :class:`~clumpfinder.data.zooniverse.Question`) the vote is the answer to it instead (the
 ``question_answer`` column the reader fills); a classification without an answer is no vote and
 is skipped by SWAP (its marks still go to the box consensus), but its subject and volunteer keep a
 row in the tables. Classifications are applied in time order. Each subject starts at ``prior``
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
-from clumpfinder.zooniverse import ANSWER_YES, Question, time_order
+from clumpfinder.data.zooniverse import ANSWER_YES, Question, time_order
 
 MODES = ("supervised", "unsupervised")
 

@@ -1,0 +1,1 @@
+"""The crowd stage of clumpfinder (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The data stage of clumpfinder (see the package docstring)."""

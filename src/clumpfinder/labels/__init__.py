@@ -1,0 +1,1 @@
+"""The labels stage of clumpfinder (see the package docstring)."""

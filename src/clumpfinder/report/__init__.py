@@ -1,0 +1,1 @@
+"""The report stage of clumpfinder (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The scoring stage of clumpfinder (see the package docstring)."""

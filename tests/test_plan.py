@@ -39,8 +39,11 @@ def test_shipped_configurations_pass(default_config, tiny_config):
         ({"data": {"source": "zooniverse", "classifications": "c.csv"}}, "'supervised' but data.gold is not set"),
         ({"data": {"source": "catalogue", "catalogue": {"path": "t.txt"}}},
          "resnet18_morphology use pretrain:morphology"),
+        ({"backbones": {"c": {"arch": "resnet18", "init": "pretrain:clumpy"}}, "sweep": {"backbones": ["c"]}},
+         "backbones.c: init 'pretrain:clumpy' needs base_init"),
         ({"data": {"source": "catalogue", "catalogue": {"path": "t.txt"}},
-          "backbones": {"c": {"arch": "resnet18", "init": "pretrain:clumpy"}}, "sweep": {"backbones": ["c"]}},
+          "backbones": {"c": {"arch": "resnet18", "init": "pretrain:clumpy", "base_init": "scratch"}},
+          "sweep": {"backbones": ["c"]}},
          "data.source 'catalogue' has no volunteer classifications"),
     ],
 )
@@ -57,22 +60,28 @@ def test_real_votes_let_morphology_pretraining_run_on_real_data(default_config):
 def test_backbone_defaults_come_from_the_schema_and_match_the_spec(default_config, schema):
     from clumpfinder.detection.detector import BackboneSpec
 
-    cfg = _config(default_config, backbones={"bare": {"arch": "timm:regnetx_002", "init": "pretrain:morphology"}},
-                  sweep={"backbones": ["bare", "resnet18_morphology"]})
+    cfg = _config(default_config, backbones={"bare": {"arch": "timm:regnetx_002", "init": "pretrain:morphology"},
+                                             "clumpy": {"arch": "resnet18", "init": "pretrain:clumpy",
+                                                        "base_init": "pretrain:morphology"}},
+                  sweep={"backbones": ["bare", "resnet18_morphology", "clumpy"]})
     plan = Plan(cfg, "results", schema)
     # every optional key of a backbone entry has a schema default, equal to BackboneSpec's
     spec_defaults = {f.name: f.default for f in dataclasses.fields(BackboneSpec) if f.default is not dataclasses.MISSING}
-    assert plan.defaults == {k: spec_defaults[k] if k != "base_init" else "scratch" for k in plan.defaults}
-    assert set(plan.defaults) == {"trainable_layers", "fpn_channels", "normalization", "batchnorm", "base_init"}
+    assert plan.defaults == {k: spec_defaults[k] for k in plan.defaults}
+    assert set(plan.defaults) == {"trainable_layers", "fpn_channels", "normalization", "batchnorm"}
     # one morphology pretraining job per (arch, normalisation); the bare entry normalises as ImageNet
-    assert plan.morphology_keys() == {"timm-regnetx_002_imagenet": "bare", "resnet18_unit": "resnet18_morphology"}
+    assert plan.morphology_keys() == {"timm-regnetx_002_imagenet": "bare", "resnet18_unit": "resnet18_morphology",
+                                      "resnet18_imagenet": "clumpy"}
     assert plan.morphology_spec("timm-regnetx_002_imagenet") == {"arch": "timm:regnetx_002", "init": "scratch",
                                                                 "normalization": "imagenet"}
     assert plan.backbone_spec("bare") == {"arch": "timm:regnetx_002", "init": "pretrain:morphology",
                                           "init_file": "results/pretrain/morphology/timm-regnetx_002_imagenet/encoder.pt"}
     assert plan.weights_input("bare") == {"init_weights": plan.backbone_spec("bare")["init_file"]}
-    assert plan.clumpy_base_spec("bare") == {"arch": "timm:regnetx_002", "init": "scratch", "normalization": "imagenet",
-                                             "batchnorm": "auto"}
+    assert plan.clumpy_base_spec("clumpy") == {
+        "arch": "resnet18", "init": "pretrain:morphology", "normalization": "imagenet", "batchnorm": "auto",
+        "init_file": "results/pretrain/morphology/resnet18_imagenet/encoder.pt"}
+    assert plan.weights_input("clumpy", "base_init") == {"init_weights": plan.clumpy_base_spec("clumpy")["init_file"]}
+    assert plan.weights_input("clumpy") == {"init_weights": "results/pretrain/clumpy/clumpy/encoder.pt"}
     assert plan.weights_input("bare", "base_init") == {}
 
 

@@ -248,6 +248,36 @@ def test_killed_pretraining_resumes_and_ends_as_an_uninterrupted_run(train_pool,
         assert torch.equal(a, b), k
 
 
+def test_pretraining_does_not_resume_from_other_starting_weights(train_pool, tmp_path, monkeypatch):
+    """A checkpoint made from other starting weights (a re-made encoder under a clumpy classifier,
+    a replaced file) is not resumed: the job starts over."""
+    import clumpfinder.detection.pretrain as pretrain
+    from clumpfinder.detection.detector import build_encoder
+
+    images, counts = train_pool[0][:20], train_pool[1][:20]
+    weights = tmp_path / "start.pt"
+    torch.save(build_encoder(BackboneSpec("resnet18"))[0].state_dict(), weights)
+    backbone = BackboneSpec("resnet18", init=f"file:{weights}")
+    spec = PretrainSpec(epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=1,
+                        validation_fraction=0.2, seed=0, device="cpu")
+    ckpt, real_loss, calls = tmp_path / "last.pt", pretrain.vote_loss, {"n": 0}
+
+    def dies_in_the_second_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 2 steps and the validation of epoch 1, then the first step of epoch 2
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    monkeypatch.setattr(pretrain, "vote_loss", dies_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_encoder(images, counts, QUESTIONS, backbone, spec, threads=1, checkpoint=ckpt)
+    monkeypatch.setattr(pretrain, "vote_loss", real_loss)
+    assert ckpt.exists()
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(weights).items()}, weights)
+    _, metrics = pretrain_encoder(images, counts, QUESTIONS, backbone, spec, threads=1, checkpoint=ckpt)
+    assert metrics["resumed_at_step"] is None and metrics["steps"] == 4
+
+
 def test_clumpy_labels_from_swap():
     subjects = pd.DataFrame({"subject_id": [1, 2, 3], "swap_prob": [0.9, np.nan, 0.1]})
     lab = clumpy_labels(subjects)

@@ -62,6 +62,10 @@ def check_config(config: dict[str, Any]) -> None:
     if source == "zooniverse" and config["consensus"]["swap"]["mode"] == "supervised" and not data["gold"]:
         raise ValueError("consensus.swap.mode is 'supervised' but data.gold is not set: give gold subjects "
                          "(CSV subject_id, has_clumps) or use mode 'unsupervised'")
+    for b in backbones:
+        if config["backbones"][b]["init"] == "pretrain:clumpy" and not config["backbones"][b].get("base_init"):
+            raise ValueError(f"backbones.{b}: init 'pretrain:clumpy' needs base_init (what the clumpy classifier "
+                             "starts from: scratch, a hub or file init, or pretrain:morphology)")
     clumpy = backbones_using(config, backbones, "pretrain:clumpy")
     if source == "catalogue" and clumpy:
         raise ValueError(f"backbone(s) {', '.join(clumpy)} use pretrain:clumpy, which learns from the volunteers' "
@@ -221,7 +225,8 @@ class Plan:
 
     def weights_input(self, backbone: str, key: str = "init") -> dict[str, str]:
         """{'init_weights': file} for the backbone's init (or base_init), or {} for scratch."""
-        path = self.init_weights(backbone, self.value(backbone, key))
+        init = self.value(backbone, key)
+        path = self.init_weights(backbone, init) if init else None
         return {"init_weights": path} if path else {}
 
     def training_spec(self, backbone: str, seed: int | str) -> dict[str, Any]:

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clumpfinder.detection.detector import BackboneSpec, build_encoder, dihedral, load_images, pick_device
+from clumpfinder.detection.detector import (BackboneSpec, build_encoder, dihedral, init_file, init_kind, load_images,
+                                            pick_device)
 from clumpfinder.detection import loop
 from clumpfinder.io import atomic_path, known_fields
 
@@ -186,14 +187,14 @@ def pretrain_encoder(
         return vote_loss(model(x, elements), targets[idx].to(device), slices), {}, len(idx)
 
     def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
-        row: dict[str, Any] = {"epoch": step // steps_per_epoch}
+        row: dict[str, Any] = {"epoch": step // steps_per_epoch - 1, "steps": step}  # epoch counted from 0
         if n_val:
             row["val_loss"] = round(float(vote_loss(_predict(model, [images[i] for i in val_idx], device),
                                                     targets[val_idx], slices)), 5)
         return row
 
     def describe(step: int, row: dict[str, Any], best: dict[str, Any]) -> str:
-        return "epoch %d/%d loss %.4f val %s %.1f s" % (row["epoch"], spec.epochs, row["loss"], row.get("val_loss"),
+        return "epoch %d/%d loss %.4f val %s %.1f s" % (row["epoch"] + 1, spec.epochs, row["loss"], row.get("val_loss"),
                                                          row["seconds"])
 
     def set_rng(state: dict[str, Any]) -> None:
@@ -204,7 +205,11 @@ def pretrain_encoder(
         "checkpoint_format": 1, "backbone": asdict(backbone), "spec": asdict(spec),
         "questions": {q: list(a) for q, (a, _) in questions.items()}, "n_images": len(images),
         "counts": hashlib.sha256(np.ascontiguousarray(counts)).hexdigest(),
-        "images": hashlib.sha256(b"".join(im.numpy().tobytes() for im in images[:64])).hexdigest(),
+        "images": hashlib.sha256(b"".join(im.numpy().tobytes() for im in images)).hexdigest(),
+        # a re-made encoder to start from (pretrain:morphology under a clumpy classifier, a file) must
+        # not resume a run that started from the old one
+        "init_weights": (hashlib.sha256(init_file(backbone).read_bytes()).hexdigest()
+                         if init_kind(backbone.init) in ("file", "pretrain") else None),
     }, sort_keys=True, default=str).encode()).hexdigest()
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=steps_per_epoch, what="pretraining",

@@ -1,5 +1,5 @@
 # Paths, input functions and targets shared by all rules (no rules in this file); what the schema
-# cannot check about the configuration is checked by clumpfinder.config (tested in tests/test_config.py).
+# cannot check about the configuration is checked by clumpfinder.config (tested in tests/test_plan.py).
 import os
 import re
 import sys

@@ -76,8 +76,7 @@ def test_pr_and_flux_figures(tmp_path):
     fig = plot_flux_completeness(r + [("perfect", n, s, perfect)], 0.03, tmp_path / "flux.png", tmp_path / "flux.pdf")
     _written(tmp_path, "flux")
     assert [ax.get_title() for ax in fig.axes] == ["n = 10", "n = 30"]
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()] if fig.axes[0].get_legend() else []
-    legend = legend or [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]  # on the last panel
     assert "galaxy (mean of 2 seeds)" in legend and "scratch (mean of 2 seeds)" in legend
     # the perfect model's line at n = 10: 1.0 in the full bin, 0.0 in the missed one, the empty bin not drawn
     perfect_line = [c for c in fig.axes[0].containers if c.get_label() == "perfect"][0]

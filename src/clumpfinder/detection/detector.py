@@ -9,6 +9,7 @@ stride-4 level, square anchors from 8 px, a few hundred proposals.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.error
 from dataclasses import asdict, dataclass, field
@@ -172,6 +173,14 @@ def hf_hub_cache_dir(repo: str) -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+
+
+def init_digest(spec: BackboneSpec) -> str | None:
+    """SHA-256 of the weights file a ``file:`` or ``pretrain:`` init reads (None for other inits):
+    part of a checkpoint's fingerprint, so that a re-made encoder never resumes an old run."""
+    if init_kind(spec.init) not in ("file", "pretrain"):
+        return None
+    return hashlib.sha256(init_file(spec).read_bytes()).hexdigest()
 
 
 def init_file(spec: BackboneSpec) -> Path:

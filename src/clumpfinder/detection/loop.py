@@ -1,7 +1,7 @@
 """The one optimisation loop of the package, shared by the detector's training and both galaxy
 pretrainings: linear warm-up then cosine decay of the learning rate, gradient clipping, a finite-
-loss check, an evaluation every ``eval_every`` steps (the best-scoring weights kept where the
-evaluation gives a ``score``, early stopping after ``patience`` evaluations without a better
+loss check, an evaluation every ``eval_every`` steps (the weights with the highest value of the
+history key ``score`` kept where the caller names one, early stopping after ``patience`` evaluations without a better
 one), a log line and a history row per evaluation, and a checkpoint at every evaluation from
 which a killed job resumes exactly where it stopped.
 
@@ -13,6 +13,8 @@ travels in the checkpoint through ``extra_state`` / ``load_extra_state``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -46,12 +48,18 @@ class Loop:
     eval_every: int
     grad_clip: float = 0.0  # 0: no clipping
     patience: int = 0  # 0: never stop early
+    score: str | None = None  # history key whose highest value chooses the weights (None: the last)
     what: str = "training"  # for messages
     fingerprint: str = ""  # what a checkpoint must match to be resumed
     checkpoint: str | Path | None = None
     describe: Callable[[int, dict[str, Any], dict[str, Any]], str] | None = None  # log line of a history row
     extra_state: Callable[[], Any] = field(default=lambda: None)
     load_extra_state: Callable[[Any], None] = field(default=lambda state: None)
+
+
+def fingerprint(key: dict[str, Any]) -> str:
+    """What a checkpoint must match to be resumed, as one hash of the job's settings and data."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any] | None:
@@ -70,11 +78,11 @@ def load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any] | None
     return state
 
 
-def evals_since_best(history: list[dict[str, Any]], best: dict[str, Any]) -> int:
-    """How many evaluations came after the best one (0 before any)."""
+def evals_since_best(history: list[dict[str, Any]], best: dict[str, Any], score: str | None) -> int:
+    """How many evaluations (rows with a ``score``) came after the best one (0 before any)."""
     if best["step"] is None:
         return 0
-    return sum(1 for r in history if "score" in r and r["step"] > best["step"])
+    return sum(1 for r in history if score in r and r["step"] > best["step"])
 
 
 def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
@@ -83,8 +91,9 @@ def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.n
     """Optimise ``model`` for ``loop.total`` steps (fewer if it stops early) and return the run's
     record: steps, history, the best evaluation, seconds, where it resumed. ``step_fn(step)``
     returns (loss, named loss parts, images in the batch); ``evaluate(model, step)`` returns the
-    history row's extra fields, with ``score`` (higher is better) where weights are to be chosen
-    by it. The model ends with the best weights (or the last, without scores), in eval mode."""
+    history row's extra fields, among them ``loop.score`` (higher is better) where weights are to
+    be chosen by it. The model ends with the best weights (or the last, without a score), in eval
+    mode."""
     step, history, seconds_before = 0, [], 0.0
     best: dict[str, Any] = {"score": -math.inf, "step": None, "state": None}
     state = load_checkpoint(loop.checkpoint, loop.fingerprint) if loop.checkpoint else None
@@ -99,7 +108,7 @@ def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.n
         log.info("resuming %s from %s at step %d", loop.what, loop.checkpoint, step)
     resumed_at = step if state is not None else None
     t_start = time.perf_counter()
-    stale = evals_since_best(history, best)
+    stale = evals_since_best(history, best, loop.score)
     while step < loop.total and not (loop.patience and stale >= loop.patience):
         t0 = time.perf_counter()
         model.train()
@@ -131,11 +140,11 @@ def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.n
         if scores:
             row.update(scores)
             row["val_seconds"] = round(time.perf_counter() - t1, 2)
-        if row.get("score") is not None and row["score"] > best["score"]:
-            best = {"score": row["score"], "step": step,
+        if loop.score and row.get(loop.score) is not None and row[loop.score] > best["score"]:
+            best = {"score": row[loop.score], "step": step,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         history.append(row)
-        stale = evals_since_best(history, best)
+        stale = evals_since_best(history, best, loop.score)
         log.info("%s", loop.describe(step, row, best) if loop.describe else f"step {step}/{loop.total} {row}")
         if loop.checkpoint:
             with atomic_path(loop.checkpoint) as tmp:

@@ -19,7 +19,6 @@ feature maps see galaxies in every orientation.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clumpfinder.detection.detector import (BackboneSpec, build_encoder, dihedral, init_file, init_kind, load_images,
+from clumpfinder.detection.detector import (BackboneSpec, build_encoder, dihedral, init_digest, load_images,
                                             pick_device)
 from clumpfinder.detection import loop
 from clumpfinder.io import atomic_path, known_fields
@@ -201,16 +200,12 @@ def pretrain_encoder(
         nonlocal perm
         rng.bit_generator.state, perm = state["rng"], state["perm"]
 
-    fingerprint = hashlib.sha256(json.dumps({
+    fingerprint = loop.fingerprint({
         "checkpoint_format": 1, "backbone": asdict(backbone), "spec": asdict(spec),
         "questions": {q: list(a) for q, (a, _) in questions.items()}, "n_images": len(images),
         "counts": hashlib.sha256(np.ascontiguousarray(counts)).hexdigest(),
         "images": hashlib.sha256(b"".join(im.numpy().tobytes() for im in images)).hexdigest(),
-        # a re-made encoder to start from (pretrain:morphology under a clumpy classifier, a file) must
-        # not resume a run that started from the old one
-        "init_weights": (hashlib.sha256(init_file(backbone).read_bytes()).hexdigest()
-                         if init_kind(backbone.init) in ("file", "pretrain") else None),
-    }, sort_keys=True, default=str).encode()).hexdigest()
+        "init_weights": init_digest(backbone)})
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=steps_per_epoch, what="pretraining",
         checkpoint=checkpoint, fingerprint=fingerprint, describe=describe,

@@ -18,8 +18,6 @@ once the outputs are written.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -29,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clumpfinder.detection.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_file,
-                                            init_kind, load_images, pick_device, predict_images)
+from clumpfinder.detection.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_digest,
+                                            load_images, pick_device, predict_images)
 from clumpfinder.io import known_fields
 from clumpfinder import metrics
 from clumpfinder.detection import loop
@@ -95,16 +93,13 @@ def job_fingerprint(coco: dict[str, Any], backbone: BackboneSpec, detector: Dete
                     val: dict[str, Any] | None = None, selection: Selection | None = None) -> str:
     """What a checkpoint must match to be resumed: settings, the init's weights file, the training
     images and boxes, and the validation images and boxes that choose the checkpoint."""
-    weights = None
-    if init_kind(backbone.init) in ("file", "pretrain"):  # a re-made encoder must not resume old runs
-        weights = hashlib.sha256(init_file(backbone).read_bytes()).hexdigest()
-    key = {"checkpoint_format": 2, "backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec), "weights": weights,
-           "images": [im["file_name"] for im in coco["images"]],
-           "annotations": [(a["image_id"], a["bbox"], a["category_id"]) for a in coco["annotations"]],
-           "selection": asdict(selection) if selection else None,
-           "val": None if val is None else [[im["file_name"] for im in val["images"]],
-                                            [(a["image_id"], a["bbox"], a["category_id"]) for a in val["annotations"]]]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return loop.fingerprint({
+        "checkpoint_format": 2, "backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec),
+        "weights": init_digest(backbone), "images": [im["file_name"] for im in coco["images"]],
+        "annotations": [(a["image_id"], a["bbox"], a["category_id"]) for a in coco["annotations"]],
+        "selection": asdict(selection) if selection else None,
+        "val": None if val is None else [[im["file_name"] for im in val["images"]],
+                                         [(a["image_id"], a["bbox"], a["category_id"]) for a in val["annotations"]]]})
 
 
 def validation_subset(val: dict[str, Any], n: int, seed: int = 0) -> dict[str, Any]:
@@ -192,7 +187,6 @@ def train_detector(
         row: dict[str, Any] = {"epoch": round(step * bs / n, 2)}
         if val is not None:
             row.update(validation_score(model, val, val_images, detector, selection))
-            row["score"] = row["val_f1"]
         return row
 
     def describe(step: int, row: dict[str, Any], best: dict[str, Any]) -> str:
@@ -204,7 +198,7 @@ def train_detector(
 
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=spec.eval_every, grad_clip=spec.grad_clip,
-        patience=spec.patience if val is not None else 0, what="training", checkpoint=checkpoint, describe=describe,
+        patience=spec.patience if val is not None else 0, score="val_f1", what="training", checkpoint=checkpoint, describe=describe,
         fingerprint=job_fingerprint(coco, backbone, detector, spec, val, selection)), device)
     step, best = run["steps"], run["best"]
     if run["stopped_early"]:

@@ -10,8 +10,9 @@ import pandas as pd  # noqa: E402
 from clumpfinder.report.figures import plot_completeness_purity  # noqa: E402
 from clumpfinder.labels.coco import pool_size  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_csv, write_text  # noqa: E402
-from clumpfinder.report.summary import (compare, reference_row, summary_html, summary_markdown,  # noqa: E402
-                                 summary_row, summary_table, sweep_runs, threshold_text, versus_references)
+from clumpfinder.report.summary import (compare, reference_row, size_effect, summary_html,  # noqa: E402
+                                        summary_markdown, summary_row, summary_table, sweep_runs, table_html,
+                                        threshold_text, versus_references)
 
 log = setup_logging(snakemake.log[0])
 p = snakemake.params
@@ -28,9 +29,17 @@ boot = p.evaluation["bootstrap"]
 comparison = compare(runs, p.baseline, boot)
 write_csv(comparison, snakemake.output.comparison)
 text = dict(iou=p.evaluation["iou"], threshold=threshold_text(m for *_, m in runs), level=boot["level"],
-            n_boot=boot["n"], data=p.data, references=versus_references(runs, references, boot))
+            n_boot=boot["n"], data=p.data, references=versus_references(runs, references, boot),
+            effect=size_effect(runs, boot), table=table)
 markdown = summary_markdown(comparison, **text)
 write_text(markdown, snakemake.output.markdown)
 write_text(summary_html(comparison, **text), snakemake.output.html)
+write_text(table_html(table, "Every run (summary.csv)", "One row per (backbone, training-set size, training seed), "
+                      "then the reference points: every metric against each label set, the score threshold, "
+                      "and the training record."), snakemake.output.table_html)
+write_text(table_html(comparison, "The backbone comparison (comparison.csv)",
+                      f"Per label set, training-set size and backbone: seed means with bootstrap intervals and "
+                      f"the paired difference to the baseline {p.baseline}, unrounded in the CSV."),
+           snakemake.output.comparison_html)
 plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf)
 log.info("\n%s", markdown)

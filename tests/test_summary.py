@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from clumpfinder.report.figures import plot_completeness_purity
-from clumpfinder.report.summary import compare, headline, summary_html, summary_markdown, summary_row, summary_table
+from clumpfinder.report.summary import (compare, comparison_table, findings, size_effect, summary_html,
+                                        summary_markdown, summary_row, summary_table)
 
 
 def _metrics(c: float, p: float, found: int = 10, false: int = 3, n_images: int = 20) -> dict:
@@ -68,11 +69,11 @@ def test_comparison_headline_and_documents():
     assert row["purity"] == pytest.approx((16 / 19 + 17 / 20) / 2)
     base = comp[(comp["n_train"] == 30) & (comp["backbone"] == "scratch")].iloc[0]
     assert base["f1_diff"] == 0 and base["baseline"] == "scratch"
-    text = headline(comp, "consensus", 0.95, "threshold text")
-    assert "n = 30" in text and "**galaxy**" in text and "beats scratch by ΔF1 = +" in text
-    assert "interval excludes zero" in text and "2 training seeds" in text and "20 test galaxies" in text
+    (first, more, larger) = findings(comp, size_effect(cells, BOOT))
+    assert first.startswith("**Which backbone with the fewest training images (n = 30)?** **galaxy** has the highest")
+    assert "ΔF1 = galaxy − scratch = +" in first and "(decided)" in first
     md = summary_markdown(comp, 0.5, "threshold text", 0.95, 200)
-    assert "## Against the consensus labels" in md and "| baseline" in md and "**+0.400 [" in md
+    assert "## Against the volunteer consensus labels" in md and "| baseline" in md and "**+0.400 [" in md
     page = summary_html(comp, 0.5, "threshold text", 0.95, 200)
     assert page.startswith("<!DOCTYPE html>") and "<b>galaxy</b>" in page and "<table" in page
     assert "**" not in page
@@ -80,13 +81,60 @@ def test_comparison_headline_and_documents():
         compare(cells, "resnet", BOOT)
 
 
-def test_headline_when_the_baseline_wins_or_ties():
-    cells = [("scratch", 30, 0, _metrics(0.8, 0.8, found=16)), ("galaxy", 30, 0, _metrics(0.8, 0.8, found=15))]
+def _cells_two_label_sets(found: dict) -> list:
+    """(backbone, n_train, seed, metrics) with one per-image record per label set: ``found`` maps
+    (backbone, n_train) to (found against the consensus, found against the truth) of 20 clumps."""
+    cells = []
+    for (b, n), (f_cons, f_truth) in found.items():
+        m = _metrics(0.5, 0.5, found=f_cons, false=2)
+        truth = _metrics(0.5, 0.5, found=f_truth, false=2)["references"]["consensus"]
+        m["references"] = {"consensus": m["references"]["consensus"], "truth": truth}
+        cells.append((b, n, 0, m))
+    return cells
+
+
+def test_findings_keep_the_tables_sign_and_say_what_is_decided():
+    # the baseline wins at n = 30 against both label sets: the other backbone's Δ is negative, as
+    # in the table (backbone minus baseline), never flipped; only the truth's difference is decided
+    cells = _cells_two_label_sets({("scratch", 30): (12, 14), ("galaxy", 30): (11, 6),
+                                   ("scratch", 300): (15, 15), ("galaxy", 300): (20, 20)})
     comp = compare(cells, "scratch", BOOT)
-    text = headline(comp, "consensus", 0.95, "t")
-    assert "**scratch**" in text and "beats galaxy by ΔF1 = +" in text and "includes zero" in text
-    assert "seeds" not in text.split("mean of")[1]  # one seed
-    assert headline(pd.DataFrame(comp), "truth", 0.95, "t") == "No evaluation against the truth labels."
+    first, more, larger = findings(comp, size_effect(cells, BOOT))
+    assert "**scratch** (the baseline) has the highest F1 against the truth" in first
+    assert first.index("against the truth") < first.index("against the consensus")  # the truth first
+    row = comp[(comp["n_train"] == 30) & (comp["backbone"] == "galaxy") & (comp["reference"] == "truth")].iloc[0]
+    table = comparison_table(comp, "truth")
+    shown = table[(table["n train"] == 30) & (table["backbone"] == "galaxy")]["Δ F1"].iloc[0].strip("*")
+    assert f"ΔF1 = galaxy − scratch = {shown} against the truth (decided)" in first and row["f1_diff"] < 0
+    assert "against the consensus (not decided)" in first
+    # more data: scratch 14 -> 15 found of 20 is not decided, galaxy 6 -> 20 is
+    assert more.startswith("**Does more training data help?** For 1 of 2 backbones: against the truth F1 rises "
+                           "decidedly for galaxy")
+    effect = size_effect(cells, BOOT)
+    g = effect[(effect["backbone"] == "galaxy") & (effect["reference"] == "truth")].iloc[0]
+    f1 = lambda found: 2 * found / (found + 2 + 20)  # noqa: E731  (tp / (tp + (fp + fn) / 2))
+    assert g["f1_diff"] == pytest.approx(f1(20) - f1(6)) and g["f1_diff_low"] > 0
+    assert g["n_from"] == 30 and g["n_to"] == 300 and g["sizes"] == [30, 300]
+    # the decided difference at the larger size is said in words, with its sign
+    assert larger.startswith("**And with more training images (n = 300)?** At n = 300 **galaxy** has the highest F1")
+    assert "decided: galaxy is ahead of scratch against the truth (ΔF1 = +" in larger
+
+
+def test_findings_when_label_sets_disagree_or_tie_and_the_budget():
+    cells = _cells_two_label_sets({("scratch", 30): (12, 10), ("galaxy", 30): (10, 12)})
+    comp = compare(cells, "scratch", BOOT)
+    first, more = findings(comp, size_effect(cells, BOOT))
+    assert "Against the truth **galaxy** has the highest F1" in first
+    assert "against the consensus **scratch** (the baseline) has the highest F1" in first
+    assert more.endswith("The run has one training-set size, so it cannot say.")
+    tie = compare(_cells_two_label_sets({("scratch", 30): (12, 12), ("galaxy", 30): (12, 12)}), "scratch", BOOT)
+    assert "no backbone is ahead" in findings(tie)[0]
+    rows = [summary_row("scratch", n, _metrics(0.5, 0.5), dict(TRAIN, steps=steps, max_steps=800, batch_size=8,
+                                                                 epochs=epochs, best_step=best))
+            for n, steps, epochs, best in ((30, 800, 213.3, 600), (300, 500, 13.3, 300))]
+    budget = findings(comp, None, summary_table(rows))[-1]
+    assert budget == ("**Training budget:** n = 30: 800 steps (213 epochs); n = 300: 500 steps (13.3 epochs), of 8 "
+                      "images per step. Each model keeps the weights of its best validation F1 (at step 300–600).")
 
 
 def test_an_interval_touching_zero_at_the_shown_precision_is_not_called_significant():
@@ -170,7 +218,7 @@ def test_reference_points_rows_and_comparison_with_the_classical_finder(tmp_path
     md = summary_markdown(compare(cells, "a", BOOT), 0.5, "t", 0.95, 200, references=refs)
     assert "## Beside the detectors: the label ceiling and a classical finder" in md
     assert "consensus labels (the ceiling)" in md and "classical finder" in md
-    assert "At n = 100, F1 minus the classical finder's against the truth labels" in md
+    assert "At n = 100, F1 minus the classical finder's against the truth" in md
     page = summary_html(compare(cells, "a", BOOT), 0.5, "t", 0.95, 200, references=refs)
     assert "the label ceiling and a classical finder</h2>" in page
 

@@ -8,6 +8,7 @@ import html
 import math
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from clumpfinder.io import read_json
@@ -58,6 +59,8 @@ def summary_row(backbone: str, n_train: int, metrics: dict[str, Any], train: dic
                            "init": train["backbone"]["init"], "n_train": n_train, "seed": seed}
     row.update(_metric_columns(metrics))
     row["train_steps"] = train["steps"]
+    row["train_max_steps"] = train.get("max_steps")
+    row["train_batch_size"] = train.get("batch_size")
     row["train_epochs"] = train.get("epochs")
     row["train_best_step"] = train.get("best_step")
     row["train_best_val_f1"] = train.get("best_val_f1")
@@ -187,36 +190,214 @@ def _excludes_zero(low: float, high: float) -> bool:
     return not (math.isnan(low) or math.isnan(high)) and (round(low, 3) > 0 or round(high, 3) < 0)
 
 
-def headline(comparison: pd.DataFrame, reference: str, level: float, threshold: str) -> str:
-    """One sentence: which backbone wins at the smallest training-set size, by how much, with
-    what uncertainty (by F1, the measure the headline threshold maximises)."""
-    rows = comparison[comparison["reference"] == reference]
-    if rows.empty:
-        return f"No evaluation against the {reference} labels."
-    n_min = int(rows["n_train"].min())
-    at = rows[rows["n_train"] == n_min].sort_values("f1", ascending=False)
-    win, base_name = at.iloc[0], at.iloc[0]["baseline"]
-    n_seeds = int(win["n_seeds"])
-    seeds = f"{n_seeds} training seed{'s' if n_seeds > 1 else ''}"
-    pct = f"{level * 100:g} %"
-    head = (f"With n = {n_min} training images, **{win['backbone']}** has the highest F1 against the {reference} "
-            f"labels: {_with_interval(win['f1'], win['f1_low'], win['f1_high'])} "
-            f"(completeness {_num(win['completeness'])}, purity {_num(win['purity'])}; {threshold}; "
-            f"{pct} bootstrap intervals over {int(win['n_test_images'])} test galaxies, mean of {seeds}).")
-    if len(at) == 1:
-        return head
-    if win["backbone"] == base_name:
-        runner = at.iloc[1]
-        d, lo, hi = -runner["f1_diff"], -runner["f1_diff_high"], -runner["f1_diff_low"]
-        other = runner["backbone"]
+#: how the sentences name each label set
+LABEL_SETS = {"truth": "the simulated truth", "consensus": "the volunteer consensus labels"}
+
+
+def _label_sets(comparison: pd.DataFrame) -> list[str]:
+    """The label sets of a comparison, the truth first (where it exists it is what a detector
+    should find; the consensus is what it learns from and all that real data have)."""
+    refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
+    return sorted(refs, key=lambda r: (r != "truth", r != "consensus", r))
+
+
+def _short(ref: str) -> str:
+    return {"truth": "the truth", "consensus": "the consensus"}.get(ref, f"the {ref} labels")
+
+
+def _decided(low: float, high: float) -> str:
+    return "decided" if _excludes_zero(low, high) else "not decided"
+
+
+def _diff(r: pd.Series, k: str = "f1") -> str:
+    return _with_interval(r[f"{k}_diff"], r[f"{k}_diff_low"], r[f"{k}_diff_high"], signed=True)
+
+
+def _leader(at: pd.DataFrame, refs: list[str]) -> str:
+    """Who has the highest F1 in one training-set size's rows, against each label set."""
+    base = at["baseline"].iloc[0]
+    winners: dict[str, str | None] = {}
+    score: dict[str, str] = {}
+    for ref in refs:
+        rows = at[at["reference"] == ref].sort_values("f1", ascending=False)
+        if rows.empty:
+            continue
+        top = rows.iloc[0]
+        tied = len(rows) > 1 and f"{rows.iloc[1]['f1']:.3f}" == f"{top['f1']:.3f}"
+        winners[ref] = None if tied else top["backbone"]
+        score[ref] = _with_interval(top["f1"], top["f1_low"], top["f1_high"])
+    role = lambda b: f"**{b}**" + (" (the baseline)" if b == base else "")  # noqa: E731
+    if len(set(winners.values())) == 1 and None not in winners.values():
+        return f"{role(next(iter(winners.values())))} has the highest F1 against " + " and ".join(
+            f"{_short(r)} ({score[r]})" for r in winners)
+    return "; ".join(f"against {_short(r)} " + (f"{role(w)} has the highest F1 ({score[r]})" if w else
+                                                 f"no backbone is ahead (highest F1 {score[r]}, shared)")
+                     for r, w in winners.items())
+
+
+def _which_backbone(comparison: pd.DataFrame, refs: list[str]) -> str:
+    """The first question: which backbone has the highest F1 at the smallest training-set size,
+    and every other backbone's difference to the baseline in the table's sign convention
+    (backbone minus baseline), decided or not."""
+    n_min = int(comparison["n_train"].min())
+    at = comparison[comparison["n_train"] == n_min]
+    base = at["baseline"].iloc[0]
+    question = f"**Which backbone with the fewest training images (n = {n_min})?** "
+    if at["backbone"].nunique() == 1:
+        return question + f"Only {base} was trained: F1 " + ", ".join(
+            f"{_with_interval(r['f1'], r['f1_low'], r['f1_high'])} against {_short(r['reference'])}"
+            for _, r in at.iterrows()) + "."
+    lead = _leader(at, refs)
+    deltas = []
+    for b in [b for b in dict.fromkeys(at["backbone"]) if b != base]:
+        per_ref = []
+        for ref in refs:
+            row = at[(at["reference"] == ref) & (at["backbone"] == b)]
+            if len(row):
+                r = row.iloc[0]
+                per_ref.append(f"{_diff(r)} against {_short(ref)} ({_decided(r['f1_diff_low'], r['f1_diff_high'])})")
+        deltas.append(f"ΔF1 = {b} − {base} = " + " and ".join(per_ref))
+    return question + lead[0].upper() + lead[1:] + ". " + "; ".join(deltas) + "."
+
+
+def size_effect(cells: Iterable[tuple[str, int, int, dict[str, Any]]], bootstrap: dict[str, Any]) -> pd.DataFrame:
+    """How much more data helps each backbone: per label set and backbone, completeness, purity
+    and F1 at every training-set size (means over seeds) and the paired difference in F1 between
+    the largest and the smallest size (the same test galaxies resampled for both models; seeds
+    paired by value)."""
+    by: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for backbone, n_train, seed, m in cells:
+        by.setdefault((backbone, int(n_train)), {})[int(seed)] = m
+    rows = []
+    for backbone in dict.fromkeys(b for b, _ in by):
+        sizes = sorted(n for b, n in by if b == backbone)
+        if len(sizes) < 2:
+            continue
+        small, large = by[(backbone, sizes[0])], by[(backbone, sizes[-1])]
+        seeds = sorted(set(small) & set(large))
+        if not seeds:
+            continue
+        for ref in small[seeds[0]]["references"]:
+            if ref not in large[seeds[0]]["references"]:
+                continue
+            arms = {n: [by[(backbone, n)][s]["references"][ref]["per_image"] for s in seeds
+                        if s in by[(backbone, n)]] for n in sizes}
+            stats = paired_bootstrap({str(n): arms[n] for n in (sizes[0], sizes[-1])}, str(sizes[0]),
+                                     n=bootstrap["n"], seed=bootstrap["seed"], level=bootstrap["level"])
+            st = stats[str(sizes[-1])]["f1"]
+            row = {"reference": ref, "backbone": backbone, "n_from": sizes[0], "n_to": sizes[-1], "n_seeds": len(seeds),
+                   "f1_diff": st["diff"], "f1_diff_low": st["diff_low"], "f1_diff_high": st["diff_high"],
+                   "sizes": sizes}
+            for k in MEASURES:
+                row[k] = [float(np.mean([by[(backbone, n)][s]["references"][ref]["merged"][k]
+                                         for s in seeds if s in by[(backbone, n)]])) for n in sizes]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _more_data(effect: pd.DataFrame | None, refs: list[str]) -> str:
+    """The second question: how completeness, purity and F1 grow from the smallest to the largest
+    training-set size, per backbone, with the paired F1 difference (larger minus smaller size),
+    decided or not."""
+    question = "**Does more training data help?** "
+    if effect is None or effect.empty:
+        return question + "The run has one training-set size, so it cannot say."
+    order = [r for r in refs if r in set(effect["reference"])]
+    first = effect.iloc[0]
+    n_from, n_to = int(first["n_from"]), int(first["n_to"])
+    sizes = ", ".join(str(n) for n in first["sizes"])
+    main = effect[effect["reference"] == order[0]]
+    up = [_excludes_zero(r["f1_diff_low"], r["f1_diff_high"]) and r["f1_diff"] > 0 for _, r in main.iterrows()]
+    down = [_excludes_zero(r["f1_diff_low"], r["f1_diff_high"]) and r["f1_diff"] < 0 for _, r in main.iterrows()]
+    against = _short(order[0])
+    if all(up):
+        verdict = f"Yes: against {against} F1 rises decidedly for every backbone"
+    elif not any(up) and not any(down):
+        verdict = f"Not decidedly: against {against} no backbone's F1 changes decidedly"
     else:
-        d, lo, hi, other = win["f1_diff"], win["f1_diff_low"], win["f1_diff_high"], base_name
-    verdict = ("the interval excludes zero" if _excludes_zero(lo, hi)
-               else "the interval includes zero: not a significant difference")
-    tail = f" It beats {other} by ΔF1 = {_with_interval(d, lo, hi, signed=True)} (paired bootstrap; {verdict})."
-    if n_seeds > 1 and not math.isnan(win["f1_seed_sd"]):
-        tail += f" Across seeds its F1 varies with a standard deviation of {win['f1_seed_sd']:.3f}."
-    return head + tail
+        verdict = (f"For {sum(up)} of {len(up)} backbones: against {against} F1 rises decidedly for "
+                   + ", ".join(b for b, u in zip(main["backbone"], up) if u) if any(up) else
+                   f"No: against {against} F1 falls decidedly for "
+                   + ", ".join(b for b, d in zip(main["backbone"], down) if d))
+    parts = []
+    for _, r in main.iterrows():
+        per_ref = [f"{_with_interval(o['f1_diff'], o['f1_diff_low'], o['f1_diff_high'], signed=True)} against "
+                   f"{_short(o['reference'])} ({_decided(o['f1_diff_low'], o['f1_diff_high'])})"
+                   for ref in order for _, o in effect[(effect["backbone"] == r["backbone"])
+                                                       & (effect["reference"] == ref)].iterrows()]
+        trend = {k: " → ".join(f"{v:.2f}" for v in r[k]) for k in ("completeness", "purity")}
+        parts.append(f"{r['backbone']} ΔF1 = " + " and ".join(per_ref)
+                     + f", completeness {trend['completeness']}, purity {trend['purity']}")
+    return (question + verdict + f" (ΔF1 = F1 at n = {n_to} minus F1 at n = {n_from}; completeness and purity "
+            f"against {against} at n = {sizes}): " + "; ".join(parts) + ".")
+
+
+def _larger_sizes(comparison: pd.DataFrame, refs: list[str]) -> str:
+    """The sizes above the smallest: who has the highest F1 at each, and every decided F1
+    difference to the baseline there, in words."""
+    n_min = int(comparison["n_train"].min())
+    rest = comparison[comparison["n_train"] > n_min]
+    if rest.empty or rest["backbone"].nunique() < 2:
+        return ""
+    base = comparison["baseline"].iloc[0]
+    parts = []
+    for n, at in rest.groupby("n_train", sort=True):
+        found = []
+        for b, cell in at[at["backbone"] != base].groupby("backbone", sort=False):
+            hits = sorted((r for _, r in cell.iterrows() if _excludes_zero(r["f1_diff_low"], r["f1_diff_high"])),
+                          key=lambda r: refs.index(r["reference"]) if r["reference"] in refs else len(refs))
+            for group, word in (([r for r in hits if r["f1_diff"] > 0], "ahead of"),
+                                ([r for r in hits if r["f1_diff"] < 0], "behind")):
+                if group:
+                    found.append(f"{b} is {word} {base} against "
+                                 + " and ".join(f"{_short(r['reference'])} (ΔF1 = {_diff(r)})" for r in group))
+        decided = ("; decided: " + "; ".join(found)) if found else "; no difference to the baseline is decided"
+        parts.append(f"at n = {int(n)} {_leader(at, refs)}{decided}")
+    sizes = ", ".join(str(int(n)) for n in sorted(rest["n_train"].unique()))
+    text = ". ".join(p_[0].upper() + p_[1:] for p_ in parts)
+    return f"**And with more training images (n = {sizes})?** " + text + "."
+
+
+def _budget(table: pd.DataFrame | None) -> str:
+    """The training budget per size: steps, batch, epochs, where the kept weights came from."""
+    if table is None or "train_steps" not in table or table["train_steps"].isna().all():
+        return ""
+    dets = table[table["n_train"].notna() & table["train_steps"].notna()]
+    parts = []
+    for n, cell in dets.groupby("n_train", sort=True):
+        steps = sorted({int(s) for s in cell["train_steps"]})
+        epochs = cell["train_epochs"].dropna()
+        text = f"n = {int(n)}: {steps[0]}" + (f"–{steps[-1]}" if len(steps) > 1 else "") + " steps"
+        if len(epochs):
+            lo, hi = epochs.min(), epochs.max()
+            text += f" ({lo:.3g} epochs)" if f"{lo:.3g}" == f"{hi:.3g}" else f" ({lo:.3g}–{hi:.3g} epochs)"
+        parts.append(text)
+    best = dets["train_best_step"].dropna() if "train_best_step" in dets else pd.Series(dtype=float)
+    batch = dets["train_batch_size"].dropna() if "train_batch_size" in dets else pd.Series(dtype=float)
+    early = int(dets["train_stopped_early"].fillna(False).astype(bool).sum()) if "train_stopped_early" in dets else 0
+    out = "**Training budget:** " + "; ".join(parts)
+    if len(batch):
+        out += f", of {int(batch.iloc[0])} images per step" if batch.nunique() == 1 else ""
+    if len(best):
+        out += (f". Each model keeps the weights of its best validation F1 (at step "
+                f"{int(best.min())}{'' if best.min() == best.max() else f'–{int(best.max())}'})")
+    if early:
+        out += f"; {early} of {len(dets)} runs stopped early without improvement"
+    return out + "."
+
+
+def findings(comparison: pd.DataFrame, effect: pd.DataFrame | None = None,
+             table: pd.DataFrame | None = None) -> list[str]:
+    """The answer, one sentence per question (Markdown, bold for emphasis): which backbone wins
+    at the smallest size and by how much; whether more data helps; decided differences at the
+    other sizes; the training budget per size. Differences are always backbone minus baseline,
+    as in the tables; 'decided' means the paired interval excludes zero."""
+    refs = _label_sets(comparison)
+    if not refs:
+        return ["No evaluation to compare."]
+    out = [_which_backbone(comparison, refs), _more_data(effect, refs), _larger_sizes(comparison, refs),
+           _budget(table)]
+    return [s for s in out if s]
 
 
 def comparison_table(comparison: pd.DataFrame, reference: str, bold=lambda s: f"**{s}**") -> pd.DataFrame:
@@ -240,10 +421,15 @@ def comparison_table(comparison: pd.DataFrame, reference: str, bold=lambda s: f"
 
 def _context(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int) -> str:
     base = comparison["baseline"].iloc[0] if len(comparison) else "n/a"
-    return (f"Matches at IoU >= {iou:g}; {threshold}; classes merged. Values are means over training seeds with "
-            f"{level * 100:g} % percentile intervals from {n_boot} bootstrap resamples of the test galaxies; "
-            f"Δ is the paired difference to the baseline **{base}** on the same resamples (bold where its interval "
-            f"excludes zero).")
+    seeds = sorted({int(n) for n in comparison["n_seeds"]}) if len(comparison) else [0]
+    n_images = int(comparison["n_test_images"].iloc[0]) if len(comparison) else 0
+    seed_text = (f"{seeds[0]} training seed{'s' if seeds[0] > 1 else ''} per model" if len(seeds) == 1
+                 else f"{seeds[0]}–{seeds[-1]} training seeds per model")
+    return (f"How to read this: matches at IoU >= {iou:g}; {threshold}; classes merged; {n_images} test galaxies; "
+            f"{seed_text} (values are seed means). Intervals are {level * 100:g} % percentile intervals from "
+            f"{n_boot} bootstrap resamples of the test galaxies. Δ is always backbone minus the baseline "
+            f"**{base}**, both scored on the same resamples (paired); a difference is **decided** when its "
+            f"interval excludes zero (bold in the tables), otherwise not decided.")
 
 
 def data_text(data: dict[str, Any]) -> str:
@@ -264,22 +450,23 @@ def data_text(data: dict[str, Any]) -> str:
 
 
 def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
-                     data: dict[str, Any] | None = None, references: pd.DataFrame | None = None) -> str:
-    """results/summary.md: the headline sentence, which data it reports on, and one table per label set."""
-    refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
+                     data: dict[str, Any] | None = None, references: pd.DataFrame | None = None,
+                     effect: pd.DataFrame | None = None, table: pd.DataFrame | None = None) -> str:
+    """results/summary.md: the answer (one sentence per question), which data it reports on, how
+    to read it, and one table per label set."""
     parts = ["# Clump detection: which backbone, how much data?", ""]
-    parts += [f"- {headline(comparison, ref, level, threshold)}" for ref in refs] + [""]
+    parts += [f"- {sentence}" for sentence in findings(comparison, effect, table)] + [""]
     if data is not None:
         parts += [data_text(data), ""]
     parts += [_context(comparison, iou, threshold, level, n_boot), ""]
-    for ref in refs:
-        parts += [f"## Against the {ref} labels", "",
+    for ref in _label_sets(comparison):
+        parts += [f"## Against {LABEL_SETS.get(ref, f'the {ref} labels')}", "",
                   comparison_table(comparison, ref).to_markdown(index=False), ""]
     ref_parts = _reference_parts(references)
     if ref_parts:
         parts += ["## Beside the detectors: the label ceiling and a classical finder", "", _REFERENCE_INTRO, ""]
-        for ref, sentence, table in ref_parts:
-            parts += [f"Against the {ref} labels:", "", table.to_markdown(index=False), ""]
+        for ref, sentence, table_ in ref_parts:
+            parts += [f"Against {LABEL_SETS.get(ref, f'the {ref} labels')}:", "", table_.to_markdown(index=False), ""]
             if sentence:
                 parts += [sentence, ""]
     return "\n".join(parts)
@@ -304,7 +491,7 @@ def versus_classical_text(refs: pd.DataFrame, reference: str) -> str:
     n_max = int(rows["n_train"].max())
     parts = [f"{r['arm']} {_with_interval(r['f1_diff_classical'], r['f1_diff_classical_low'], r['f1_diff_classical_high'], signed=True)}"
              for _, r in rows[rows["n_train"] == n_max].sort_values("arm").iterrows()]
-    return (f"At n = {n_max}, F1 minus the classical finder's against the {reference} labels (paired bootstrap over the "
+    return (f"At n = {n_max}, F1 minus the classical finder's against {_short(reference)} (paired bootstrap over the "
             f"same test galaxies): " + "; ".join(parts) + ".")
 
 
@@ -327,34 +514,57 @@ def _md_bold_to_html(text: str) -> str:
 
 
 def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
-                 data: dict[str, Any] | None = None, references: pd.DataFrame | None = None) -> str:
+                 data: dict[str, Any] | None = None, references: pd.DataFrame | None = None,
+                 effect: pd.DataFrame | None = None, table: pd.DataFrame | None = None) -> str:
     """The same content as :func:`summary_markdown` as a self-contained HTML page (for the
     Snakemake report, which shows HTML results inline)."""
-    refs = list(dict.fromkeys(comparison["reference"])) if len(comparison) else []
-    body = ["<h1>Clump detection: which backbone, how much data?</h1>", "<ul>"]
-    body += [f"<li>{_md_bold_to_html(headline(comparison, ref, level, threshold))}</li>" for ref in refs]
+    body = ["<h1>Clump detection: which backbone, how much data?</h1>", "<ul class=\"answer\">"]
+    body += [f"<li>{_md_bold_to_html(sentence)}</li>" for sentence in findings(comparison, effect, table)]
     body += ["</ul>"]
     if data is not None:
         body += [f"<p>{_md_bold_to_html(data_text(data))}</p>"]
     body += [f"<p>{_md_bold_to_html(_context(comparison, iou, threshold, level, n_boot))}</p>"]
-    for ref in refs:
-        table = comparison_table(comparison, ref, bold=lambda s: f"<b>{html.escape(s)}</b>")
-        body += [f"<h2>Against the {html.escape(ref)} labels</h2>",
-                 table.to_html(index=False, escape=False, border=0, classes="summary")]
+    for ref in _label_sets(comparison):
+        shown = comparison_table(comparison, ref, bold=lambda s: f"<b>{html.escape(s)}</b>")
+        body += [f"<h2>Against {html.escape(LABEL_SETS.get(ref, f'the {ref} labels'))}</h2>",
+                 shown.to_html(index=False, escape=False, border=0, classes="summary")]
     ref_parts = _reference_parts(references)
     if ref_parts:
         body += ["<h2>Beside the detectors: the label ceiling and a classical finder</h2>",
                  f"<p>{html.escape(_REFERENCE_INTRO)}</p>"]
-        for ref, sentence, table in ref_parts:
-            body += [f"<p>Against the {html.escape(ref)} labels:</p>",
-                     table.to_html(index=False, border=0, classes="summary")]
+        for ref, sentence, table_ in ref_parts:
+            body += [f"<p>Against {html.escape(LABEL_SETS.get(ref, f'the {ref} labels'))}:</p>",
+                     table_.to_html(index=False, border=0, classes="summary")]
             if sentence:
                 body += [f"<p>{html.escape(sentence)}</p>"]
-    style = ("body{font-family:sans-serif;margin:1em} table.summary{border-collapse:collapse;font-size:0.9em}"
-             "table.summary td,table.summary th{padding:0.25em 0.6em;border-bottom:1px solid #ccc;text-align:right}"
-             "table.summary td:nth-child(2),table.summary th:nth-child(2){text-align:left}")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Clump detection summary</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return html_page("Clump detection summary", "\n".join(body))
+
+
+#: the style of the HTML pages the report shows inline: tables that keep an interval on one line
+#: and scroll sideways in a narrow frame
+_STYLE = ("body{font-family:sans-serif;margin:1em;line-height:1.4} ul.answer li{margin-bottom:0.5em}"
+          ".scroll{overflow-x:auto} table.summary{border-collapse:collapse;font-size:0.85em}"
+          "table.summary td,table.summary th{padding:0.25em 0.6em;border-bottom:1px solid #ccc;text-align:right;"
+          "white-space:nowrap} table.summary td:nth-child(2),table.summary th:nth-child(2){text-align:left}")
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page with the summary's style; tables scroll sideways in their box."""
+    body = body.replace("<table", "<div class=\"scroll\"><table").replace("</table>", "</table></div>")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def table_html(table: pd.DataFrame, title: str, intro: str) -> str:
+    """A CSV table as an HTML page for the report (which shows HTML inline but not CSV): a title,
+    one sentence on what the rows are, and the table with numbers to 3 decimals."""
+    shown = table.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    body = (f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
+            + shown.to_html(index=False, border=0, classes="summary", na_rep=""))
+    return html_page(title, body)
 
 
 def threshold_text(metrics: Iterable[dict[str, Any]]) -> str:

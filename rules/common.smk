@@ -8,12 +8,14 @@ import yaml
 from snakemake.utils import validate
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # the workflow's own package
-from clumpfinder.config import Plan, package_modules
+from clumpfinder.config import Plan, check_inputs, package_modules
 
 validate(config, schema="../config/schema.yaml")
 # the cross-field checks, and the per-backbone settings with the schema's defaults filled in
 with open(os.path.join(workflow.basedir, "config", "schema.yaml")) as _schema:
     PLAN = Plan(config, "results", yaml.safe_load(_schema))
+# real input files named by the configuration exist (docs/real-data.md says where they come from)
+check_inputs(config)
 RESULTS = PLAN.results
 BACKBONES, N_TRAIN, SEEDS, BASELINE = (
     PLAN.backbones,
@@ -117,6 +119,11 @@ def reference_inputs(wildcards):
 
 sweep_files = PLAN.sweep_files
 final_targets = PLAN.final_targets
+
+
+def gallery_labels(wildcards):
+    """The report label of one gallery: its training-set size, padded to sort as a number."""
+    return {"training images": PLAN.size_label(wildcards.n_train)}
 
 
 def gallery_files(name):

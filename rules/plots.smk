@@ -102,7 +102,7 @@ rule gallery:
             f"{RESULTS}/plots/gallery/n{{n_train}}.png",
             caption="../report/gallery.rst",
             category="3. Gallery",
-            labels={"training images": "{n_train}"},
+            labels=gallery_labels,
         ),
         pdf=f"{RESULTS}/plots/gallery/n{{n_train}}.pdf",
     log:

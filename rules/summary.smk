@@ -14,15 +14,19 @@ rule summary:
         train=sweep_files("train_metrics.json"),
         code=package_code("summary.py"),
     output:
-        table=report(
-            f"{RESULTS}/summary.csv",
+        table=f"{RESULTS}/summary.csv",
+        comparison=f"{RESULTS}/comparison.csv",
+        table_html=report(
+            f"{RESULTS}/tables/summary.html",
             caption="../report/summary_csv.rst",
             category="5. Tables",
+            labels={"table": "every run (summary.csv)"},
         ),
-        comparison=report(
-            f"{RESULTS}/comparison.csv",
+        comparison_html=report(
+            f"{RESULTS}/tables/comparison.html",
             caption="../report/comparison_csv.rst",
             category="5. Tables",
+            labels={"table": "backbone comparison (comparison.csv)"},
         ),
         markdown=f"{RESULTS}/summary.md",
         html=report(

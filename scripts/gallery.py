@@ -15,5 +15,6 @@ predictions = {b: read_json(f) for b, f in zip(p.backbones, snakemake.input.pred
 scores = {b: read_json(f)["score"] for b, f in zip(p.backbones, snakemake.input.metrics)}
 ids = pick_gallery([im["id"] for im in test["images"]], p.n_galaxies, p.seed)
 plot_gallery(test, snakemake.input.images, predictions, scores, ids, snakemake.output.png, snakemake.output.pdf,
-             truth=truth, title=f"n = {snakemake.wildcards.n_train} training images, seed {p.model_seed}")
+             truth=truth, title=f"Trained on n = {snakemake.wildcards.n_train} images (training seed {p.model_seed}): "
+                   f"detections on {len(ids)} test galaxies")
 log.info("gallery of test galaxies %s", ids)

@@ -118,6 +118,14 @@ def tiny_run(tmp_path_factory):
     return {"dir": root / "work", "snakefile": snakefile, "proc": proc, "seconds": time.perf_counter() - t0}
 
 
+@pytest.fixture(scope="session")
+def tiny_report(tiny_run) -> Path:
+    """`snakemake --report` of the tiny run, built once per session."""
+    smk("--report", "results/report.html", "--configfile", TEST_CONFIG, cwd=tiny_run["dir"],
+        snakefile=tiny_run["snakefile"])
+    return tiny_run["dir"] / "results" / "report.html"
+
+
 def pytest_collection_modifyitems(config, items):
     """The SLURM test installs packages with apt-get and starts daemons: it runs only when asked
     (CLUMPFINDER_SLURM=1, or CLUMPFINDER_REQUIRE_SLURM=1 as .ci/run sets, which also makes a failed

@@ -106,19 +106,57 @@ def test_gallery(tmp_path):
     fig = plot_gallery(gt, tmp_path, preds, {"scratch": 0.5, "galaxy": 0.35}, ids, tmp_path / "g.png",
                        tmp_path / "g.pdf", truth=truth, title="n = 10")
     _written(tmp_path, "g")
-    assert len(fig.axes) == 4 * 2  # galaxies x models
-    assert fig.axes[0].get_title() == "scratch\n(score >= 0.50)" and fig.axes[1].get_title() == "galaxy\n(score >= 0.35)"
-    assert [ax.get_ylabel() for ax in fig.axes[::2]] == [str(i) for i in ids]
-    for i, image_id in enumerate(ids):  # one score label per detection above each model's threshold
-        for j, model in enumerate(preds):
+    assert len(fig.axes) == 2 * 4  # models (rows) x galaxies (columns), landscape
+    assert [ax.get_title() for ax in fig.axes[:4]] == [f"galaxy {i}" for i in ids]
+    assert [fig.axes[k].get_ylabel() for k in (0, 4)] == ["scratch\nscore >= 0.50", "galaxy\nscore >= 0.35"]
+    width, height = fig.get_size_inches()
+    assert width <= 10 and height <= 0.75 * width  # fits the report's image pane
+    for j, model in enumerate(preds):  # a score tag per detection above each model's threshold (room for all)
+        for i, image_id in enumerate(ids):
             shown = sorted(f"{d['score']:.2f}" for d in preds[model]
                            if d["image_id"] == image_id and d["score"] >= {"scratch": 0.5, "galaxy": 0.35}[model])
-            assert sorted(t.get_text() for t in fig.axes[2 * i + j].texts) == shown
+            assert sorted(t.get_text() for t in fig.axes[4 * j + i].texts) == shown
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[:2] == ["consensus", "truth (thin: too faint to count)"]
+    assert legend[:2] == ["volunteer consensus", "truth (thin: too faint to count)"]
     with pytest.raises(ValueError, match=r"gallery images \[999\] are not in the test labels"):
         plot_gallery(gt, tmp_path, preds, {"scratch": 0.5, "galaxy": 0.5}, [999], tmp_path / "h.png",
                      tmp_path / "h.pdf")
+
+
+def test_score_labels_stay_clear_of_each_other_and_of_the_boxes():
+    from clumpfinder.report.figures import place_labels
+
+    # three detections in a row, 10 px apart, with a consensus box just above the first: the tags
+    # (12 x 5 px) go where they overlap neither each other nor a box
+    boxes = [[20, 40, 6, 6], [30, 40, 6, 6], [40, 40, 6, 6]]
+    consensus = [[18, 30, 8, 8]]
+    spots = place_labels(boxes, (12, 5), (96, 96), avoid=consensus)
+    rects = [(x, y, 12, 5) for x, y in spots]
+    for k, r in enumerate(rects):
+        assert 0 <= r[0] <= 96 - 12 and 0 <= r[1] <= 96 - 5  # inside the image
+        assert all(_overlap(r, q) == 0 for q in rects[:k] + rects[k + 1:])
+        assert all(_overlap(r, tuple(q)) == 0 for q in boxes + consensus)
+    assert spots[1] == (30, 34)  # the first choice, above its box, when free
+    # at the image's edge the tag is pulled inside
+    assert place_labels([[0, 0, 5, 5]], (12, 5), (96, 96)) == [(0, 6)]
+    # a crowded image: a box with no spot free of earlier tags gets none, and at most `most` are placed
+    crowd = [[40, 40, 4, 4], [40, 40, 4, 4], [40, 40, 4, 4], [40, 40, 4, 4], [40, 40, 4, 4]]
+    spots = place_labels(crowd, (12, 5), (96, 96))
+    assert spots[:4] != [None] * 4 and spots[4] is None
+    assert place_labels([[10 * k, 80, 4, 4] for k in range(9)], (6, 5), (96, 96), most=3)[3:] == [None] * 6
+
+
+def _overlap(a, b):
+    return max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])) * max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+
+
+def test_every_figure_fits_the_report_pane():
+    from clumpfinder.report.figures import report_size
+
+    for w, h in ((14, 4.4), (3.4, 6.2), (30, 30), (10, 7.5), (4, 3)):
+        fw, fh = report_size(w, h)
+        shown = 150 * fh * min(1, 1050 / (150 * fw))  # pixels tall once the viewer fits the pane's width
+        assert fw <= 10 and shown <= 860, (w, h)
 
 
 def test_consensus_diagnostics(tmp_path):

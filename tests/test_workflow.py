@@ -84,6 +84,16 @@ def test_config_error_names_the_key(tmp_path, override, message):
     assert "validat" in out.lower() and message in out, out[-3000:]
 
 
+def test_missing_real_inputs_are_named_with_where_to_get_them(tmp_path):
+    """config/paper.yaml in a fresh clone: the run stops at start-up naming both missing exports
+    and the page that says where they come from, not with Snakemake's bare MissingInputException."""
+    proc = smk("-n", "--cores", "1", "--configfile", REPO / "config" / "paper.yaml", cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "MissingInputException" not in out
+    assert "data.classifications: data/clump_scout_classifications.csv is not a file" in out
+    assert "data.subjects: data/clump_scout_subjects.csv is not a file" in out and "docs/real-data.md" in out
+
+
 def test_tiny_run_outputs(tiny_run, tiny_config):
     res = tiny_run["dir"] / "results"
     for rel in ("survey/manifest.csv", "survey/truth.csv", "survey/classifications.csv", "survey/gold.csv",
@@ -305,25 +315,25 @@ def test_gpu_jobs_take_turns(tiny_run):
     assert most_gpu == 1 and cpu_beside_gpu
 
 
-def test_summary_documents_and_report(tiny_run, tiny_config):
+def test_summary_documents_and_report(tiny_run, tiny_config, tiny_report):
     """summary.md answers the question in its first lines; the Snakemake report builds with every
     figure and table under its category, with captions."""
     res = tiny_run["dir"] / "results"
     md = (res / "summary.md").read_text()
     smallest = min(tiny_config["labels"]["n_train"])
-    assert f"With n = {smallest} training images, **" in md and "## Against the truth labels" in md
+    assert md.splitlines()[2].startswith(f"- **Which backbone with the fewest training images (n = {smallest})?**")
+    assert "**Does more training data help?**" in md and "**Training budget:**" in md
+    assert "## Against the simulated truth" in md
     assert "## Beside the detectors: the label ceiling and a classical finder" in md
-    assert re.search(r"At n = \d+, F1 minus the classical finder's against the truth labels", md)
+    assert re.search(r"At n = \d+, F1 minus the classical finder's against the truth", md)
     comparison = pd.read_csv(res / "comparison.csv")
     assert set(comparison["backbone"]) == set(tiny_config["backbones"])
     assert (comparison.loc[comparison["backbone"] == "resnet18_scratch", "f1_diff"] == 0).all()  # the baseline
-    smk("--report", "results/report.html", "--configfile", TEST_CONFIG, cwd=tiny_run["dir"],
-        snakefile=tiny_run["snakefile"])
-    page = (res / "report.html").read_text()
+    page = tiny_report.read_text()
     assert len(page) > 100_000
     for text in ("1. Headline", "2. Detection quality", "3. Gallery", "4. Volunteer consensus", "5. Tables",
                  "Giant star-forming clumps with Faster R-CNN", "summary.html", "completeness_purity.png",
-                 "pr_curves.png", "learning_curves.png", "completeness_vs_flux.png", "consensus.png", "comparison.csv",
+                 "pr_curves.png", "learning_curves.png", "completeness_vs_flux.png", "consensus.png", "comparison.html",
                  "paired difference to the baseline", "Are the faint clumps the ones missed?"):
         assert text in page, text
 

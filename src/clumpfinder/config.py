@@ -77,6 +77,45 @@ def check_config(config: dict[str, Any]) -> None:
                          "leave these backbones out of sweep.backbones")
 
 
+#: the real input files a configuration can name: (section, key, subkey or None), what the file is
+REAL_INPUTS = (
+    (("data", "classifications"), "the project's Zooniverse classification export, e.g. Galaxy Zoo: Clump Scout's"),
+    (("data", "subjects"), "the Zooniverse subject export, or a CSV of subject_id, ra, dec"),
+    (("data", "gold"), "the gold subjects: a CSV of subject_id, has_clumps"),
+    (("data", "catalogue", "path"), "the clump catalogue: Adams et al. 2022 Table 3 or another AAS machine-readable table"),
+    (("pretrain", "catalogue"), "the Galaxy Zoo vote table for the morphology pretraining"),
+)
+
+
+def missing_inputs(config: dict[str, Any], root: str | Path = ".") -> list[str]:
+    """One line per real input file the configuration names that does not exist (relative paths
+    from ``root``, the working directory): the key, the path and what the file is. The real
+    inputs are only read where the data source uses them, so only those are checked."""
+    source = config["data"]["source"]
+    used = {("data", "classifications"): source == "zooniverse", ("data", "subjects"): source == "zooniverse",
+            ("data", "gold"): source == "zooniverse", ("data", "catalogue", "path"): source == "catalogue",
+            ("pretrain", "catalogue"): source != "simulate"}
+    out = []
+    for keys, what in REAL_INPUTS:
+        value: Any = config
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if value and used[keys] and not (Path(root) / value).is_file():
+            out.append(f"{'.'.join(keys)}: {value} is not a file in {Path(root).resolve()} ({what})")
+    return out
+
+
+def check_inputs(config: dict[str, Any], root: str | Path = ".") -> None:
+    """Raise FileNotFoundError at start-up, naming every missing real input file and where to get
+    it, instead of Snakemake's bare MissingInputException for the first one."""
+    missing = missing_inputs(config, root)
+    if missing:
+        raise FileNotFoundError(
+            "the configuration names real input files that are missing:\n  " + "\n  ".join(missing)
+            + "\nWhere each real input comes from and in which form: docs/real-data.md. Without them, run the "
+            "simulated survey (data.source: simulate, the default configuration).")
+
+
 @cache
 def _imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
     """(package modules, other top-level modules) that one source file imports, anywhere in it
@@ -178,6 +217,13 @@ class Plan:
 
     def value(self, backbone: str, key: str) -> Any:
         return self.config["backbones"][backbone].get(key, self.defaults.get(key))
+
+    def size_label(self, n_train: str) -> str:
+        """A training-set size as a report label that sorts in numeric order: the report sorts
+        labels as text ("100" before "30"), so numbers are left-padded with figure spaces (which
+        sort before digits and are as wide as one) to the widest size; "full" sorts last."""
+        width = max((len(str(n)) for n in self.n_train if n != "full"), default=0)
+        return str(n_train) if n_train == "full" else str(n_train).rjust(width, "\u2007")
 
     def morphology_key(self, backbone: str) -> str:
         """Backbones of one arch and input normalisation share one morphology pretraining job."""

@@ -29,7 +29,22 @@ PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 Run = tuple[str, int, int, dict[str, Any]]  # backbone, n_train, seed, metrics.json
 
 
-def save(fig: plt.Figure, png: str | Path, pdf: str | Path, dpi: int = 150) -> plt.Figure:
+#: the widest figure (inches) that the Snakemake report shows without shrinking its fonts below
+#: ~11 px in a 1440 px wide window (the report's image pane is ~1050 px wide)
+REPORT_WIDTH = 10.0
+DPI = 150
+
+
+def report_size(width: float, height: float) -> tuple[float, float]:
+    """A figure size that fits the report's image pane in a 1440 x 900 window: at most
+    REPORT_WIDTH wide, and no taller than the pane once the viewer has scaled it to the pane's
+    width (~0.75 of the width for wide figures, ~5.6 in at DPI for narrow ones); the viewer
+    centres images vertically, so a taller one loses its top, titles and column headers."""
+    width = min(width, REPORT_WIDTH)
+    return width, min(height, max(5.6, 0.75 * width))
+
+
+def save(fig: plt.Figure, png: str | Path, pdf: str | Path, dpi: int = DPI) -> plt.Figure:
     """Write the figure as PNG and PDF (atomically) and release it from pyplot; returns it, so
     that callers (and tests) can still read what was drawn."""
     for path in (png, pdf):
@@ -58,7 +73,7 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
     refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
     is_ref = table["backbone"].isin(list(_REFERENCE_STYLE))
     points, table = table[is_ref], table[~is_ref].astype({"n_train": int})
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharex=True, sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=report_size(10, 4.6), sharex=True, sharey=True, constrained_layout=True)
     for ax, measure in zip(axes, ("completeness", "purity", "f1")):
         for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
             for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
@@ -94,7 +109,7 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
         ax.tick_params(labelleft=True)  # every panel carries its own scale
         ax.set_title("F1" if measure == "f1" else measure.capitalize())
         ax.grid(alpha=0.3, which="both")
-    axes[2].legend(fontsize=8, loc="lower right")
+    fig.legend(*axes[2].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
     return save(fig, png, pdf)
 
 
@@ -104,7 +119,7 @@ def plot_learning_curves(runs: Sequence[Run], png: str | Path, pdf: str | Path) 
     kept weights, a cross where training stopped early. Below, the training loss."""
     sizes = sorted({n for _, n, _, _ in runs})
     colours = _colours(b for b, *_ in runs)
-    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.2), squeeze=False, sharex=True,
+    fig, axes = plt.subplots(2, len(sizes), figsize=report_size(3.4 * len(sizes) + 0.6, 5.6), squeeze=False, sharex=True,
                              sharey="row", constrained_layout=True)
     for j, n in enumerate(sizes):
         top, bottom = axes[0, j], axes[1, j]
@@ -139,7 +154,7 @@ def plot_pr_curves(runs: Sequence[Run], iou: float, png: str | Path, pdf: str | 
     refs = [r for r in ("consensus", "truth") if any(r in m["references"] for *_, m in runs)]
     sizes = sorted({n for _, n, _, _ in runs})
     colours = _colours(b for b, *_ in runs)
-    fig, axes = plt.subplots(len(refs), len(sizes), figsize=(3.4 * len(sizes), 3.2 * len(refs)),
+    fig, axes = plt.subplots(len(refs), len(sizes), figsize=report_size(3.3 * len(sizes) + 0.4, 3.0 * len(refs)),
                              squeeze=False, sharex=True, sharey=True, constrained_layout=True)
     key = f"{iou:g}"
     for i, ref in enumerate(refs):
@@ -180,7 +195,7 @@ def plot_flux_completeness(runs: Sequence[Run], min_flux_fraction: float | None,
     sizes = sorted({n for _, n, _, _ in runs})
     colours = _colours(b for b, *_ in runs)
     backbones = sorted(colours)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 3.4), squeeze=False, sharey=True,
+    fig, axes = plt.subplots(1, len(sizes), figsize=report_size(3.4 * len(sizes) + 0.4, 3.6), squeeze=False, sharey=True,
                              constrained_layout=True)
     markers = "osD^vP*X"
     for j, n in enumerate(sizes):
@@ -236,12 +251,58 @@ def _boxes(ax: plt.Axes, anns: Iterable[dict[str, Any]], **style: Any) -> int:
     return k
 
 
+def _label_spots(box: Sequence[float], size: tuple[float, float], shape: tuple[int, int]) -> list[tuple[float, float]]:
+    """Candidate top-left corners (image pixels) for a label of ``size`` (w, h) next to ``box``
+    (x, y, w, h): above, below, right, left, kept inside the image of ``shape`` (rows, cols)."""
+    x, y, w, h = box
+    tw, th = size
+    spots = [(x, y - th - 1), (x, y + h + 1), (x + w + 1, y), (x - tw - 1, y)]
+    return [(min(max(sx, 0), shape[1] - tw), min(max(sy, 0), shape[0] - th)) for sx, sy in spots]
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return max(0.0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0.0, min(ay + ah, by + bh) - max(ay, by))
+
+
+def place_labels(boxes: Sequence[Sequence[float]], size: tuple[float, float], shape: tuple[int, int],
+                 avoid: Sequence[Sequence[float]] = (), most: int = 8) -> list[tuple[float, float] | None]:
+    """Top-left corners for one label per box, in order (give the most important first): each at
+    the first of above / below / right / left of its box that overlaps no label placed before it
+    and no box in ``boxes`` or ``avoid``, else the free-of-labels spot that overlaps boxes least.
+    A box whose every spot would cover an earlier label, or beyond the first ``most``, gets None
+    (no label): a crowded image keeps readable labels on its best detections."""
+    placed: list[tuple[float, float, float, float]] = []
+    obstacles = [tuple(b) for b in list(boxes) + list(avoid)]
+    out: list[tuple[float, float] | None] = []
+    for box in boxes:
+        best, cost = None, math.inf
+        if len(placed) < most:
+            for sx, sy in _label_spots(box, size, shape):
+                rect = (sx, sy, size[0], size[1])
+                if any(_overlap(rect, q) > 0 for q in placed):
+                    continue
+                c = sum(_overlap(rect, q) for q in obstacles)
+                if c < cost:
+                    best, cost = (sx, sy), c
+                if c == 0:
+                    break
+        if best is not None:
+            placed.append((best[0], best[1], size[0], size[1]))
+        out.append(best)
+    return out
+
+
 def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[str, list[dict[str, Any]]],
                  scores: dict[str, float], image_ids: Sequence[int], png: str | Path, pdf: str | Path,
                  truth: dict[str, Any] | None = None, title: str = "") -> plt.Figure:
-    """Test galaxies (rows) as seen by each model (columns): the consensus boxes (white, dashed),
-    the simulated truth (blue, dotted; faint clumps that do not count thinner) and the model's
-    detections above its headline threshold (orange: clump, pink: odd clump), with their scores."""
+    """Each model (rows) on the same test galaxies (columns), a landscape grid that fits the
+    report: the consensus boxes (white, dashed), the simulated truth (blue, dotted; faint clumps
+    that do not count thinner) and the model's detections above its headline threshold (orange:
+    clump, pink: odd clump) with their scores on dark tags placed clear of the boxes and of
+    each other (the highest scores first; where no free spot is left, or beyond eight per
+    galaxy, a detection has no tag)."""
     images = {im["id"]: im for im in coco["images"]}
     missing = [i for i in image_ids if i not in images]
     if missing:
@@ -250,36 +311,51 @@ def plot_gallery(coco: dict[str, Any], image_dir: str | Path, predictions: dict[
     true = {i: [a for a in truth["annotations"] if a["image_id"] == i] for i in image_ids} if truth else {}
     cat_colour = {1: "#E69F00", 2: "#CC79A7"}
     models = list(predictions)
-    fig, axes = plt.subplots(len(image_ids), len(models), figsize=(2.3 * len(models) + 0.4, 2.3 * len(image_ids)),
-                             squeeze=False, constrained_layout=True)
-    for i, image_id in enumerate(image_ids):
+    label_w, header = 1.5, 1.2  # inches: row labels on the left; title, column headers and legend
+    panel = min(1.6, (REPORT_WIDTH - label_w) / max(len(image_ids), 1), (5.6 - header) / max(len(models), 1))
+    fig, axes = plt.subplots(len(models), len(image_ids), squeeze=False, constrained_layout=True,
+                             figsize=report_size(panel * len(image_ids) + label_w, panel * len(models) + header))
+    fontsize = 6.5
+    for j, image_id in enumerate(image_ids):
         info = images[image_id]
         rgb = read_image(image_dir, info)
-        for j, model in enumerate(models):
+        px_per_pt = rgb.shape[1] / (panel * 72)  # image pixels per typographic point in this panel
+        tag = (fontsize * 2.0 * px_per_pt + 2, fontsize * 1.25 * px_per_pt)  # a "0.87" tag, in image pixels
+        for i, model in enumerate(models):
             ax = axes[i, j]
             ax.imshow(rgb, origin="upper", interpolation="nearest")
             if true:
-                _boxes(ax, [a for a in true[image_id] if not a.get("iscrowd")], ec="#56B4E9", ls=":", lw=1.6)
+                _boxes(ax, [a for a in true[image_id] if not a.get("iscrowd")], ec="#56B4E9", ls=":", lw=1.4)
                 _boxes(ax, [a for a in true[image_id] if a.get("iscrowd")], ec="#56B4E9", ls=":", lw=0.6)
-            _boxes(ax, cons[image_id], ec="white", ls="--", lw=1.0)
-            dets = [d for d in predictions[model] if d["image_id"] == image_id and d["score"] >= scores[model]]
+            _boxes(ax, cons[image_id], ec="white", ls="--", lw=0.9)
+            dets = sorted((d for d in predictions[model] if d["image_id"] == image_id and d["score"] >= scores[model]),
+                          key=lambda d: -d["score"])
             for d in dets:
-                colour = cat_colour.get(d["category_id"], "#F0E442")
-                _boxes(ax, [d], ec=colour, lw=1.2)
-                ax.text(d["bbox"][0], d["bbox"][1] - 1, f"{d['score']:.2f}", color=colour, fontsize=6, va="bottom")
+                _boxes(ax, [d], ec=cat_colour.get(d["category_id"], "#F0E442"), lw=1.1)
+            spots = place_labels([d["bbox"] for d in dets], tag, rgb.shape[:2],
+                                 avoid=[a["bbox"] for a in cons[image_id]])
+            for d, spot in zip(dets, spots):
+                if spot is None:
+                    continue
+                sx, sy = spot
+                ax.text(sx + tag[0] / 2, sy + tag[1] / 2, f"{d['score']:.2f}", ha="center", va="center",
+                        fontsize=fontsize, color=cat_colour.get(d["category_id"], "#F0E442"), zorder=5,
+                        bbox={"boxstyle": "square,pad=0.1", "fc": "black", "ec": "none", "alpha": 0.7})
+            ax.set_xlim(-0.5, rgb.shape[1] - 0.5)
+            ax.set_ylim(rgb.shape[0] - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(f"{model}\n(score >= {scores[model]:.2f})", fontsize=8)
+                ax.set_title(f"galaxy {image_id}", fontsize=7)
             if j == 0:
-                ax.set_ylabel(f"{image_id}", fontsize=8)
-    handles = [Line2D([], [], color="white", ls="--", label="consensus"),
-               Line2D([], [], color="#E69F00", label="detected clump"),
+                ax.set_ylabel(f"{model}\nscore >= {scores[model]:.2f}", fontsize=8, rotation=0, ha="right",
+                              va="center")
+    handles = [Line2D([], [], color="white", ls="--", label="volunteer consensus"),
+               Line2D([], [], color="#E69F00", label="detected clump (tag: score)"),
                Line2D([], [], color="#CC79A7", label="detected odd clump")]
     if true:
-        handles.insert(1, Line2D([], [], color="#56B4E9", ls=":", lw=1.6, label="truth (thin: too faint to count)"))
-    leg = fig.legend(handles=handles, loc="outside lower center", ncol=2 if len(models) < 4 else len(handles),
-                     fontsize=8, facecolor="0.3",
+        handles.insert(1, Line2D([], [], color="#56B4E9", ls=":", lw=1.4, label="truth (thin: too faint to count)"))
+    leg = fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, facecolor="0.3",
                      labelcolor="white")
     leg.get_frame().set_edgecolor("0.3")
     if title:
@@ -300,7 +376,10 @@ def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | 
     their known answer), and, when the true skills of simulated volunteers are given, the EM
     miss probability against each volunteer's true miss rate."""
     panels = 3 + (true_volunteers is not None)
-    fig, axes = plt.subplots(1, panels, figsize=(3.8 * panels, 3.3), constrained_layout=True)
+    fig, grid = plt.subplots(2, 2, figsize=report_size(10, 7.5), constrained_layout=True)
+    axes = grid.ravel()
+    if panels == 3:
+        axes[3].remove()
     ax = axes[0]
     trained = volunteers[volunteers["swap_n_trained"].fillna(0) > 0]
     bins = np.linspace(0, 1, 21)

@@ -1,7 +1,7 @@
 # Giant star-forming clumps with Faster R-CNN, after Popp et al. 2024 (RASTI 3, 174).
 # DAG: simulated survey + volunteers (or downloaded cutouts + a real export or a clump catalogue)
 #      -> consensus -> labels -> train (backbone x size) -> evaluate -> summary tables, figures
-#      and the report (snakemake --report). See README.md.
+#      and the report (snakemake --report). See README.md and docs/workflow.md.
 import os
 
 from snakemake.utils import min_version

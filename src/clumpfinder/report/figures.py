@@ -413,6 +413,9 @@ def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | 
             ax.hist(sel, bins=logit_bins, histtype="step", lw=1.5, color=colour, ls=style,
                     label=f"{label} ({len(sel)})")
     ax.set_xscale("logit")
+    ticks = [1e-4, 1e-2, 0.5, 0.99, 1 - 1e-4]  # the logit axis's own labels run into each other
+    ax.set_xticks(ticks, ["$10^{-4}$", "0.01", "0.5", "0.99", "$1-10^{-4}$"])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("SWAP posterior P(has clumps)")
     ax.set_ylabel("subjects")

@@ -92,9 +92,13 @@ class Reader:
         self.page.wait_for_timeout(300)
 
     def caption(self, k: int) -> str:
+        """The menu's description of item k; then back to the category's list (its breadcrumb)."""
         self.page.locator("nav table tbody tr").nth(k).locator("a[iconname=information-circle]").click()
         self.page.wait_for_timeout(200)
-        return self.page.inner_text("nav")
+        text = self.page.inner_text("nav")
+        self.page.locator("nav ol li a").nth(-2).click()  # home > Results > category > file
+        self.page.wait_for_selector("nav table tbody tr")
+        return text
 
     def image_box(self) -> dict:
         img = self.page.locator("img[src^='data:image/png']")
@@ -113,12 +117,11 @@ class Reader:
 
 
 def top_edges_hidden(reader: Reader, category: str, prefix: str) -> dict[str, dict]:
-    """Open every figure of a category (HTML pages are skipped); those whose top edge is above
-    the window, or whose bottom is below it, by label, with their box."""
+    """Open every figure of a category in turn (HTML pages are skipped); those whose top edge is
+    above the window, or whose bottom is below it, by label, with their box."""
     hidden = {}
     for k, label in enumerate(reader.category(category)):
-        reader.category(category)
-        reader.open(k)
+        reader.open(k)  # the category's list stays in the menu while an item is shown
         if reader.page.locator("iframe").count():
             continue
         box = reader.image_box()
@@ -165,14 +168,16 @@ def test_report_reads_well_in_a_browser(browser, tiny_report, tiny_config):
     # 5. Tables: shown inline as labelled HTML tables
     assert reader.category("5. Tables") == ["backbone comparison (comparison.csv)", "every run (summary.csv)"]
     for k in range(2):
-        reader.category("5. Tables")
         reader.open(k)
         assert "backbone" in reader.frame_text()
         assert reader.page.frame_locator("iframe").locator("table").count() == 1
         reader.shot(f"5-table-{k}")
 
-    # every figure's top edge is inside the window once opened
+    # every item has its caption, and every figure's top edge is inside the window once opened
     for name in CATEGORIES:
+        for k, label in enumerate(reader.category(name)):
+            text = reader.caption(k).split("DESCRIPTION", 1)[-1].split("SIZE", 1)[0].strip()
+            assert len(text) > 80 and "{{" not in text, (name, label, text)
         assert top_edges_hidden(reader, name, "") == {}, name
     assert reader.errors == []
 

@@ -6,9 +6,10 @@ Runs `snakemake --cores N` in a fresh working directory (the repository's Snakef
 configuration, plus any --configfile given), then runs it again with nothing changed. Writes the
 command, date, commit, machine load, the wall-clock times, per-rule job times (from the rules'
 benchmark files), the peak memory (GNU time -v over the whole run, and each job's from its
-benchmark file), the per-run summary table and the paired comparison (comparison.csv) to
-benchmarks/results/workflow_timing.json and prints them. With the default configuration that
-comparison is the reporting seeds' headline (docs/protocol.md).
+benchmark file), the per-run summary table, the paired comparison (comparison.csv) and the
+answer summary.md opens with to benchmarks/results/workflow_timing.json and prints them. With
+the default configuration that comparison is the reporting seeds' headline (docs/protocol.md).
+Time it on an otherwise idle machine: other work on the cores lengthens every job.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def main() -> None:
         "noop_rerun_said_nothing_to_do": "Nothing to be done" in log,
         "job_seconds": jobs, "job_max_rss_gib": job_rss, "summary": table[cols].round(4).to_dict("records"),
         "comparison": comparison[ccols].round(4).to_dict("records"),
+        # the answer in words a reader of this run got (its first lines, before the tables)
+        "summary_md_answer": (work / "results" / "summary.md").read_text().split("\n## ")[0],
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -201,6 +201,10 @@ def _label_sets(comparison: pd.DataFrame) -> list[str]:
     return sorted(refs, key=lambda r: (r != "truth", r != "consensus", r))
 
 
+def _long(ref: str) -> str:
+    return LABEL_SETS.get(ref, f"the {ref} labels")
+
+
 def _short(ref: str) -> str:
     return {"truth": "the truth", "consensus": "the consensus"}.get(ref, f"the {ref} labels")
 
@@ -280,10 +284,10 @@ def size_effect(cells: Iterable[tuple[str, int, int, dict[str, Any]]], bootstrap
         for ref in small[seeds[0]]["references"]:
             if ref not in large[seeds[0]]["references"]:
                 continue
-            arms = {n: [by[(backbone, n)][s]["references"][ref]["per_image"] for s in seeds
-                        if s in by[(backbone, n)]] for n in sizes}
-            stats = paired_bootstrap({str(n): arms[n] for n in (sizes[0], sizes[-1])}, str(sizes[0]),
-                                     n=bootstrap["n"], seed=bootstrap["seed"], level=bootstrap["level"])
+            ends = {str(n): [by[(backbone, n)][s]["references"][ref]["per_image"] for s in seeds]
+                    for n in (sizes[0], sizes[-1])}
+            stats = paired_bootstrap(ends, str(sizes[0]), n=bootstrap["n"], seed=bootstrap["seed"],
+                                     level=bootstrap["level"])
             st = stats[str(sizes[-1])]["f1"]
             row = {"reference": ref, "backbone": backbone, "n_from": sizes[0], "n_to": sizes[-1], "n_seeds": len(seeds),
                    "f1_diff": st["diff"], "f1_diff_low": st["diff_low"], "f1_diff_high": st["diff_high"],
@@ -310,15 +314,17 @@ def _more_data(effect: pd.DataFrame | None, refs: list[str]) -> str:
     up = [_excludes_zero(r["f1_diff_low"], r["f1_diff_high"]) and r["f1_diff"] > 0 for _, r in main.iterrows()]
     down = [_excludes_zero(r["f1_diff_low"], r["f1_diff_high"]) and r["f1_diff"] < 0 for _, r in main.iterrows()]
     against = _short(order[0])
+    rising = [b for b, u in zip(main["backbone"], up) if u]
     if all(up):
         verdict = f"Yes: against {against} F1 rises decidedly for every backbone"
-    elif not any(up) and not any(down):
-        verdict = f"Not decidedly: against {against} no backbone's F1 changes decidedly"
+    elif rising:
+        verdict = f"For {len(rising)} of {len(up)} backbones: against {against} F1 rises decidedly for " + ", ".join(
+            rising)
+    elif any(down):
+        verdict = f"No: against {against} F1 falls decidedly for " + ", ".join(
+            b for b, d in zip(main["backbone"], down) if d)
     else:
-        verdict = (f"For {sum(up)} of {len(up)} backbones: against {against} F1 rises decidedly for "
-                   + ", ".join(b for b, u in zip(main["backbone"], up) if u) if any(up) else
-                   f"No: against {against} F1 falls decidedly for "
-                   + ", ".join(b for b, d in zip(main["backbone"], down) if d))
+        verdict = f"Not decidedly: against {against} no backbone's F1 changes decidedly"
     parts = []
     for _, r in main.iterrows():
         per_ref = [f"{_with_interval(o['f1_diff'], o['f1_diff_low'], o['f1_diff_high'], signed=True)} against "
@@ -376,8 +382,8 @@ def _budget(table: pd.DataFrame | None) -> str:
     batch = dets["train_batch_size"].dropna() if "train_batch_size" in dets else pd.Series(dtype=float)
     early = int(dets["train_stopped_early"].fillna(False).astype(bool).sum()) if "train_stopped_early" in dets else 0
     out = "**Training budget:** " + "; ".join(parts)
-    if len(batch):
-        out += f", of {int(batch.iloc[0])} images per step" if batch.nunique() == 1 else ""
+    if batch.nunique() == 1:
+        out += f", of {int(batch.iloc[0])} images per step"
     if len(best):
         out += (f". Each model keeps the weights of its best validation F1 (at step "
                 f"{int(best.min())}{'' if best.min() == best.max() else f'–{int(best.max())}'})")
@@ -460,13 +466,13 @@ def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level
         parts += [data_text(data), ""]
     parts += [_context(comparison, iou, threshold, level, n_boot), ""]
     for ref in _label_sets(comparison):
-        parts += [f"## Against {LABEL_SETS.get(ref, f'the {ref} labels')}", "",
+        parts += [f"## Against {_long(ref)}", "",
                   comparison_table(comparison, ref).to_markdown(index=False), ""]
     ref_parts = _reference_parts(references)
     if ref_parts:
         parts += ["## Beside the detectors: the label ceiling and a classical finder", "", _REFERENCE_INTRO, ""]
         for ref, sentence, table_ in ref_parts:
-            parts += [f"Against {LABEL_SETS.get(ref, f'the {ref} labels')}:", "", table_.to_markdown(index=False), ""]
+            parts += [f"Against {_long(ref)}:", "", table_.to_markdown(index=False), ""]
             if sentence:
                 parts += [sentence, ""]
     return "\n".join(parts)
@@ -526,14 +532,14 @@ def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: fl
     body += [f"<p>{_md_bold_to_html(_context(comparison, iou, threshold, level, n_boot))}</p>"]
     for ref in _label_sets(comparison):
         shown = comparison_table(comparison, ref, bold=lambda s: f"<b>{html.escape(s)}</b>")
-        body += [f"<h2>Against {html.escape(LABEL_SETS.get(ref, f'the {ref} labels'))}</h2>",
+        body += [f"<h2>Against {html.escape(_long(ref))}</h2>",
                  shown.to_html(index=False, escape=False, border=0, classes="summary")]
     ref_parts = _reference_parts(references)
     if ref_parts:
         body += ["<h2>Beside the detectors: the label ceiling and a classical finder</h2>",
                  f"<p>{html.escape(_REFERENCE_INTRO)}</p>"]
         for ref, sentence, table_ in ref_parts:
-            body += [f"<p>Against {html.escape(LABEL_SETS.get(ref, f'the {ref} labels'))}:</p>",
+            body += [f"<p>Against {html.escape(_long(ref))}:</p>",
                      table_.to_html(index=False, border=0, classes="summary")]
             if sentence:
                 body += [f"<p>{html.escape(sentence)}</p>"]

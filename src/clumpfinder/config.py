@@ -77,13 +77,16 @@ def check_config(config: dict[str, Any]) -> None:
                          "leave these backbones out of sweep.backbones")
 
 
-#: the real input files a configuration can name: (section, key, subkey or None), what the file is
+#: the real input files a configuration can name: the key path, what the file is, and the data
+#: sources that read it
 REAL_INPUTS = (
-    (("data", "classifications"), "the project's Zooniverse classification export, e.g. Galaxy Zoo: Clump Scout's"),
-    (("data", "subjects"), "the Zooniverse subject export, or a CSV of subject_id, ra, dec"),
-    (("data", "gold"), "the gold subjects: a CSV of subject_id, has_clumps"),
-    (("data", "catalogue", "path"), "the clump catalogue: Adams et al. 2022 Table 3 or another AAS machine-readable table"),
-    (("pretrain", "catalogue"), "the Galaxy Zoo vote table for the morphology pretraining"),
+    (("data", "classifications"), "the project's Zooniverse classification export, e.g. Galaxy Zoo: Clump Scout's",
+     {"zooniverse"}),
+    (("data", "subjects"), "the Zooniverse subject export, or a CSV of subject_id, ra, dec", {"zooniverse"}),
+    (("data", "gold"), "the gold subjects: a CSV of subject_id, has_clumps", {"zooniverse"}),
+    (("data", "catalogue", "path"), "the clump catalogue: Adams et al. 2022 Table 3 or another AAS machine-readable table",
+     {"catalogue"}),
+    (("pretrain", "catalogue"), "the Galaxy Zoo vote table for the morphology pretraining", {"zooniverse", "catalogue"}),
 )
 
 
@@ -91,16 +94,12 @@ def missing_inputs(config: dict[str, Any], root: str | Path = ".") -> list[str]:
     """One line per real input file the configuration names that does not exist (relative paths
     from ``root``, the working directory): the key, the path and what the file is. The real
     inputs are only read where the data source uses them, so only those are checked."""
-    source = config["data"]["source"]
-    used = {("data", "classifications"): source == "zooniverse", ("data", "subjects"): source == "zooniverse",
-            ("data", "gold"): source == "zooniverse", ("data", "catalogue", "path"): source == "catalogue",
-            ("pretrain", "catalogue"): source != "simulate"}
     out = []
-    for keys, what in REAL_INPUTS:
+    for keys, what, sources in REAL_INPUTS:
         value: Any = config
         for k in keys:
             value = value.get(k) if isinstance(value, dict) else None
-        if value and used[keys] and not (Path(root) / value).is_file():
+        if value and config["data"]["source"] in sources and not (Path(root) / value).is_file():
             out.append(f"{'.'.join(keys)}: {value} is not a file in {Path(root).resolve()} ({what})")
     return out
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision.models import get_model_weights, get_weight
@@ -597,11 +598,16 @@ def load_model(path: str | Path, device: torch.device | None = None) -> tuple[to
     return model.to(device or torch.device("cpu")).eval(), detector
 
 
+def as_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """The detector's input: an RGB uint8 array (H, W, 3) as a uint8 tensor (3, H, W). Training,
+    evaluation and catalogues all go through here (the model scales to [0, 1] itself)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
 def load_images(coco: dict[str, Any], image_dir: str | Path) -> list["torch.Tensor"]:
     """RGB uint8 tensors (3, H, W) in the order of ``coco['images']`` (cut to each image's crop
     window): what the detector trains and predicts on; errors name the file."""
-    return [torch.from_numpy(read_image(image_dir, im).copy()).permute(2, 0, 1).contiguous()
-            for im in coco["images"]]
+    return [as_tensor(read_image(image_dir, im)) for im in coco["images"]]
 
 
 def predict(

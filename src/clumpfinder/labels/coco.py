@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from clumpfinder.boxes import square_boxes
+from clumpfinder.boxes import crop_window, square_boxes
 
 CATEGORIES = [
     {"id": 1, "name": "clump", "supercategory": "clump"},
@@ -58,14 +58,12 @@ def coco_dataset(
         sid = int(r.subject_id)
         w, h = int(r.width), int(r.height)
         entry = {"id": sid, "file_name": r.file_name, "width": w, "height": h}
+        try:
+            offset[sid] = crop_window(w, h, crop)
+        except ValueError:
+            raise ValueError(f"labels.crop {crop} is larger than image {sid} ({w}x{h} px)") from None
         if crop is not None:
-            if crop > min(w, h):
-                raise ValueError(f"labels.crop {crop} is larger than image {sid} ({w}x{h} px)")
-            x0, y0 = (w - crop) // 2, (h - crop) // 2
-            entry.update(width=crop, height=crop, crop=[x0, y0])
-            offset[sid] = (x0, y0, crop, crop)
-        else:
-            offset[sid] = (0, 0, w, h)
+            entry.update(width=crop, height=crop, crop=list(offset[sid][:2]))
         imgs.append(entry)
         cw = getattr(r, "click_width", np.nan)
         ch = getattr(r, "click_height", np.nan)

@@ -34,9 +34,18 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/summary.smk"
 include: "rules/plots.smk"
+include: "rules/catalogue.smk"
 
 
 rule all:
     default_target: True
     input:
         final_targets(),
+
+
+# `snakemake catalogue`: the clump catalogue (rules/catalogue.smk) and what it needs, nothing else
+rule catalogue:
+    input:
+        rules.clump_catalogue.output,
+        rules.plot_catalogue.output,
+        *([rules.catalogue_validation.output[0]] if CATALOGUE_VALIDATED else []),

@@ -136,3 +136,53 @@ def gallery_files(name):
 
 def plot_targets(name):
     return [f"{RESULTS}/plots/{name}.png", f"{RESULTS}/plots/{name}.pdf"]
+
+
+# the clump catalogue (rules/catalogue.smk)
+CATALOGUE = f"{RESULTS}/catalogue"
+CATALOGUE_SOURCE = config["catalogue"]["galaxies"]["source"]
+CATALOGUE_VALIDATED = SIMULATED and CATALOGUE_SOURCE == "survey"
+
+
+def catalogue_cells():
+    """The cells the catalogue's detector is chosen from: the configured one, or all."""
+    return [PLAN.catalogue_cell()] if PLAN.catalogue_cell() else PLAN.cells()
+
+
+def catalogue_model_inputs(wildcards):
+    """The configured cell's model and metrics, or every cell's (the best by validation F1 is chosen)."""
+    cells = catalogue_cells()
+    return {
+        "models": [f"{RESULTS}/models/{b}/n{n}/seed{s}/model.pt" for b, n, s in cells],
+        "metrics": [
+            f"{RESULTS}/eval/{b}/n{n}/seed{s}/metrics.json" for b, n, s in cells
+        ],
+    }
+
+
+def catalogue_inputs(wildcards):
+    """The detector and, by source, the galaxies: the survey's manifest (with the split and, when
+    simulated, its FITS folder), the downloaded subject list, or the configured folder.
+    """
+    files = {"detector": rules.catalogue_model.output[0]}
+    if CATALOGUE_SOURCE == "survey":
+        files["manifest"] = SURVEY_MANIFEST
+        if config["catalogue"]["galaxies"]["split"] != "all":
+            files["splits"] = rules.split.output.splits
+        if SIMULATED:
+            files["fits"] = f"{RESULTS}/survey/fits"
+    elif CATALOGUE_SOURCE == "subjects":
+        files["manifest"] = f"{CATALOGUE}/cutouts/manifest.csv"
+    else:
+        files["folder"] = config["catalogue"]["galaxies"]["path"]
+    return files
+
+
+def catalogue_described():
+    """Which galaxies the catalogue holds, in words (its provenance and report)."""
+    g = config["catalogue"]["galaxies"]
+    return (
+        f"survey, {g['split']} split"
+        if g["source"] == "survey"
+        else f"{g['source']}: {g['path']}"
+    )

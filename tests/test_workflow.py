@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from astropy.io import fits
 import pytest
 
 from conftest import REPO, TEST_CONFIG, job_blocks, job_counts, smk
@@ -19,9 +20,11 @@ from conftest import REPO, TEST_CONFIG, job_blocks, job_counts, smk
 pytestmark = pytest.mark.workflow
 # what a change to the volunteer consensus reruns: everything downstream of it, nothing upstream
 # (the morphology pretraining learns from a population of its own, so it is not downstream)
+# the catalogue's jobs: its detector is chosen among every model of the sweep, so any new model reruns them
+CATALOGUE = {"catalogue_model": 1, "clump_catalogue": 1, "catalogue_validation": 1, "plot_catalogue": 1}
 CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
                         "gallery": 2, "plot_consensus": 1, "plot_learning": 1, "classical": 1,
-                        "consensus_ceiling": 1, "all": 1}
+                        "consensus_ceiling": 1, **CATALOGUE, "all": 1}
 
 
 def test_lint(tmp_path):
@@ -131,6 +134,37 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
             assert len(sub["images"]) == n
 
 
+def test_tiny_run_catalogue(tiny_run, tiny_config):
+    """The catalogue of the test split: tables with units and provenance, one overlay per galaxy, a
+    report, the validation against the simulated truth, the summary figure."""
+    from clumpfinder.clumps.tables import read_catalogue
+
+    res = tiny_run["dir"] / "results"
+    cat = res / "catalogue"
+    splits = pd.read_csv(res / "labels" / "splits.csv")
+    test_ids = set(splits.loc[splits["split"] == "test", "subject_id"])
+    tables = read_catalogue(cat / "clumps.fits")
+    galaxies = tables["GALAXIES"].to_pandas()
+    assert set(galaxies["subject_id"]) == test_ids and len(tables["FAILURES"]) == 0
+    assert {p.stem for p in (cat / "overlays").glob("*.png")} == {str(i) for i in test_ids}
+    clumps = pd.read_csv(cat / "clumps.csv")
+    assert len(clumps) == len(tables["CLUMPS"]) == galaxies["n_clumps"].sum()
+    header = fits.getheader(cat / "clumps.fits", 0)
+    # the detector: the cell with the best validation F1, its threshold chosen on validation
+    metrics = {(b, str(n)): json.loads((res / "eval" / b / f"n{n}" / "seed0" / "metrics.json").read_text())
+               for b in tiny_config["backbones"] for n in tiny_config["labels"]["n_train"]}
+    best = max(metrics, key=lambda k: metrics[k]["threshold"]["val_at_score"]["f1"])
+    assert (header["BACKBONE"], header["N_TRAIN"]) == best and header["SCORE"] == metrics[best]["score"]
+    assert header["COMMIT"] and header["CONFIG_H"]
+    report = json.loads((cat / "report.json").read_text())
+    assert report["catalogued"] == len(test_ids) and report["source"] == "survey, test split"
+    validation = json.loads((cat / "validation.json").read_text())
+    assert validation["galaxies"] == len(test_ids) and validation["split"] == "test"
+    assert {"position", "photometry", "flag"} <= set(validation)
+    for ext in ("png", "pdf"):
+        assert (res / "plots" / f"catalogue.{ext}").stat().st_size > 0
+
+
 def test_pretraining_never_sees_a_detection_galaxy(tiny_run, tiny_config):
     """The morphology pretraining learns from a population simulated with a seed and subject ids of
     its own: no galaxy of train, val or test (nor any other survey galaxy) is in its pool, and its
@@ -209,15 +243,16 @@ def test_training_size_larger_than_pool_is_explained(tiny_run, tmp_path):
         # one backbone's learning rate: only its train/evaluate jobs and the summary
         ("backbones:\n  resnet18_morphology:\n    training: {lr: 0.0005}\n",
          {"train": 2, "evaluate": 2, "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1,
-          "all": 1}),
+          **CATALOGUE, "all": 1}),
         # the morphology pretraining: its encoder, the clumpy classifier built on it, their detectors
         ("pretrain:\n  morphology: {epochs: 2}\n",
          {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 4, "evaluate": 4, "summary": 1, "plot_pr": 1,
-          "plot_flux": 1, "gallery": 2, "plot_learning": 1, "all": 1}),
+          "plot_flux": 1, "gallery": 2, "plot_learning": 1, **CATALOGUE, "all": 1}),
         # a second training seed: one more train/evaluate job per cell, the same labels (the
         # galleries show the first seed's models and stay)
         ("sweep:\n  seeds: [0, 1]\n",
-         {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "plot_learning": 1, "all": 1}),
+         {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1, "plot_learning": 1, **CATALOGUE,
+          "all": 1}),
         # the consensus method: everything downstream of the consensus, nothing upstream
         ("consensus:\n  method: dbscan\n", CONSENSUS_DOWNSTREAM),
     ],
@@ -240,9 +275,9 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
                 script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule)
                 assert script and f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
                 used.append(script.group(1))
-    assert len(used) == 26 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
+    assert len(used) == 31 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
     jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
-    assert len({j["rule"] for j in jobs}) == 20
+    assert len({j["rule"] for j in jobs}) == 24
     for job in jobs:
         assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
     by_rule = {j["rule"]: j["input"] for j in jobs}
@@ -256,6 +291,10 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
     assert "train.py" not in by_rule["evaluate"] and "splits.py" not in by_rule["evaluate"]
     # the figures read images without the simulator or the split's scikit-learn
     assert "simulate.py" not in by_rule["gallery"] and "splits.py" not in by_rule["gallery"]
+    # the catalogue runs the detector and photutils, not the training loop or the consensus
+    for module in ("clumps/measure", "clumps/sources", "detection/detector", "imaging"):
+        assert f"src/clumpfinder/{module}.py" in by_rule["clump_catalogue"], module
+    assert "loop.py" not in by_rule["clump_catalogue"] and "boxem.py" not in by_rule["clump_catalogue"]
 
 
 @pytest.mark.parametrize(
@@ -263,17 +302,17 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
     [
         # plotting code: the figures and the summary that draws the headline figure
         ("report/figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1,
-                               "plot_learning": 1, "all": 1}),
+                               "plot_learning": 1, "plot_catalogue": 1, "all": 1}),
         # the EM aggregation of clicks: the consensus and everything after it
         ("crowd/boxem.py", CONSENSUS_DOWNSTREAM),
         # the detector's training and what reads its models (the evaluation reruns because its models
         # are new: it does not run this code)
         ("detection/train.py", {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
-                                "gallery": 2, "plot_learning": 1, "all": 1}),
+                                "gallery": 2, "plot_learning": 1, **CATALOGUE, "all": 1}),
         # the optimisation loop that training and both pretrainings share
         ("detection/loop.py", {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6,
                                "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1,
-                               "all": 1}),
+                               **CATALOGUE, "all": 1}),
     ],
 )
 def test_a_code_change_reruns_the_stages_that_run_it(tiny_run, module, expected):

@@ -4,7 +4,7 @@ One sub-package per stage of the DAG, in the order data flow (``LAYERS``); a mod
 the shared top-level modules, its own stage and earlier stages (tests/test_packaging.py checks it):
 
     (shared)   io (atomic writes, logging), tables (reading input tables), boxes (label-sized
-               boxes), imaging (the colour composite, FITS/PNG pixels, reading a labelled image),
+               boxes, the detector's crop window), imaging (the colour composite, FITS/PNG pixels, reading a labelled image),
                metrics (completeness, purity, F1, bootstrap), config (cross-field checks of a
                configuration, the rules' per-backbone settings, the import walk)
     data       simulate (GalSim survey), zooniverse (export format), volunteers (simulated clicks),
@@ -18,6 +18,10 @@ the shared top-level modules, its own stage and earlier stages (tests/test_packa
                evaluations, best weights, checkpoints), train (the detector), pretrain (galaxy
                pretraining of the encoder)
     scoring    evaluate (COCO evaluation, threshold choice), classical (the classical finder)
+    clumps     catalogues from a trained detector: sources (galaxies from the survey, FITS or
+               PNG/JPEG folders), model (the exported detector), measure (post-processing and
+               photometry), catalogue (the pipeline), tables (FITS/CSV, overlays), validate
+               (against a simulated truth), cli (the `clumpfinder` command)
     report     summary (tables, headline, Markdown/HTML), figures
 
 ``scripts/*.py`` (one per rule) read Snakemake's inputs and parameters, call these modules and
@@ -27,4 +31,4 @@ write the outputs.
 __version__ = "0.1.0"
 
 #: the stage sub-packages in the order data flow through them (shared modules sit above them all)
-LAYERS = ("data", "crowd", "labels", "detection", "scoring", "report")
+LAYERS = ("data", "crowd", "labels", "detection", "scoring", "clumps", "report")

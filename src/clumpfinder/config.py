@@ -70,11 +70,33 @@ def check_config(config: dict[str, Any]) -> None:
     if source == "catalogue" and clumpy:
         raise ValueError(f"backbone(s) {', '.join(clumpy)} use pretrain:clumpy, which learns from the volunteers' "
                          "SWAP posteriors; data.source 'catalogue' has no volunteer classifications")
+    check_catalogue(config, backbones)
     morphology = backbones_using(config, backbones, "pretrain:morphology")
     if source != "simulate" and morphology and not config["pretrain"]["catalogue"]:
         raise ValueError(f"backbone(s) {', '.join(morphology)} use pretrain:morphology, whose votes are simulated "
                          "only for data.source 'simulate'; give real Galaxy Zoo votes in pretrain.catalogue or "
                          "leave these backbones out of sweep.backbones")
+
+
+def check_catalogue(config: dict[str, Any], backbones: list[str]) -> None:
+    """The catalogue's model is a cell of the sweep (or left to the validation F1), and its galaxies
+    have what their source needs."""
+    cat = config["catalogue"]
+    cell = cat["model"]
+    given = [k for k in ("backbone", "n_train", "seed") if cell[k] is not None]
+    if given and len(given) < 3:
+        raise ValueError(f"catalogue.model: give backbone, n_train and seed together, or none (got only {given})")
+    if given:
+        if cell["backbone"] not in backbones:
+            raise ValueError(f"catalogue.model.backbone {cell['backbone']!r} is not a backbone of the sweep {backbones}")
+        sizes = [str(n) for n in config["labels"]["n_train"]]
+        if str(cell["n_train"]) not in sizes:
+            raise ValueError(f"catalogue.model.n_train {cell['n_train']!r} is not a size of labels.n_train {sizes}")
+        if cell["seed"] not in config["sweep"]["seeds"]:
+            raise ValueError(f"catalogue.model.seed {cell['seed']} is not a seed of sweep.seeds {config['sweep']['seeds']}")
+    source = cat["galaxies"]["source"]
+    if source != "survey" and not cat["galaxies"]["path"]:
+        raise ValueError(f"catalogue.galaxies.source is {source!r} but catalogue.galaxies.path is not set")
 
 
 #: the real input files a configuration can name: the key path, what the file is, and the data
@@ -283,9 +305,18 @@ class Plan:
         population = self.config["morphology"]["population"]
         return {**self.config["simulate"], "seed": population["seed"], "n_galaxies": population["n_galaxies"]}
 
+    def cells(self) -> list[list[str]]:
+        """Every (backbone, n_train, seed) of the sweep as text, in the order of :meth:`sweep_files`."""
+        return [[b, str(n), str(s)] for b, n, s in product(self.backbones, self.n_train, self.seeds)]
+
+    def catalogue_cell(self) -> list[str] | None:
+        """The configured cell of the catalogue's detector (None: the best by validation F1)."""
+        cell = self.config["catalogue"]["model"]
+        return None if cell["backbone"] is None else [cell["backbone"], str(cell["n_train"]), str(cell["seed"])]
+
     def sweep_files(self, name: str) -> list[str]:
         """One training or evaluation file per (backbone, n_train, seed), in that nesting order."""
-        folder = "models" if name == "train_metrics.json" else "eval"
+        folder = "models" if name in ("train_metrics.json", "model.pt") else "eval"
         return [f"{self.results}/{folder}/{b}/n{n}/seed{s}/{name}"
                 for b, n, s in product(self.backbones, self.n_train, self.seeds)]
 
@@ -297,6 +328,7 @@ class Plan:
         names += ["consensus"] if source != "catalogue" else []
         names += [f"gallery/n{n}" for n in self.n_train]
         names += ["completeness_vs_flux"] if source == "simulate" else []
+        names += ["catalogue"]
         return ([f"{self.results}/{f}" for f in ("summary.csv", "comparison.csv", "summary.md", "summary.html")]
                 + [f"{self.results}/plots/{name}.{ext}" for name in names for ext in ("png", "pdf")])
 

@@ -439,3 +439,56 @@ def plot_consensus(volunteers: pd.DataFrame, subjects: pd.DataFrame, png: str | 
         ax.set_title(f"volunteers with >= 5 classifications, Spearman rho = {rho:.2f}", fontsize=8)
         ax.legend(fontsize=7, loc="upper left")
     return save(fig, png, pdf)
+
+
+def plot_catalogue(clumps: pd.DataFrame, galaxies: pd.DataFrame, overlays: str | Path, png: str | Path,
+                   pdf: str | Path, flags: Sequence[float] = (0.03, 0.08), n_overlays: int = 5, seed: int = 0,
+                   validation: dict[str, Any] | None = None) -> plt.Figure:
+    """The clump catalogue at a glance: clumps per galaxy, the clump/galaxy flux ratios against the
+    3 % / 8 % flags, the detector scores, and overlays of a few galaxies with clumps (seeded choice);
+    with a simulated truth, the validation figures in the title."""
+    fig = plt.figure(figsize=report_size(10, 6.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+    ax = top.subplots(1, 3)
+    counts = galaxies["n_clumps"].to_numpy(int) if len(galaxies) else np.zeros(0, int)
+    ax[0].hist(counts, bins=np.arange(-0.5, max(counts.max(initial=0), 1) + 1.5), color=PALETTE[0])
+    ax[0].set(xlabel="clumps per galaxy", ylabel="galaxies", title=f"{len(galaxies)} galaxies")
+    star = clumps[clumps["label"] == "clump"] if len(clumps) else clumps
+    ratio = star["flux_ratio"].to_numpy(float) if "flux_ratio" in star else np.zeros(0)
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if len(ratio):
+        ax[1].hist(ratio, bins=np.logspace(np.log10(max(ratio.min(), 1e-3)), np.log10(max(ratio.max(), 1.0)), 30),
+                   color=PALETTE[2])
+        ax[1].set_xscale("log")
+        for f, style in zip(flags, ("--", "-")):
+            ax[1].axvline(f, color="0.2", ls=style, lw=1, label=f"{100 * f:g} %")
+        ax[1].legend(frameon=False, fontsize=8)
+    else:
+        ax[1].text(0.5, 0.5, "no flux ratios\n(images without photometry)", ha="center", va="center",
+                   transform=ax[1].transAxes)
+    ax[1].set(xlabel="clump / galaxy flux (bluest band)", ylabel="clumps", title=f"{len(star)} clumps")
+    for label, colour in (("clump", PALETTE[0]), ("odd_clump", PALETTE[1])):
+        s = clumps.loc[clumps["label"] == label, "score"] if len(clumps) else []
+        ax[2].hist(s, bins=np.linspace(0, 1, 21), color=colour, alpha=0.7, label=label)
+    ax[2].set(xlabel="detector score", ylabel="detections kept", title="scores")
+    ax[2].legend(frameon=False, fontsize=8)
+    with_clumps = sorted(galaxies.loc[galaxies["n_clumps"] > 0, "galaxy"].astype(str)) if len(galaxies) else []
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(with_clumps, min(n_overlays, len(with_clumps)), replace=False)) if with_clumps else []
+    axes = bottom.subplots(1, n_overlays)
+    for a in np.atleast_1d(axes):
+        a.set_axis_off()
+    for a, name in zip(np.atleast_1d(axes), pick):
+        path = Path(overlays) / f"{name}.png"
+        if path.is_file():
+            a.imshow(plt.imread(path))
+            a.set_title(name, fontsize=8)
+    bottom.suptitle("overlays: yellow > 8 %, cyan > 3 % of the galaxy's flux, white fainter or odd", fontsize=9)
+    if validation:
+        pos, ph, fl = validation["position"], validation["photometry"], validation["flag"]
+        fig.suptitle(
+            f"vs the simulated truth: median offset {pos['median_offset_arcsec']:.2f}\u2033; giant clumps (\u2265 8 %) "
+            f"median |\u0394{ph['band']}| {ph['median_abs_dmag']:.3f} mag, robust scatter {ph['robust_scatter_mag']:.3f}; "
+            f"8 % flag completeness {fl['completeness_flagged']:.2f}, purity {fl['purity_giant']:.2f}",
+            fontsize=9) if ph["n"] and pos["n"] else None
+    return save(fig, png, pdf)

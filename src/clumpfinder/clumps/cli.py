@@ -1,0 +1,133 @@
+"""``clumpfinder``: the command-line tool installed with the package (no Snakemake needed).
+
+    clumpfinder detect --model results/catalogue/detector.pt --images DIR --out catalogue.fits
+
+writes ``catalogue.fits`` (CLUMPS, GALAXIES, FAILURES tables with units and provenance) and the
+same tables as CSV beside it, optionally an overlay PNG per galaxy (``--overlays DIR``). ``DIR``
+holds FITS cutouts (bands as image extensions of one file, or ``<galaxy>_<band>.fits`` files, with a
+celestial WCS) or PNG/JPEG images (pixel positions only). See docs/catalogue.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import clumpfinder
+from clumpfinder.clumps.catalogue import run_catalogue
+from clumpfinder.clumps.measure import MeasureSpec
+from clumpfinder.clumps.model import config_hash, load_detector
+from clumpfinder.clumps.sources import FitsOptions, count_galaxies, detect_kind, open_source
+from clumpfinder.clumps.tables import write_catalogue, write_overlays
+
+log = logging.getLogger("clumpfinder")
+
+
+def catalogue_files(galaxies, model_path: str | Path, out: str | Path, *, score: float | None = None,
+                    device: str = "auto", batch_size: int = 16, measure: dict[str, Any] | None = None,
+                    overlays: str | Path | None = None, total: int | None = None, progress_bar: bool = True,
+                    extra_provenance: dict[str, Any] | None = None):
+    """Run a catalogue of ``galaxies`` (an iterable of Galaxy/BadInput, or a callable taking the
+    model's preprocessing and returning one) with the detector file ``model_path``, write it to
+    ``out``; returns the :class:`~clumpfinder.clumps.catalogue.Catalogue`. The one entry point of
+    the command-line tool and of the workflow's catalogue rule."""
+    import torch
+
+    from clumpfinder.detection.detector import pick_device
+
+    dev = pick_device(device)
+    model, detector, prep, provenance = load_detector(model_path, dev)
+    spec = MeasureSpec.from_config(measure or {})
+    threshold = score if score is not None else provenance.get("score")
+    if threshold is None:
+        raise ValueError(f"{model_path} records no score threshold: give one (--score)")
+    items = galaxies(prep) if callable(galaxies) else galaxies
+    keep: list[tuple[str, Any]] = []
+
+    def kept(it):
+        for g in it:
+            if overlays is not None and hasattr(g, "rgb"):
+                keep.append((g.name, g.rgb))
+            yield g
+
+    bar = None
+    if progress_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="galaxy", desc="catalogue", file=sys.stderr)
+    with torch.inference_mode():
+        cat = run_catalogue(kept(items), model, detector, prep, spec, float(threshold), batch_size,
+                            progress=bar.update if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    prov = {
+        **{k: provenance.get(k) for k in ("backbone", "n_train", "seed", "val_f1", "commit", "config_hash")
+           if provenance.get(k) is not None},
+        "model": str(model_path), "score": float(threshold), "device": str(dev),
+        "measure": config_hash(vars(spec)), "software": f"clumpfinder {clumpfinder.__version__}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **(extra_provenance or {}),
+    }
+    write_catalogue(cat, out, prov)
+    if overlays is not None:
+        write_overlays(keep, cat.clumps, overlays)
+    log.info("%d galaxies catalogued, %d clumps, %d failures, %.1f s (%.0f galaxies/min)", len(cat.galaxies),
+             len(cat.clumps), len(cat.failures), cat.seconds,
+             60 * (len(cat.galaxies) + len(cat.failures)) / cat.seconds if cat.seconds else float("nan"))
+    return cat
+
+
+def _detect(args: argparse.Namespace) -> int:
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise SystemExit(f"clumpfinder detect: --images {folder} is not a folder")
+    kind = args.kind if args.kind != "auto" else detect_kind(folder)
+
+    def galaxies(prep):
+        return open_source(kind, folder, FitsOptions(png=prep["png"], psf_fwhm_arcsec=args.psf_fwhm,
+                                                     zeropoint=args.zeropoint))
+    measure = {} if args.merge_fwhm is None else {"merge_fwhm": args.merge_fwhm}
+    cat = catalogue_files(galaxies, args.model, args.out, score=args.score, device=args.device,
+                          batch_size=args.batch_size, measure=measure, overlays=args.overlays,
+                          total=count_galaxies(kind, folder),
+                          progress_bar=not args.quiet, extra_provenance={"images": str(folder)})
+    print(f"{args.out}: {len(cat.clumps)} clumps in {len(cat.galaxies)} galaxies; "
+          f"{len(cat.failures)} failed (see the FAILURES table)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clumpfinder", description="Giant star-forming clumps with Faster R-CNN.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("detect", help="a clump catalogue of a folder of galaxy images",
+                       description="Detect, post-process and measure clumps in every galaxy of a folder.")
+    d.add_argument("--model", required=True, help="exported detector (the workflow writes results/catalogue/detector.pt)")
+    d.add_argument("--images", required=True, help="folder of FITS cutouts or PNG/JPEG images")
+    d.add_argument("--out", required=True, help="catalogue FITS file; CSV tables are written beside it")
+    d.add_argument("--kind", choices=["auto", "fits", "images"], default="auto",
+                   help="what the folder holds (auto: FITS if it has any FITS file)")
+    d.add_argument("--score", type=float, default=None,
+                   help="score threshold (default: the model's, chosen on its validation split)")
+    d.add_argument("--psf-fwhm", type=float, default=None, help="PSF FWHM in arcsec where headers lack PSFFWHM")
+    d.add_argument("--zeropoint", type=float, default=None,
+                   help="magnitude zero point where headers say neither BUNIT nanomaggy nor MAGZP")
+    d.add_argument("--merge-fwhm", type=float, default=None, help="merge clumps closer than this x the PSF FWHM")
+    d.add_argument("--overlays", default=None, help="folder for one overlay PNG per galaxy")
+    d.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _detect(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"clumpfinder detect: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

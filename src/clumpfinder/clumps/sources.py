@@ -1,0 +1,282 @@
+"""Galaxies to catalogue, from any of the places a user has them: the workflow's survey (its
+manifest and FITS files), a folder of FITS cutouts (bands as image extensions of one file, or one
+file per band), or plain PNG/JPEG images (pixel coordinates only).
+
+Every reader yields :class:`Galaxy` records or :class:`BadInput` (file + reason), never raises on
+one bad file: the catalogue goes on and the failures table says what was skipped and why.
+
+FITS conventions: image extensions whose ``FILTER`` keyword or extension name is a band letter
+(``G``, ``r``, ...), or files named ``<galaxy>_<band>.fits`` / ``<galaxy>-<band>.fits`` holding
+one image each; linear fluxes (``BUNIT`` nanomaggy gives the zero point 22.5, else a
+``MAGZP``/``ZEROPT``/``ZP`` keyword or the caller's zero point); a celestial WCS per band; the
+PSF FWHM in arcsec from ``PSFFWHM`` (else the subject table's or the caller's value).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+from PIL import Image
+
+from clumpfinder.imaging import lupton_png
+
+#: bands from blue to red: the flux-ratio flags use the bluest band a galaxy has (u for SDSS ugriz)
+BAND_ORDER = ("u", "g", "r", "i", "z", "y")
+#: the bands of the colour composite the detector was trained on (i, r, g -> R, G, B)
+COMPOSITE_BANDS = ("g", "r", "i")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: zero point of fluxes in nanomaggies (SDSS): m = 22.5 - 2.5 log10(f)
+NANOMAGGY_ZP = 22.5
+_ZP_KEYS = ("MAGZP", "ZEROPT", "ZP", "MAGZERO")
+_BAND_FILE = re.compile(r"^(?P<stem>.+)[_-](?P<band>[ugrizyUGRIZY])$")
+
+
+@dataclass
+class Galaxy:
+    """One galaxy as the catalogue needs it. ``rgb`` is the colour composite in display
+    orientation (row 0 at the top, what the detector sees); ``planes`` are the bands in FITS
+    orientation (row 0 at the bottom) in linear flux units; no planes for a PNG/JPEG image."""
+
+    name: str
+    rgb: np.ndarray
+    planes: dict[str, np.ndarray] = field(default_factory=dict)
+    wcs: WCS | None = None
+    pixel_scale: float | None = None  # arcsec / px
+    psf_fwhm: dict[str, float] = field(default_factory=dict)  # arcsec per band
+    psf_beta: dict[str, float] = field(default_factory=dict)  # Moffat beta per band (absent: the caller's)
+    sky_sigma: dict[str, float] = field(default_factory=dict)  # per band, when the header says
+    zeropoint: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # subject_id, ra, dec, redshift, file
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rgb.shape[:2]
+
+
+@dataclass
+class BadInput:
+    """A galaxy that could not be catalogued: the file and why."""
+
+    name: str
+    file: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class FitsOptions:
+    """What a FITS reader needs beyond the files: the composite's stretch (the one the detector was
+    trained with), and fallbacks for what headers may lack."""
+
+    png: dict[str, Any]
+    psf_fwhm_arcsec: float | None = None
+    zeropoint: float | None = None
+    min_valid_fraction: float = 0.5
+
+
+def _band_of(hdu: fits.ImageHDU | fits.PrimaryHDU) -> str | None:
+    for value in (hdu.header.get("FILTER"), hdu.name):
+        if isinstance(value, str) and value.strip().lower() in BAND_ORDER:
+            return value.strip().lower()
+    return None
+
+
+def _read_hdus(path: Path) -> list[tuple[str | None, np.ndarray, fits.Header]]:
+    """(band, data, header) of every 2-D image HDU of a file; errors are the caller's to report."""
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # a truncated file: astropy warns and pads the data; make that an error (a full verify of
+        # every header would cost more than the rest of the catalogue)
+        warnings.filterwarnings("error", message=".*truncated.*")
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
+                    out.append((_band_of(hdu), np.asarray(hdu.data, dtype=np.float32), hdu.header.copy()))
+    return out
+
+
+def _celestial_wcs(header: fits.Header) -> WCS | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            w = WCS(header).celestial
+        except Exception:  # noqa: BLE001 - a header astropy cannot read has no usable WCS
+            return None
+    return w if w.has_celestial and w.naxis == 2 else None
+
+
+def _zeropoint(header: fits.Header, fallback: float | None) -> float | None:
+    if str(header.get("BUNIT", "")).strip().lower() in ("nanomaggy", "nanomaggies", "nmgy"):
+        return NANOMAGGY_ZP
+    for key in _ZP_KEYS:
+        if key in header:
+            return float(header[key])
+    return fallback
+
+
+def galaxy_from_hdus(name: str, file: str, hdus: list[tuple[str | None, np.ndarray, fits.Header]],
+                     opts: FitsOptions, meta: dict[str, Any] | None = None) -> Galaxy | BadInput:
+    """A :class:`Galaxy` from the image HDUs of one galaxy, or the reason it cannot be one."""
+    meta = dict(meta or {})
+    planes, headers = {}, {}
+    for band, data, header in hdus:
+        if band is not None and band not in planes:
+            planes[band], headers[band] = data, header
+    missing = [b for b in COMPOSITE_BANDS if b not in planes]
+    if missing:
+        have = ", ".join(sorted(planes, key=BAND_ORDER.index)) or "none named"
+        return BadInput(name, file, "missing_band", f"bands {missing} missing (has {have}); bands are named "
+                        "by the FILTER keyword, the extension name or the file name")
+    shapes = {p.shape for p in planes.values()}
+    if len(shapes) > 1:
+        return BadInput(name, file, "band_shapes_differ", f"band shapes {sorted(shapes)}")
+    valid = np.mean([np.isfinite(p).mean() for p in planes.values()])
+    if valid < opts.min_valid_fraction:
+        return BadInput(name, file, "nan_pixels", f"only {valid:.0%} of the pixels are finite")
+    ref = headers["r"] if "r" in headers else headers[COMPOSITE_BANDS[0]]
+    wcs = _celestial_wcs(ref)
+    if wcs is None:
+        return BadInput(name, file, "no_wcs", "no celestial WCS in the header (CTYPE RA---/DEC-- and CD/CDELT)")
+    scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600.0
+    psf = {}
+    for band, h in headers.items():
+        if "PSFFWHM" in h:
+            psf[band] = float(h["PSFFWHM"])
+    fallback = meta.pop("psf_fwhm_arcsec", None)
+    fallback = fallback if fallback is not None and np.isfinite(fallback) and fallback > 0 else opts.psf_fwhm_arcsec
+    for band in planes:
+        if band not in psf and fallback is not None:
+            psf[band] = float(fallback)
+    if not psf:
+        return BadInput(name, file, "no_psf", "no PSFFWHM keyword and no PSF FWHM given (psf_fwhm_arcsec)")
+    beta = {b: float(h["PSFBETA"]) for b, h in headers.items() if "PSFBETA" in h}
+    sky = {b: float(h["SKYSIG"]) for b, h in headers.items() if "SKYSIG" in h}
+    finite = {b: np.where(np.isfinite(p), p, np.float32(0.0)) for b, p in planes.items()}
+    rgb = lupton_png({b: finite[b] for b in COMPOSITE_BANDS}, scale, opts.png)
+    ny, nx = rgb.shape[:2]
+    if "ra" not in meta or "dec" not in meta or not np.isfinite(meta.get("ra", np.nan)):
+        # the galaxy's position: the header's RA/DEC, else the image centre
+        ph = hdus[0][2]
+        if "RA" in ph and "DEC" in ph:
+            meta["ra"], meta["dec"] = float(ph["RA"]), float(ph["DEC"])
+        else:
+            c = wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+            meta["ra"], meta["dec"] = float(c.ra.deg), float(c.dec.deg)
+    meta.setdefault("file", file)
+    return Galaxy(name=name, rgb=rgb, planes=planes, wcs=wcs, pixel_scale=scale, psf_fwhm=psf, psf_beta=beta,
+                  sky_sigma=sky, zeropoint=_zeropoint(ref, opts.zeropoint), meta=meta)
+
+
+def _is_fits(p: Path) -> bool:
+    return p.name.lower().endswith(FITS_SUFFIXES)
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for suffix in sorted(FITS_SUFFIXES + IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return p.stem
+
+
+def fits_groups(folder: str | Path) -> list[tuple[str, list[Path]]]:
+    """(galaxy name, files) of a FITS folder, sorted by name: a file per galaxy, or files named
+    ``<galaxy>_<band>.fits`` grouped by galaxy."""
+    groups: dict[str, list[Path]] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if not p.is_file() or not _is_fits(p) or p.name.startswith("."):
+            continue
+        m = _BAND_FILE.match(_stem(p))
+        groups.setdefault(m["stem"] if m else _stem(p), []).append(p)
+    return sorted(groups.items())
+
+
+def read_fits_galaxy(name: str, files: list[Path], opts: FitsOptions,
+                     meta: dict[str, Any] | None = None) -> Galaxy | BadInput:
+    """One galaxy from its FITS file(s); an unreadable or truncated file is a :class:`BadInput`."""
+    hdus = []
+    for f in files:
+        try:
+            found = _read_hdus(f)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not raised
+            return BadInput(name, str(f), "unreadable_fits", f"{type(err).__name__}: {str(err)[:200]}")
+        if len(files) > 1:  # one band per file: the file name says which when the header does not
+            m = _BAND_FILE.match(_stem(f))
+            found = [(b or (m["band"].lower() if m else None), d, h) for b, d, h in found[:1]]
+        hdus += found
+    if not hdus:
+        return BadInput(name, ",".join(map(str, files)), "no_image", "no 2-D image in the file(s)")
+    return galaxy_from_hdus(name, ",".join(map(str, files)), hdus, opts, meta)
+
+
+def fits_folder(folder: str | Path, opts: FitsOptions) -> Iterator[Galaxy | BadInput]:
+    for name, files in fits_groups(folder):
+        yield read_fits_galaxy(name, files, opts)
+
+
+def read_plain_image(path: Path) -> Galaxy | BadInput:
+    """A PNG/JPEG colour image: pixel coordinates only (no flux calibration, no WCS)."""
+    try:
+        with Image.open(path) as pil:
+            rgb = np.asarray(pil.convert("RGB"))
+    except (OSError, ValueError) as err:
+        return BadInput(_stem(path), str(path), "unreadable_image", f"{type(err).__name__}: {str(err)[:200]}")
+    return Galaxy(name=_stem(path), rgb=rgb, meta={"file": str(path)})
+
+
+def image_folder(folder: str | Path) -> Iterator[Galaxy | BadInput]:
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."):
+            yield read_plain_image(p)
+
+
+def survey(manifest: pd.DataFrame, opts: FitsOptions, fits_dir: str | Path | None = None) -> Iterator[Galaxy | BadInput]:
+    """The workflow's own galaxies: the manifest's FITS files (simulated survey, or the download
+    cache), with the manifest's position, redshift and PSF where the headers lack them."""
+    if "fits" not in manifest.columns:
+        raise ValueError("the survey manifest has no 'fits' column: this data route keeps no FITS cutouts")
+    for r in manifest.to_dict("records"):
+        sid = int(r["subject_id"])
+        path = Path(r["fits"])
+        if fits_dir is not None and not path.is_absolute():
+            path = Path(fits_dir) / path
+        meta = {"subject_id": sid, "ra": float(r["ra"]), "dec": float(r["dec"]),
+                "redshift": float(r.get("redshift", np.nan)), "psf_fwhm_arcsec": r.get("psf_fwhm_arcsec")}
+        yield read_fits_galaxy(str(sid), [path], opts, meta)
+
+
+def open_source(kind: str, path: str | Path, opts: FitsOptions) -> Iterable[Galaxy | BadInput]:
+    """The galaxies of a folder: ``fits`` or ``images`` (PNG/JPEG)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    if kind == "fits":
+        return fits_folder(folder, opts)
+    if kind == "images":
+        return image_folder(folder)
+    raise ValueError(f"unknown image kind {kind!r} (fits or images)")
+
+
+def count_galaxies(kind: str, folder: str | Path) -> int:
+    """How many galaxies a folder of ``kind`` holds (for a progress bar)."""
+    if kind == "fits":
+        return len(fits_groups(folder))
+    return sum(1 for p in Path(folder).iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+               and not p.name.startswith("."))
+
+
+def detect_kind(folder: str | Path) -> str:
+    """``fits`` when the folder holds FITS files, else ``images``."""
+    files = [p for p in Path(folder).iterdir() if p.is_file()]
+    return "fits" if any(_is_fits(p) for p in files) else "images"

@@ -59,6 +59,12 @@ def package_code(script):
     ]
 
 
+def local_cutouts():
+    """The folder of FITS cutouts the download rule reads instead of fetching, when configured."""
+    folder = config["data"]["download"]["folder"]
+    return {"folder": folder} if folder else {}
+
+
 def scaled_memory(mb):
     """mem_mb that grows with the attempt: a job retried after running out of memory asks for more."""
     return lambda wildcards, attempt: mb * attempt

@@ -31,6 +31,7 @@ rule subject_list:
 rule download:
     input:
         subjects=rules.subject_list.output.subjects,
+        **local_cutouts(),
         code=package_code("download.py"),
     output:
         manifest=SURVEY_MANIFEST,

@@ -19,7 +19,8 @@ from clumpfinder.clumps import cli
 from clumpfinder.clumps.catalogue import detector_window, measure_galaxy, run_catalogue
 from clumpfinder.clumps.measure import MeasureSpec, aperture_correction, encircled_energy
 from clumpfinder.clumps.model import best_cell, export_detector, load_detector
-from clumpfinder.clumps.sources import FitsOptions, fits_folder, fits_groups, image_folder, read_fits_galaxy
+from clumpfinder.clumps.sources import FitsOptions, fits_folder, read_fits_galaxy
+from clumpfinder.data.cutouts import fits_groups
 from clumpfinder.clumps.tables import read_catalogue
 from clumpfinder.data.simulate import make_wcs
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector, load_images, save_model
@@ -155,8 +156,8 @@ def test_bands_in_separate_files_are_grouped(tmp_path):
         h = make_wcs(10.0, 5.0, SCALE, SIZE).to_header()
         h["BUNIT"], h["PSFFWHM"] = "nanomaggy", FWHM
         fits.PrimaryHDU(data, header=h).writeto(tmp_path / f"ngc123_{band}.fits")
-    assert [(n, len(f)) for n, f in fits_groups(tmp_path)] == [("ngc123", 3)]
-    g = read_fits_galaxy("ngc123", fits_groups(tmp_path)[0][1], FitsOptions(png=PNG))
+    assert [(n, len(f)) for n, f in fits_groups(tmp_path).items()] == [("ngc123", 3)]
+    g = read_fits_galaxy("ngc123", fits_groups(tmp_path)["ngc123"], FitsOptions(png=PNG))
     assert sorted(g.planes) == ["g", "i", "r"] and g.psf_fwhm["g"] == FWHM
     assert g.pixel_scale == pytest.approx(SCALE)
 

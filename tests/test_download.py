@@ -64,6 +64,36 @@ def test_success_gives_fits_with_wcs_png_and_manifest(tmp_path):
     assert rgb[24, 24].sum() > rgb[2, 2].sum()  # the galaxy is brighter than the sky
 
 
+def test_a_local_folder_is_read_instead_of_fetched(tmp_path):
+    """data.download.folder: cutouts the user has (one file per galaxy, or one per band) become the
+    same manifest and PNGs as fetched ones, with their own size and WCS; a missing or bad one is a
+    failure row. No request is made (no server runs here)."""
+    from clumpfinder.data.simulate import make_wcs
+    from clumpfinder.imaging import lupton_png
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    planes = {b: rng.normal(1.0, 0.1, (40, 40)).astype(np.float32) for b in ("g", "r", "i")}
+    wcs = make_wcs(10.0, -5.0, 0.5, 40).to_header()
+    hdus = [fits.PrimaryHDU()] + [fits.ImageHDU(planes[b], header=wcs, name=b.upper()) for b in planes]
+    fits.HDUList(hdus).writeto(folder / "1.fits")
+    for b in planes:  # subject 2: one file per band, named by the file
+        fits.PrimaryHDU(planes[b], header=wcs).writeto(folder / f"2_{b}.fits")
+    fits.HDUList(hdus[:3]).writeto(folder / "3.fits")  # no i band
+    spec = make_spec("http://127.0.0.1:9/unused", folder=str(folder))
+    man, fail, rep = download_cutouts(subjects(4), spec, tmp_path / "cache", tmp_path / "png")
+    assert man["subject_id"].tolist() == [1, 2] and rep["requests"] == 0
+    assert dict(zip(fail["subject_id"], fail["reason"])) == {3: "missing_band", 4: "missing_file"}
+    assert (man["width"] == 40).all() and np.allclose(man["pixel_scale_arcsec"], 0.5)
+    assert np.allclose(man["arcsec_per_side"], 20.0) and np.allclose(man["psf_fwhm_pixels"], 1.2 / 0.5)
+    assert man["fits"][1].count(",") == 2  # the three band files of subject 2
+    expected = lupton_png(planes, 0.5, spec.png)
+    for sid in (1, 2):
+        with Image.open(tmp_path / "png" / f"{sid}.png") as im:
+            assert np.array_equal(np.asarray(im), expected)
+
+
 def test_truncated_transfer_is_retried(tmp_path):
     subs = subjects(2)
     with HipsServer({position_key(10.1, -4.95): "truncate_once"}) as srv:

@@ -32,7 +32,8 @@ from photutils.aperture import CircularAnnulus, CircularAperture
 from photutils.segmentation import detect_sources
 from scipy import ndimage
 
-from clumpfinder.clumps.sources import BAND_ORDER, Galaxy
+from clumpfinder.clumps.sources import Galaxy
+from clumpfinder.data.cutouts import BAND_ORDER
 from clumpfinder.imaging import fits_pixel_to_png, png_to_fits_pixel
 from clumpfinder.io import known_fields
 

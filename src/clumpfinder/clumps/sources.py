@@ -14,8 +14,6 @@ PSF FWHM in arcsec from ``PSFFWHM`` (else the subject table's or the caller's va
 
 from __future__ import annotations
 
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -23,22 +21,20 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from PIL import Image
 
+from clumpfinder.data.cutouts import (Bands, CutoutError, band_planes, celestial_wcs, file_stem,
+                                      fits_groups, is_fits, read_bands)
 from clumpfinder.imaging import lupton_png
 
-#: bands from blue to red: the flux-ratio flags use the bluest band a galaxy has (u for SDSS ugriz)
-BAND_ORDER = ("u", "g", "r", "i", "z", "y")
 #: the bands of the colour composite the detector was trained on (i, r, g -> R, G, B)
 COMPOSITE_BANDS = ("g", "r", "i")
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: zero point of fluxes in nanomaggies (SDSS): m = 22.5 - 2.5 log10(f)
 NANOMAGGY_ZP = 22.5
 _ZP_KEYS = ("MAGZP", "ZEROPT", "ZP", "MAGZERO")
-_BAND_FILE = re.compile(r"^(?P<stem>.+)[_-](?P<band>[ugrizyUGRIZY])$")
 
 
 @dataclass
@@ -84,38 +80,6 @@ class FitsOptions:
     min_valid_fraction: float = 0.5
 
 
-def _band_of(hdu: fits.ImageHDU | fits.PrimaryHDU) -> str | None:
-    for value in (hdu.header.get("FILTER"), hdu.name):
-        if isinstance(value, str) and value.strip().lower() in BAND_ORDER:
-            return value.strip().lower()
-    return None
-
-
-def _read_hdus(path: Path) -> list[tuple[str | None, np.ndarray, fits.Header]]:
-    """(band, data, header) of every 2-D image HDU of a file; errors are the caller's to report."""
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # a truncated file: astropy warns and pads the data; make that an error (a full verify of
-        # every header would cost more than the rest of the catalogue)
-        warnings.filterwarnings("error", message=".*truncated.*")
-        with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
-                    out.append((_band_of(hdu), np.asarray(hdu.data, dtype=np.float32), hdu.header.copy()))
-    return out
-
-
-def _celestial_wcs(header: fits.Header) -> WCS | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            w = WCS(header).celestial
-        except Exception:  # noqa: BLE001 - a header astropy cannot read has no usable WCS
-            return None
-    return w if w.has_celestial and w.naxis == 2 else None
-
-
 def _zeropoint(header: fits.Header, fallback: float | None) -> float | None:
     if str(header.get("BUNIT", "")).strip().lower() in ("nanomaggy", "nanomaggies", "nmgy"):
         return NANOMAGGY_ZP
@@ -125,27 +89,16 @@ def _zeropoint(header: fits.Header, fallback: float | None) -> float | None:
     return fallback
 
 
-def galaxy_from_hdus(name: str, file: str, hdus: list[tuple[str | None, np.ndarray, fits.Header]],
+def galaxy_from_hdus(name: str, file: str, hdus: Bands,
                      opts: FitsOptions, meta: dict[str, Any] | None = None) -> Galaxy | BadInput:
     """A :class:`Galaxy` from the image HDUs of one galaxy, or the reason it cannot be one."""
     meta = dict(meta or {})
-    planes, headers = {}, {}
-    for band, data, header in hdus:
-        if band is not None and band not in planes:
-            planes[band], headers[band] = data, header
-    missing = [b for b in COMPOSITE_BANDS if b not in planes]
-    if missing:
-        have = ", ".join(sorted(planes, key=BAND_ORDER.index)) or "none named"
-        return BadInput(name, file, "missing_band", f"bands {missing} missing (has {have}); bands are named "
-                        "by the FILTER keyword, the extension name or the file name")
-    shapes = {p.shape for p in planes.values()}
-    if len(shapes) > 1:
-        return BadInput(name, file, "band_shapes_differ", f"band shapes {sorted(shapes)}")
-    valid = np.mean([np.isfinite(p).mean() for p in planes.values()])
-    if valid < opts.min_valid_fraction:
-        return BadInput(name, file, "nan_pixels", f"only {valid:.0%} of the pixels are finite")
+    try:
+        planes, headers = band_planes(hdus, COMPOSITE_BANDS, opts.min_valid_fraction)
+    except CutoutError as err:
+        return BadInput(name, file, err.reason, err.detail)
     ref = headers["r"] if "r" in headers else headers[COMPOSITE_BANDS[0]]
-    wcs = _celestial_wcs(ref)
+    wcs = celestial_wcs(ref)
     if wcs is None:
         return BadInput(name, file, "no_wcs", "no celestial WCS in the header (CTYPE RA---/DEC-- and CD/CDELT)")
     scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600.0
@@ -178,50 +131,18 @@ def galaxy_from_hdus(name: str, file: str, hdus: list[tuple[str | None, np.ndarr
                   sky_sigma=sky, zeropoint=_zeropoint(ref, opts.zeropoint), meta=meta)
 
 
-def _is_fits(p: Path) -> bool:
-    return p.name.lower().endswith(FITS_SUFFIXES)
-
-
-def _stem(p: Path) -> str:
-    name = p.name
-    for suffix in sorted(FITS_SUFFIXES + IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return p.stem
-
-
-def fits_groups(folder: str | Path) -> list[tuple[str, list[Path]]]:
-    """(galaxy name, files) of a FITS folder, sorted by name: a file per galaxy, or files named
-    ``<galaxy>_<band>.fits`` grouped by galaxy."""
-    groups: dict[str, list[Path]] = {}
-    for p in sorted(Path(folder).iterdir()):
-        if not p.is_file() or not _is_fits(p) or p.name.startswith("."):
-            continue
-        m = _BAND_FILE.match(_stem(p))
-        groups.setdefault(m["stem"] if m else _stem(p), []).append(p)
-    return sorted(groups.items())
-
-
 def read_fits_galaxy(name: str, files: list[Path], opts: FitsOptions,
                      meta: dict[str, Any] | None = None) -> Galaxy | BadInput:
     """One galaxy from its FITS file(s); an unreadable or truncated file is a :class:`BadInput`."""
-    hdus = []
-    for f in files:
-        try:
-            found = _read_hdus(f)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not raised
-            return BadInput(name, str(f), "unreadable_fits", f"{type(err).__name__}: {str(err)[:200]}")
-        if len(files) > 1:  # one band per file: the file name says which when the header does not
-            m = _BAND_FILE.match(_stem(f))
-            found = [(b or (m["band"].lower() if m else None), d, h) for b, d, h in found[:1]]
-        hdus += found
-    if not hdus:
-        return BadInput(name, ",".join(map(str, files)), "no_image", "no 2-D image in the file(s)")
+    try:
+        hdus = read_bands(files)
+    except CutoutError as err:
+        return BadInput(name, ",".join(map(str, files)), err.reason, err.detail)
     return galaxy_from_hdus(name, ",".join(map(str, files)), hdus, opts, meta)
 
 
 def fits_folder(folder: str | Path, opts: FitsOptions) -> Iterator[Galaxy | BadInput]:
-    for name, files in fits_groups(folder):
+    for name, files in fits_groups(folder).items():
         yield read_fits_galaxy(name, files, opts)
 
 
@@ -231,8 +152,9 @@ def read_plain_image(path: Path) -> Galaxy | BadInput:
         with Image.open(path) as pil:
             rgb = np.asarray(pil.convert("RGB"))
     except (OSError, ValueError) as err:
-        return BadInput(_stem(path), str(path), "unreadable_image", f"{type(err).__name__}: {str(err)[:200]}")
-    return Galaxy(name=_stem(path), rgb=rgb, meta={"file": str(path)})
+        return BadInput(file_stem(path, IMAGE_SUFFIXES), str(path), "unreadable_image",
+                        f"{type(err).__name__}: {str(err)[:200]}")
+    return Galaxy(name=file_stem(path, IMAGE_SUFFIXES), rgb=rgb, meta={"file": str(path)})
 
 
 def image_folder(folder: str | Path) -> Iterator[Galaxy | BadInput]:
@@ -248,12 +170,12 @@ def survey(manifest: pd.DataFrame, opts: FitsOptions, fits_dir: str | Path | Non
         raise ValueError("the survey manifest has no 'fits' column: this data route keeps no FITS cutouts")
     for r in manifest.to_dict("records"):
         sid = int(r["subject_id"])
-        path = Path(r["fits"])
-        if fits_dir is not None and not path.is_absolute():
-            path = Path(fits_dir) / path
+        paths = [Path(f) for f in str(r["fits"]).split(",")]  # one file, or one per band (a user's folder)
+        if fits_dir is not None:
+            paths = [p if p.is_absolute() else Path(fits_dir) / p for p in paths]
         meta = {"subject_id": sid, "ra": float(r["ra"]), "dec": float(r["dec"]),
                 "redshift": float(r.get("redshift", np.nan)), "psf_fwhm_arcsec": r.get("psf_fwhm_arcsec")}
-        yield read_fits_galaxy(str(sid), [path], opts, meta)
+        yield read_fits_galaxy(str(sid), paths, opts, meta)
 
 
 def open_source(kind: str, path: str | Path, opts: FitsOptions) -> Iterable[Galaxy | BadInput]:
@@ -279,4 +201,4 @@ def count_galaxies(kind: str, folder: str | Path) -> int:
 def detect_kind(folder: str | Path) -> str:
     """``fits`` when the folder holds FITS files, else ``images``."""
     files = [p for p in Path(folder).iterdir() if p.is_file()]
-    return "fits" if any(_is_fits(p) for p in files) else "images"
+    return "fits" if any(is_fits(p) for p in files) else "images"

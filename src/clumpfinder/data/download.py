@@ -22,6 +22,11 @@ Robustness, in the order a demanding user will hit it:
   footprint) are not retried.
 * **failures table**: a galaxy that cannot be fetched is a row of the failures table (reason,
   detail, attempts), never a crash; the manifest lists the galaxies that have images.
+
+A user who already has FITS cutouts sets ``folder``: each subject's cutout is read from there
+(:mod:`clumpfinder.data.cutouts`; ``<subject_id>.fits`` or ``<subject_id>_<band>.fits``) with its own
+size and WCS instead of fetched, and a subject without a readable cutout is a row of the failures
+table like a failed request.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ from astropy.coordinates import Angle
 from astropy.io import fits
 from PIL import Image
 
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from clumpfinder.data.cutouts import CutoutError, band_planes, celestial_wcs, fits_groups, read_bands
 from clumpfinder.io import atomic_dir, atomic_path, known_fields
 from clumpfinder.imaging import lupton_png
 
@@ -80,6 +88,7 @@ class DownloadSpec:
     workers: int
     png: dict[str, Any]
     min_valid_fraction: float = 0.5
+    folder: str | None = None  # FITS cutouts a user already has: read instead of fetched
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "DownloadSpec":
@@ -261,7 +270,53 @@ def _with_retries(fn, spec: DownloadSpec, outcome: _Outcome):
             time.sleep(spec.backoff * 2 ** (attempt - 1))
 
 
+@functools.lru_cache(maxsize=4)
+def _local_index(folder: str) -> dict[str, list[Path]]:
+    return fits_groups(folder)
+
+
+def _local(subject: dict[str, Any], spec: DownloadSpec, png_dir: Path) -> _Outcome:
+    """A subject's cutout from ``spec.folder`` (``<subject_id>.fits``, or one file per band named
+    ``<subject_id>_<band>.fits``): its own size and WCS, no request, the PNG made as for a fetched one."""
+    sid = int(subject["subject_id"])
+    out = _Outcome(sid)
+    ra, dec = float(subject["ra"]), float(subject["dec"])
+
+    def fail(reason: str, detail: str) -> _Outcome:
+        out.failure = {"subject_id": sid, "ra": ra, "dec": dec, "band": "", "reason": reason, "detail": detail,
+                       "attempts": 0}
+        return out
+
+    files = _local_index(str(spec.folder)).get(str(sid))
+    if not files:
+        return fail("missing_file", f"no {sid}.fits or {sid}_<band>.fits in {spec.folder}")
+    try:
+        planes, headers = band_planes(read_bands(files), tuple(spec.bands), spec.min_valid_fraction)
+    except CutoutError as err:
+        return fail(err.reason, err.detail)
+    wcs = celestial_wcs(headers["r"])
+    if wcs is None:
+        return fail("no_wcs", f"{files[0]}: no celestial WCS in the r-band header")
+    scale = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600.0
+    h, w = planes["r"].shape
+    finite = {b: np.where(np.isfinite(planes[b]), planes[b], np.float32(0.0)) for b in PNG_BANDS}
+    Image.fromarray(lupton_png(finite, scale, spec.png)).save(png_dir / f"{sid}.png", compress_level=1)
+    psf = subject.get("psf_fwhm_arcsec")
+    psf = float(psf) if psf is not None and np.isfinite(psf) and psf > 0 else float(
+        headers["r"].get("PSFFWHM", spec.psf_fwhm_arcsec))
+    out.cached = True
+    out.row = {
+        "subject_id": sid, "galaxy_id": subject.get("galaxy_id", sid), "ra": ra, "dec": dec,
+        "redshift": subject.get("redshift", math.nan), "psf_fwhm_arcsec": psf, "psf_fwhm_pixels": psf / scale,
+        "pixel_scale_arcsec": scale, "arcsec_per_side": scale * w, "width": w, "height": h, "png": f"{sid}.png",
+        "fits": ",".join(str(f) for f in files),
+    }
+    return out
+
+
 def _one(subject: dict[str, Any], spec: DownloadSpec, fetcher: Fetcher, cache_dir: Path, png_dir: Path) -> _Outcome:
+    if spec.folder:
+        return _local(subject, spec, png_dir)
     sid = int(subject["subject_id"])
     out = _Outcome(sid)
     ra, dec, side = float(subject["ra"]), float(subject["dec"]), float(subject["arcsec_per_side"])
@@ -365,5 +420,6 @@ def download_cutouts(subjects: pd.DataFrame, spec: DownloadSpec, cache_dir: str 
         "stale_temp_files_removed": stale, "seconds": round(seconds, 2),
         "subjects_per_second": round(len(records) / seconds, 1) if seconds > 0 else None,
         "processes": processes, "server": spec.server, "hips": spec.hips, "bands": spec.bands,
+        "folder": spec.folder,
     }
     return manifest, failures, report

@@ -69,10 +69,10 @@ rule clump_catalogue:
         unpack(catalogue_inputs),
         code=package_code("catalogue.py"),
     output:
-        fits=f"{CATALOGUE}/clumps.fits",
-        clumps=f"{CATALOGUE}/clumps.csv",
-        galaxies=f"{CATALOGUE}/clumps_galaxies.csv",
-        failures=f"{CATALOGUE}/clumps_failures.csv",
+        fits=f"{CATALOGUE}/catalogue.fits",
+        clumps=f"{CATALOGUE}/catalogue.csv",
+        galaxies=f"{CATALOGUE}/catalogue_galaxies.csv",
+        failures=f"{CATALOGUE}/catalogue_failures.csv",
         overlays=directory(f"{CATALOGUE}/overlays"),
         report=f"{CATALOGUE}/report.json",
     log:

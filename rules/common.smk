@@ -145,7 +145,7 @@ def plot_targets(name):
 
 
 # the clump catalogue (rules/catalogue.smk)
-CATALOGUE = f"{RESULTS}/catalogue"
+CATALOGUE = f"{RESULTS}/clumps"
 CATALOGUE_SOURCE = config["catalogue"]["galaxies"]["source"]
 CATALOGUE_VALIDATED = SIMULATED and CATALOGUE_SOURCE == "survey"
 

@@ -30,8 +30,8 @@ rule subject_list:
 
 rule download:
     input:
-        subjects=rules.subject_list.output.subjects,
         **local_cutouts(),
+        subjects=rules.subject_list.output.subjects,
         code=package_code("download.py"),
     output:
         manifest=SURVEY_MANIFEST,

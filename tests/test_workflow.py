@@ -140,16 +140,16 @@ def test_tiny_run_catalogue(tiny_run, tiny_config):
     from clumpfinder.clumps.tables import read_catalogue
 
     res = tiny_run["dir"] / "results"
-    cat = res / "catalogue"
+    cat = res / "clumps"
     splits = pd.read_csv(res / "labels" / "splits.csv")
     test_ids = set(splits.loc[splits["split"] == "test", "subject_id"])
-    tables = read_catalogue(cat / "clumps.fits")
+    tables = read_catalogue(cat / "catalogue.fits")
     galaxies = tables["GALAXIES"].to_pandas()
     assert set(galaxies["subject_id"]) == test_ids and len(tables["FAILURES"]) == 0
     assert {p.stem for p in (cat / "overlays").glob("*.png")} == {str(i) for i in test_ids}
-    clumps = pd.read_csv(cat / "clumps.csv")
+    clumps = pd.read_csv(cat / "catalogue.csv")
     assert len(clumps) == len(tables["CLUMPS"]) == galaxies["n_clumps"].sum()
-    header = fits.getheader(cat / "clumps.fits", 0)
+    header = fits.getheader(cat / "catalogue.fits", 0)
     # the detector: the cell with the best validation F1, its threshold chosen on validation
     metrics = {(b, str(n)): json.loads((res / "eval" / b / f"n{n}" / "seed0" / "metrics.json").read_text())
                for b in tiny_config["backbones"] for n in tiny_config["labels"]["n_train"]}

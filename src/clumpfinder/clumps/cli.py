@@ -1,6 +1,6 @@
 """``clumpfinder``: the command-line tool installed with the package (no Snakemake needed).
 
-    clumpfinder detect --model results/catalogue/detector.pt --images DIR --out catalogue.fits
+    clumpfinder detect --model results/clumps/detector.pt --images DIR --out catalogue.fits
 
 writes ``catalogue.fits`` (CLUMPS, GALAXIES, FAILURES tables with units and provenance) and the
 same tables as CSV beside it, optionally an overlay PNG per galaxy (``--overlays DIR``). ``DIR``
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("detect", help="a clump catalogue of a folder of galaxy images",
                        description="Detect, post-process and measure clumps in every galaxy of a folder.")
-    d.add_argument("--model", required=True, help="exported detector (the workflow writes results/catalogue/detector.pt)")
+    d.add_argument("--model", required=True, help="exported detector (the workflow writes results/clumps/detector.pt)")
     d.add_argument("--images", required=True, help="folder of FITS cutouts or PNG/JPEG images")
     d.add_argument("--out", required=True, help="catalogue FITS file; CSV tables are written beside it")
     d.add_argument("--kind", choices=["auto", "fits", "images"], default="auto",

@@ -85,7 +85,7 @@ def load_detector(path: str | Path, device: torch.device | None = None
     if "preprocessing" not in payload:
         raise ValueError(f"{path} is a training model file without the preprocessing a catalogue needs "
                          "(crop, colour stretch): export it first (the workflow's catalogue_model rule writes "
-                         "results/catalogue/detector.pt, or call clumpfinder.clumps.model.export_detector)")
+                         "results/clumps/detector.pt, or call clumpfinder.clumps.model.export_detector)")
     try:
         model, detector = load_model(path, device)
     except (RuntimeError, TypeError, KeyError) as err:

@@ -4,6 +4,7 @@
 
 
 localrules:
+    catalogue_model,
     plot_catalogue,
     catalogue_validation,
 

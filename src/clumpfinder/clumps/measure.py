@@ -105,8 +105,8 @@ def off_galaxy_stats(plane: np.ndarray, sky: np.ndarray) -> tuple[float, float]:
     """(median, 1.4826 x median absolute deviation) of the pixels ``sky`` marks (the galaxy's
     footprint, grown, left out): robust without clipping iterations."""
     v = plane[sky & np.isfinite(plane)]
-    if v.size < 10:
-        return 0.0, float("nan")
+    if v.size < 10:  # the galaxy fills the cutout: clipped statistics of the whole plane
+        return sky_stats(plane)
     median = float(np.median(v))
     return median, float(1.4826 * np.median(np.abs(v - median)))
 

@@ -285,3 +285,31 @@ def test_run_catalogue_keeps_going_with_no_detections(known_folder, tmp_path):
                         score=0.99, batch_size=2, progress=seen.append)
     assert seen == [2, 1] and len(cat.galaxies) == 3 and cat.failures.empty
     assert json.loads(cat.galaxies.to_json())  # serialisable as the workflow writes it
+
+
+def test_validation_against_a_known_truth():
+    """Offsets, magnitudes and the 8 % flag computed by hand: galaxy 1 has a giant clump found
+    0.1 arcsec off and 0.1 mag faint, a knot found, and a star flagged by mistake; galaxy 2's giant
+    clump is missed and a detection lies 3 arcsec from anything."""
+    from clumpfinder.clumps.validate import validate
+
+    dec0 = 0.0
+    truth = pd.DataFrame({
+        "subject_id": [1, 1, 1, 2], "kind": ["clump", "knot", "odd", "clump"],
+        "ra": [10.0, 10.001, 10.002, 20.0], "dec": dec0, "flux_g": [100.0, 10.0, 50.0, 80.0],
+        "flux_fraction_g": [0.2, 0.02, 0.1, 0.15], "contrast_g": [5.0, 1.0, 9.0, 20.0],
+        "sigma_arcsec": [0.2, 0.1, 0.0, 0.3]})
+    d = 0.1 / 3600
+    clumps = pd.DataFrame({
+        "subject_id": [1, 1, 1, 2], "clump_ra": [10.0 + d, 10.001, 10.002, 20.0 + 3 / 3600],
+        "clump_dec": dec0, "mag_g": [22.5 - 2.5 * np.log10(100.0) + 0.1, 20.0, 18.0, 19.0],
+        "flux_ratio": [0.18, 0.01, 0.1, 0.2], "is_clump_8pct": [True, False, True, True]})
+    galaxies = pd.DataFrame({"subject_id": [1, 2], "psf_fwhm_arcsec": [1.4, 1.4]})
+    v = validate(clumps, galaxies, truth)
+    assert v["matched"] == 3 and v["matched_star_forming"] == 2
+    assert v["position"]["median_offset_arcsec"] == pytest.approx(0.05, abs=1e-6)  # offsets 0.1 and 0
+    assert v["photometry"]["n"] == 1 and v["photometry"]["median_dmag"] == pytest.approx(0.1, abs=1e-9)
+    f = v["flag"]
+    assert (f["truth_giant"], f["catalogue_flagged"]) == (2, 3)
+    assert f["completeness_detected"] == 0.5 and f["completeness_flagged"] == 0.5
+    assert f["purity_star_forming"] == pytest.approx(1 / 3, abs=1e-4) and f["purity_giant"] == pytest.approx(1 / 3, abs=1e-4)

@@ -57,10 +57,10 @@ def validate(clumps: pd.DataFrame, galaxies: pd.DataFrame, truth: pd.DataFrame, 
     truth = truth[truth["subject_id"].isin(galaxies["subject_id"])].copy()
     star_forming = truth["kind"] != "odd"
     pairs = match(clumps, truth, galaxies, match_fwhm)
-    m = pairs.join(clumps, on="clump").join(truth, on="truth", rsuffix="_truth")
-    m_sf = m[m["kind"] != "odd"]
+    m = pairs.join(clumps, on="clump").join(truth.add_suffix("_truth"), on="truth")
+    m_sf = m[m["kind_truth"] != "odd"]
     giant_truth = truth[star_forming & (truth["flux_fraction_g"] >= giant)]
-    mg = m_sf[m_sf["flux_fraction_g"] >= giant]
+    mg = m_sf[m_sf["flux_fraction_g_truth"] >= giant]
     dmag = (mg[f"mag_{band}"] - (NANOMAGGY_ZP - 2.5 * np.log10(mg[f"flux_{band}_truth"]))).dropna()
     flag = f"is_clump_{round(100 * giant):d}pct"
     flagged = clumps[clumps[flag].astype(bool)] if flag in clumps else clumps.iloc[:0]
@@ -80,8 +80,12 @@ def validate(clumps: pd.DataFrame, galaxies: pd.DataFrame, truth: pd.DataFrame, 
             "median_abs_dmag": float(dmag.abs().median()) if len(dmag) else None,
             "robust_scatter_mag": robust_scatter(dmag.to_numpy()) if len(dmag) else None,
             "target_median_abs_dmag": 0.05, "target_robust_scatter_mag": 0.15,
-            "median_flux_ratio_over_truth": float((mg["flux_ratio"] / mg["flux_fraction_g"]).median())
+            "median_flux_ratio_over_truth": float((mg["flux_ratio"] / mg["flux_fraction_g_truth"]).median())
             if len(mg) else None,
+            # where the errors come from: clumps that stand out little from the galaxy's light
+            # under them (the truth's local contrast, split at its median) and resolved ones
+            "by_contrast": _halves(dmag, mg.loc[dmag.index, f"contrast_{band}_truth"]),
+            "by_size": _halves(dmag, mg.loc[dmag.index, "sigma_arcsec_truth"]),
         },
         "flag": {
             "name": flag, "truth_giant": int(len(giant_truth)), "catalogue_flagged": int(len(flagged)),
@@ -90,11 +94,24 @@ def validate(clumps: pd.DataFrame, galaxies: pd.DataFrame, truth: pd.DataFrame, 
             # flagged: ... and the catalogue says it is a giant clump
             "completeness_flagged": _frac(int(mg["clump"].isin(flagged.index).sum()), len(giant_truth)),
             # a flagged clump is a star-forming clump (any flux) / a giant one
-            "purity_star_forming": _frac(int((flagged_matched["kind"] != "odd").sum()), len(flagged)),
-            "purity_giant": _frac(int(((flagged_matched["kind"] != "odd")
-                                       & (flagged_matched["flux_fraction_g"] >= giant)).sum()), len(flagged)),
+            "purity_star_forming": _frac(int((flagged_matched["kind_truth"] != "odd").sum()), len(flagged)),
+            "purity_giant": _frac(int(((flagged_matched["kind_truth"] != "odd")
+                                       & (flagged_matched["flux_fraction_g_truth"] >= giant)).sum()), len(flagged)),
         },
     }
+    return out
+
+
+def _halves(dmag: pd.Series, key: pd.Series) -> dict[str, Any] | None:
+    """Median |delta mag| and robust scatter below and above the median of ``key``."""
+    if len(dmag) < 4:
+        return None
+    cut = float(key.median())
+    out: dict[str, Any] = {"split_at": cut}
+    for name, sel in (("below", key <= cut), ("above", key > cut)):
+        d = dmag[sel.to_numpy()]
+        out[name] = {"n": int(len(d)), "median_abs_dmag": float(d.abs().median()),
+                     "robust_scatter_mag": robust_scatter(d.to_numpy())}
     return out
 
 

@@ -313,3 +313,15 @@ def test_validation_against_a_known_truth():
     assert (f["truth_giant"], f["catalogue_flagged"]) == (2, 3)
     assert f["completeness_detected"] == 0.5 and f["completeness_flagged"] == 0.5
     assert f["purity_star_forming"] == pytest.approx(1 / 3, abs=1e-4) and f["purity_giant"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_the_command_is_installed():
+    """`pip install -e .` puts `clumpfinder` beside the environment's python ([project.scripts])."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("clumpfinder")
+    assert exe.exists(), f"{exe} missing: reinstall the package (pip install -e .)"
+    out = subprocess.run([str(exe), "detect", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--images" in out.stdout and "--model" in out.stdout

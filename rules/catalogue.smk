@@ -60,7 +60,8 @@ if CATALOGUE_SOURCE == "subjects":
             mem_mb=scaled_memory(2000),
             runtime=600,
         params:
-            spec=config["data"]["download"],
+            # fetched: a folder of cutouts is catalogued with source 'fits' instead
+            spec={**config["data"]["download"], "folder": None},
         script:
             "../scripts/download.py"
 

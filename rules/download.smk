@@ -113,6 +113,7 @@ rule download_pretraining:
         mem_mb=scaled_memory(2000),
         runtime=600,
     params:
-        spec=config["data"]["download"],
+        # the user's cutout folder holds the survey's galaxies, not these
+        spec={**config["data"]["download"], "folder": None},
     script:
         "../scripts/download.py"

@@ -325,3 +325,47 @@ def test_the_command_is_installed():
     assert exe.exists(), f"{exe} missing: reinstall the package (pip install -e .)"
     out = subprocess.run([str(exe), "detect", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--images" in out.stdout and "--model" in out.stdout
+
+
+def test_headers_give_position_zero_points_or_a_failure_row(tmp_path):
+    """The galaxy's RA/DEC from a multi-extension file's metadata header (degrees or sexagesimal),
+    a zero point per band, and a header value that cannot be used is that galaxy's failure row."""
+    planes = _galaxy_planes(SOURCES, 3)
+    _write_fits(tmp_path / "deg.fits", planes, 150.0, 2.0)
+    with fits.open(tmp_path / "deg.fits", mode="update") as h:
+        h[0].header["RA"], h[0].header["DEC"] = "10:00:00.0", "+02:00:03.0"  # 3" north of the image centre
+        for k, band in enumerate(("g", "r", "i")):
+            h[band.upper()].header["BUNIT"] = "count"
+            h[band.upper()].header["MAGZP"] = 25.0 + k
+    g = read_fits_galaxy("deg", [tmp_path / "deg.fits"], FitsOptions(png=PNG))
+    assert g.meta["ra"] == pytest.approx(150.0) and g.meta["dec"] == pytest.approx(2.0 + 3 / 3600)
+    assert g.zeropoint == {"g": 25.0, "r": 26.0, "i": 27.0}
+    from clumpfinder.clumps.measure import galaxy_centre
+    assert galaxy_centre(g)[1] == pytest.approx((SIZE - 1) / 2 + 3 / SCALE, abs=0.01)  # FITS y grows north
+    _write_fits(tmp_path / "bad.fits", planes, 150.0, 2.0)
+    with fits.open(tmp_path / "bad.fits", mode="update") as h:
+        h["R"].header["PSFFWHM"] = "about 1.4"
+    bad = read_fits_galaxy("bad", [tmp_path / "bad.fits"], FitsOptions(png=PNG))
+    assert bad.reason == "bad_header" and "about 1.4" in bad.detail
+
+
+def test_a_catalogue_with_empty_galaxies_keeps_its_numbers(known_folder, tmp_path):
+    """Galaxies without detections beside galaxies with clumps: the FITS columns stay numeric."""
+    from clumpfinder.clumps.catalogue import Catalogue, _detections
+    from clumpfinder.clumps.tables import write_catalogue
+
+    folder, truth = known_folder
+    parts, rows = [], []
+    for g in fits_folder(folder, FitsOptions(png=PNG)):
+        t = truth[truth["galaxy"] == g.name]
+        d = _boxes_at(t["x"].to_numpy(), t["y"].to_numpy()) if g.name == "gal1" else _detections([])
+        c, gal = measure_galaxy(g, d, (0, 0, SIZE, SIZE), MeasureSpec(), score=0.5)
+        parts.append(c)
+        rows.append(gal)
+    cat = Catalogue(pd.concat(parts, ignore_index=True), pd.DataFrame(rows), pd.DataFrame(), 0.0)
+    write_catalogue(cat, tmp_path / "cat.fits", {"model": "m"})
+    t = read_catalogue(tmp_path / "cat.fits")["CLUMPS"]
+    assert len(t) == 3
+    for col in ("x", "score", "flux_g", "clump_ra", "dist_centre_arcsec"):
+        assert t[col].dtype.kind == "f", col
+    assert t["x"].unit == u.pix

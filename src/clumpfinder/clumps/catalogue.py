@@ -56,7 +56,9 @@ def _detections(results: list[dict[str, Any]]) -> pd.DataFrame:
     rows = [{"x1": r["bbox"][0], "y1": r["bbox"][1], "x2": r["bbox"][0] + r["bbox"][2],
              "y2": r["bbox"][1] + r["bbox"][3], "score": r["score"], "label": CLASSES[r["category_id"] - 1]}
             for r in results]
-    return pd.DataFrame(rows, columns=["x1", "y1", "x2", "y2", "score", "label"])
+    d = pd.DataFrame(rows, columns=["x1", "y1", "x2", "y2", "score", "label"])
+    # typed even when empty: an empty frame's object columns would turn the catalogue's numbers into text
+    return d.astype({"x1": float, "y1": float, "x2": float, "y2": float, "score": float, "label": object})
 
 
 def measure_galaxy(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, int, int], spec: MeasureSpec,

@@ -209,14 +209,16 @@ def photometry(g: Galaxy, clumps: pd.DataFrame, fp: Footprint, spec: MeasureSpec
     yy, xx = np.ogrid[:ny, :nx]
     flag_bkg = np.zeros(len(clumps), bool)
     flag_edge = np.zeros(len(clumps), bool)
+    flag_masked = np.zeros(len(clumps), bool)
     for band in sorted(g.planes, key=BAND_ORDER.index):
         plane = g.planes[band]
         bad = ~np.isfinite(plane)
         data = np.where(bad, 0.0, plane)
         sky_level, sky_std = off_galaxy_stats(plane, sky)
         sigma = g.sky_sigma.get(band, sky_std)
-        gal[f"galaxy_flux_{band}"] = float((data[fp.mask] - sky_level).sum())
-        gal[f"galaxy_flux_err_{band}"] = float(sigma * np.sqrt(fp.mask.sum()))
+        seg = fp.mask & ~bad  # NaN pixels are neither light nor sky
+        gal[f"galaxy_flux_{band}"] = float((data[seg] - sky_level).sum())
+        gal[f"galaxy_flux_err_{band}"] = float(sigma * np.sqrt(seg.sum()))
         flux = np.full(len(clumps), np.nan)
         err = np.full(len(clumps), np.nan)
         bkg = np.full(len(clumps), np.nan)
@@ -244,15 +246,17 @@ def photometry(g: Galaxy, clumps: pd.DataFrame, fp: Footprint, spec: MeasureSpec
                     level[i] = sigma_clipped_stats(values, sigma=3.0, maxiters=5)[1]
                     n_ann[i] = values.size
             bkg = np.where(np.isfinite(level), level, sky_level)
-            area = float(aps.area)
+            # the background under the pixels summed: NaN pixels are left out of both
+            area = np.atleast_1d(aps.area_overlap(data, mask=bad, method="exact")).astype(float)
+            flag_masked |= area < 0.999 * float(aps.area)
             flux = (sums - bkg * area) / corr
             err = sigma * np.sqrt(area + np.pi / 2 * area**2 / np.maximum(n_ann, 1.0)) / corr
         out[f"flux_{band}"] = flux
         out[f"flux_err_{band}"] = err
         out[f"background_{band}"] = bkg
-        if g.zeropoint is not None:
+        if band in g.zeropoint:
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"mag_{band}"] = np.where(flux > 0, g.zeropoint - 2.5 * np.log10(flux), np.nan)
+                out[f"mag_{band}"] = np.where(flux > 0, g.zeropoint[band] - 2.5 * np.log10(flux), np.nan)
                 out[f"mag_err_{band}"] = np.where(flux > 0, 2.5 / LN10 * err / flux, np.nan)
     ref = bluest(g)
     ratio = out[f"flux_{ref}"] / gal[f"galaxy_flux_{ref}"] if gal[f"galaxy_flux_{ref}"] > 0 else np.nan
@@ -262,6 +266,7 @@ def photometry(g: Galaxy, clumps: pd.DataFrame, fp: Footprint, spec: MeasureSpec
     for r in spec.flag_ratios:  # odd clumps (stars, background galaxies) are never giant clumps
         out[f"is_clump_{round(100 * r):d}pct"] = np.asarray(out["flux_ratio"] > r) & star_forming
     out["flag_background"] = flag_bkg
+    out["flag_masked"] = flag_masked
     out["flag_edge_aperture"] = flag_edge
     return pd.DataFrame(out, index=clumps.index), gal
 

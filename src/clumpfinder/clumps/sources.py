@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import astropy.units as u
+from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
@@ -51,7 +53,7 @@ class Galaxy:
     psf_fwhm: dict[str, float] = field(default_factory=dict)  # arcsec per band
     psf_beta: dict[str, float] = field(default_factory=dict)  # Moffat beta per band (absent: the caller's)
     sky_sigma: dict[str, float] = field(default_factory=dict)  # per band, when the header says
-    zeropoint: float | None = None
+    zeropoint: dict[str, float] = field(default_factory=dict)  # per band; absent: no magnitudes
     meta: dict[str, Any] = field(default_factory=dict)  # subject_id, ra, dec, redshift, file
 
     @property
@@ -89,9 +91,27 @@ def _zeropoint(header: fits.Header, fallback: float | None) -> float | None:
     return fallback
 
 
-def galaxy_from_hdus(name: str, file: str, hdus: Bands,
-                     opts: FitsOptions, meta: dict[str, Any] | None = None) -> Galaxy | BadInput:
-    """A :class:`Galaxy` from the image HDUs of one galaxy, or the reason it cannot be one."""
+def galaxy_from_hdus(name: str, file: str, hdus: Bands, opts: FitsOptions, meta: dict[str, Any] | None = None,
+                     primary: fits.Header | None = None) -> Galaxy | BadInput:
+    """A :class:`Galaxy` from the image HDUs of one galaxy (and the metadata header of a
+    multi-extension file), or the reason it cannot be one."""
+    try:
+        return _galaxy(name, file, hdus, opts, meta, primary)
+    except Exception as err:  # noqa: BLE001 - a header value we cannot use is this galaxy's failure
+        return BadInput(name, file, "bad_header", f"{type(err).__name__}: {str(err)[:200]}")
+
+
+def _position(header: fits.Header) -> tuple[float, float]:
+    """RA, Dec (deg) from RA/DEC keywords: degrees, or sexagesimal strings (RA in hours)."""
+    ra, dec = header["RA"], header["DEC"]
+    if isinstance(ra, str) or isinstance(dec, str):
+        c = SkyCoord(str(ra), str(dec), unit=(u.hourangle, u.deg))
+        return float(c.ra.deg), float(c.dec.deg)
+    return float(ra), float(dec)
+
+
+def _galaxy(name: str, file: str, hdus: Bands, opts: FitsOptions, meta: dict[str, Any] | None,
+            primary: fits.Header | None) -> Galaxy | BadInput:
     meta = dict(meta or {})
     try:
         planes, headers = band_planes(hdus, COMPOSITE_BANDS, opts.min_valid_fraction)
@@ -119,26 +139,27 @@ def galaxy_from_hdus(name: str, file: str, hdus: Bands,
     rgb = lupton_png({b: finite[b] for b in COMPOSITE_BANDS}, scale, opts.png)
     ny, nx = rgb.shape[:2]
     if "ra" not in meta or "dec" not in meta or not np.isfinite(meta.get("ra", np.nan)):
-        # the galaxy's position: the header's RA/DEC, else the image centre
-        ph = hdus[0][2]
-        if "RA" in ph and "DEC" in ph:
-            meta["ra"], meta["dec"] = float(ph["RA"]), float(ph["DEC"])
+        # the galaxy's position: RA/DEC of a multi-extension file's metadata header (an image's
+        # own RA/DEC is often the telescope's pointing), else the image centre
+        if primary is not None and "RA" in primary and "DEC" in primary:
+            meta["ra"], meta["dec"] = _position(primary)
         else:
             c = wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
             meta["ra"], meta["dec"] = float(c.ra.deg), float(c.dec.deg)
     meta.setdefault("file", file)
     return Galaxy(name=name, rgb=rgb, planes=planes, wcs=wcs, pixel_scale=scale, psf_fwhm=psf, psf_beta=beta,
-                  sky_sigma=sky, zeropoint=_zeropoint(ref, opts.zeropoint), meta=meta)
+                  sky_sigma=sky, meta=meta,
+                  zeropoint={b: zp for b, h in headers.items() if (zp := _zeropoint(h, opts.zeropoint)) is not None})
 
 
 def read_fits_galaxy(name: str, files: list[Path], opts: FitsOptions,
                      meta: dict[str, Any] | None = None) -> Galaxy | BadInput:
     """One galaxy from its FITS file(s); an unreadable or truncated file is a :class:`BadInput`."""
     try:
-        hdus = read_bands(files)
+        hdus, primary = read_bands(files)
     except CutoutError as err:
         return BadInput(name, ",".join(map(str, files)), err.reason, err.detail)
-    return galaxy_from_hdus(name, ",".join(map(str, files)), hdus, opts, meta)
+    return galaxy_from_hdus(name, ",".join(map(str, files)), hdus, opts, meta, primary)
 
 
 def fits_folder(folder: str | Path, opts: FitsOptions) -> Iterator[Galaxy | BadInput]:
@@ -151,7 +172,7 @@ def read_plain_image(path: Path) -> Galaxy | BadInput:
     try:
         with Image.open(path) as pil:
             rgb = np.asarray(pil.convert("RGB"))
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - OSError, ValueError, PIL's DecompressionBombError...
         return BadInput(file_stem(path, IMAGE_SUFFIXES), str(path), "unreadable_image",
                         f"{type(err).__name__}: {str(err)[:200]}")
     return Galaxy(name=file_stem(path, IMAGE_SUFFIXES), rgb=rgb, meta={"file": str(path)})

@@ -55,7 +55,7 @@ def _unit(name: str, flux_unit: u.UnitBase | None) -> u.UnitBase | None:
 
 
 def as_table(df: pd.DataFrame, name: str, flux_unit: u.UnitBase | None) -> Table:
-    t = Table.from_pandas(df.reset_index(drop=True))
+    t = Table.from_pandas(df.reset_index(drop=True).infer_objects())
     for col in t.colnames:
         if t[col].dtype == object:  # e.g. subject_id None on PNG galaxies: text columns for FITS
             t[col] = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)

@@ -27,6 +27,7 @@ from astropy.units import UnitsWarning
 from astropy.wcs import WCS
 
 from clumpfinder.boxes import square_boxes
+from clumpfinder.data.cutouts import band_planes, celestial_wcs, read_bands
 from clumpfinder.imaging import fits_pixel_to_png
 
 # quantity -> labels tried in order (case-insensitive); the first five are required
@@ -185,8 +186,6 @@ def catalogue_labels(clumps: pd.DataFrame, manifest: pd.DataFrame, box_scale: fl
     label stage reads, so the catalogue can stand in for the consensus: every catalogued galaxy
     is a "yes" (swap_prob 1) with one classification and n_clicks catalogued clumps.
     """
-    from astropy.io import fits
-
     man = manifest.set_index("subject_id")
     counts = {"clumps_read": len(clumps), "galaxy_without_image": 0, "below_min_flux_ratio": 0,
               "outside_image": 0}
@@ -198,8 +197,9 @@ def catalogue_labels(clumps: pd.DataFrame, manifest: pd.DataFrame, box_scale: fl
     parts = []
     for sid, group in use.groupby("subject_id", sort=True):
         m = man.loc[sid]
-        with fits.open(m["fits"], memmap=False) as hdul:
-            wcs = WCS(hdul["R"].header)
+        # one file, or one per band (a user's cutout folder): the r band's WCS
+        _, headers = band_planes(read_bands([Path(f) for f in str(m["fits"]).split(",")])[0], ("r",), 0.0)
+        wcs = celestial_wcs(headers["r"])
         px = clumps_to_pixels(group, wcs, int(m["width"]), int(m["height"]))
         counts["outside_image"] += int((~px["inside"]).sum())
         parts.append(px[px["inside"]].assign(side=float(m["psf_fwhm_pixels"]) * box_scale,

@@ -61,36 +61,44 @@ def _band_of(hdu: fits.ImageHDU | fits.PrimaryHDU) -> str | None:
     return None
 
 
-def _read_file(path: Path) -> Bands:
+def _read_file(path: Path) -> tuple[Bands, fits.Header | None]:
+    """The file's images and, when its primary HDU holds no image (a multi-extension file), the
+    primary header (where such files keep the object's metadata)."""
     out = []
+    meta = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # a truncated file: astropy warns and pads the data; make that an error (a full verify of
         # every header would cost more than the rest of a catalogue)
         warnings.filterwarnings("error", message=".*truncated.*")
         with fits.open(path, memmap=False) as hdul:
+            if hdul[0].data is None:
+                meta = hdul[0].header.copy()
             for hdu in hdul:
                 if hdu.is_image and hdu.data is not None and hdu.data.ndim == 2:
                     out.append((_band_of(hdu), np.asarray(hdu.data, dtype=np.float32), hdu.header.copy()))
-    return out
+    return out, meta
 
 
-def read_bands(files: list[Path]) -> Bands:
-    """(band or None, data, header) of every 2-D image in ``files``; with one file per band, the
+def read_bands(files: list[Path]) -> tuple[Bands, fits.Header | None]:
+    """(band or None, data, header) of every 2-D image in ``files``, and the metadata header of a
+    multi-extension file (its image-less primary HDU; None otherwise); with one file per band, the
     file name names the band its header does not."""
     hdus: Bands = []
+    meta = None
     for f in files:
         try:
-            found = _read_file(f)
+            found, primary = _read_file(f)
         except Exception as err:  # noqa: BLE001 - any unreadable file is the same kind of failure
             raise CutoutError("unreadable_fits", f"{f}: {type(err).__name__}: {str(err)[:200]}") from None
         if len(files) > 1:
             m = _BAND_FILE.match(file_stem(f))
             found = [(b or (m["band"].lower() if m else None), d, h) for b, d, h in found[:1]]
         hdus += found
+        meta = meta if meta is not None else primary
     if not hdus:
         raise CutoutError("no_image", "no 2-D image in " + ", ".join(map(str, files)))
-    return hdus
+    return hdus, meta
 
 
 def band_planes(hdus: Bands, need: tuple[str, ...], min_valid_fraction: float

@@ -291,7 +291,7 @@ def _local(subject: dict[str, Any], spec: DownloadSpec, png_dir: Path) -> _Outco
     if not files:
         return fail("missing_file", f"no {sid}.fits or {sid}_<band>.fits in {spec.folder}")
     try:
-        planes, headers = band_planes(read_bands(files), tuple(spec.bands), spec.min_valid_fraction)
+        planes, headers = band_planes(read_bands(files)[0], tuple(spec.bands), spec.min_valid_fraction)
     except CutoutError as err:
         return fail(err.reason, err.detail)
     wcs = celestial_wcs(headers["r"])

@@ -117,9 +117,11 @@ def _batches(items: Iterable[Galaxy | BadInput], n: int) -> Iterator[list[Galaxy
 
 def run_catalogue(galaxies: Iterable[Galaxy | BadInput], model: torch.nn.Module, detector: DetectorSpec,
                   preprocessing: dict[str, Any], spec: MeasureSpec, score: float, batch_size: int = 16,
-                  progress: Callable[[int], None] | None = None) -> Catalogue:
+                  progress: Callable[[int], None] | None = None,
+                  on_galaxy: Callable[[Galaxy, pd.DataFrame], None] | None = None) -> Catalogue:
     """Detect, post-process and measure every galaxy of ``galaxies``; ``progress(n)`` is called
-    after each batch with the number of galaxies it held."""
+    after each batch with the number of galaxies it held, ``on_galaxy(galaxy, clump_rows)`` after
+    each galaxy measured (while its images are still in memory: overlays are drawn there)."""
     t0 = time.perf_counter()
     clump_parts, galaxy_rows, failures = [], [], []
     crop = preprocessing["crop"]
@@ -153,6 +155,8 @@ def run_catalogue(galaxies: Iterable[Galaxy | BadInput], model: torch.nn.Module,
                 continue
             clump_parts.append(rows)
             galaxy_rows.append(galaxy)
+            if on_galaxy is not None:
+                on_galaxy(g, rows)
         if progress is not None:
             progress(len(batch))
     clumps = pd.concat(clump_parts, ignore_index=True) if clump_parts else pd.DataFrame(columns=CLUMP_COLUMNS[:15])

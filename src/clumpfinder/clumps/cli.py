@@ -11,6 +11,7 @@ celestial WCS) or PNG/JPEG images (pixel positions only). See docs/catalogue.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from datetime import datetime, timezone
 import logging
 import sys
@@ -22,7 +23,8 @@ from clumpfinder.clumps.catalogue import run_catalogue
 from clumpfinder.clumps.measure import MeasureSpec
 from clumpfinder.clumps.model import config_hash, load_detector
 from clumpfinder.clumps.sources import FitsOptions, count_galaxies, detect_kind, open_source
-from clumpfinder.clumps.tables import write_catalogue, write_overlays
+from clumpfinder.clumps.tables import overlay, write_catalogue
+from clumpfinder.io import atomic_dir
 
 log = logging.getLogger("clumpfinder")
 
@@ -46,38 +48,39 @@ def catalogue_files(galaxies, model_path: str | Path, out: str | Path, *, score:
     if threshold is None:
         raise ValueError(f"{model_path} records no score threshold: give one (--score)")
     items = galaxies(prep) if callable(galaxies) else galaxies
-    keep: list[tuple[str, Any]] = []
-
-    def kept(it):
-        for g in it:
-            if overlays is not None and hasattr(g, "rgb"):
-                keep.append((g.name, g.rgb))
-            yield g
-
     bar = None
     if progress_bar:
         from tqdm import tqdm
         bar = tqdm(total=total, unit="galaxy", desc="catalogue", file=sys.stderr)
-    with torch.inference_mode():
-        cat = run_catalogue(kept(items), model, detector, prep, spec, float(threshold), batch_size,
-                            progress=bar.update if bar is not None else None)
+    with contextlib.ExitStack() as stack:
+        # overlays are drawn as each galaxy is measured (holding every composite until the end would
+        # not fit a survey in memory); the folder appears once complete
+        folder = stack.enter_context(atomic_dir(overlays)) if overlays is not None else None
+        stack.enter_context(torch.inference_mode())
+        cat = run_catalogue(items, model, detector, prep, spec, float(threshold), batch_size,
+                            progress=bar.update if bar is not None else None,
+                            on_galaxy=(lambda g, rows: overlay(g.rgb, rows).save(folder / f"{g.name}.png"))
+                            if folder is not None else None)
+        write_catalogue(cat, out, _provenance(provenance, model_path, float(threshold), dev, spec,
+                                              extra_provenance))
     if bar is not None:
         bar.close()
-    prov = {
-        **{k: provenance.get(k) for k in ("backbone", "n_train", "seed", "val_f1", "commit", "config_hash")
-           if provenance.get(k) is not None},
-        "model": str(model_path), "score": float(threshold), "device": str(dev),
-        "measure": config_hash(vars(spec)), "software": f"clumpfinder {clumpfinder.__version__}",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        **(extra_provenance or {}),
-    }
-    write_catalogue(cat, out, prov)
-    if overlays is not None:
-        write_overlays(keep, cat.clumps, overlays)
     log.info("%d galaxies catalogued, %d clumps, %d failures, %.1f s (%.0f galaxies/min)", len(cat.galaxies),
              len(cat.clumps), len(cat.failures), cat.seconds,
              60 * (len(cat.galaxies) + len(cat.failures)) / cat.seconds if cat.seconds else float("nan"))
     return cat
+
+
+def _provenance(model: dict[str, Any], model_path: str | Path, score: float, dev: Any, spec: MeasureSpec,
+                extra: dict[str, Any] | None) -> dict[str, Any]:
+    """What the catalogue's FITS header records: the detector's provenance and this run's settings."""
+    return {
+        **{k: model.get(k) for k in ("backbone", "n_train", "seed", "val_f1", "commit", "config_hash")
+           if model.get(k) is not None},
+        "model": str(model_path), "score": score, "device": str(dev), "measure": config_hash(vars(spec)),
+        "software": f"clumpfinder {clumpfinder.__version__}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **(extra or {}),
+    }
 
 
 def _detect(args: argparse.Namespace) -> int:

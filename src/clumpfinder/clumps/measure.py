@@ -169,7 +169,7 @@ def post_process(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, in
     if not g.planes or d.empty:
         return d.assign(n_merged=0), counts
     ny = g.shape[0]
-    fwhm_px = _fwhm_px(g, "r" if "r" in g.psf_fwhm else next(iter(g.psf_fwhm)))
+    fwhm_px = _fwhm_px(g, "r")  # the r band's, else the first band's
     px, py = png_to_fits_pixel(d["x"].to_numpy(), d["y"].to_numpy(), ny)
     cx, cy = fp.centre
     bulge = np.hypot(px - cx, py - cy) < spec.bulge_radius_fwhm * fwhm_px

@@ -22,7 +22,7 @@ from astropy.table import Table
 from PIL import Image, ImageDraw
 
 from clumpfinder.clumps.catalogue import Catalogue
-from clumpfinder.io import atomic_dir, atomic_path, write_csv
+from clumpfinder.io import atomic_path, write_csv
 
 _UNITS = [
     (r"^(clump_ra|clump_dec|galaxy_ra|galaxy_dec|ra|dec)$", u.deg),
@@ -127,7 +127,7 @@ def read_catalogue(path: str | Path) -> dict[str, Table]:
     return tables
 
 
-def overlay(rgb: np.ndarray, clumps: pd.DataFrame, size: int = 384, radius_px: float | None = None) -> Image.Image:
+def overlay(rgb: np.ndarray, clumps: pd.DataFrame, size: int = 384) -> Image.Image:
     """The composite scaled to ``size`` px with a circle per clump (yellow: > 8 % of the galaxy's
     flux, cyan: > 3 %, white: fainter or unmeasured) and its number."""
     h, w = rgb.shape[:2]
@@ -135,20 +135,10 @@ def overlay(rgb: np.ndarray, clumps: pd.DataFrame, size: int = 384, radius_px: f
     img = Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     for c in clumps.itertuples(index=False):
-        r = (radius_px if radius_px else max(c.box_x2 - c.box_x1, c.box_y2 - c.box_y1) / 2) * s
+        r = max(c.box_x2 - c.box_x1, c.box_y2 - c.box_y1) / 2 * s
         colour = ("yellow" if getattr(c, "is_clump_8pct", False) is True else
                   "cyan" if getattr(c, "is_clump_3pct", False) is True else "white")
         x, y = c.x * s, c.y * s
         draw.ellipse([x - r, y - r, x + r, y + r], outline=colour, width=2)
         draw.text((x + r + 2, y - r - 2), str(c.clump_id), fill=colour)
     return img
-
-
-def write_overlays(galaxies: list[tuple[str, np.ndarray]], clumps: pd.DataFrame, folder: str | Path,
-                   size: int = 384) -> int:
-    """One PNG per galaxy (name, composite) with its clumps drawn; returns how many were written."""
-    by_galaxy = {str(k): v for k, v in clumps.groupby("galaxy")} if not clumps.empty else {}
-    with atomic_dir(folder) as tmp:  # the folder appears (or replaces an old one) once complete
-        for name, rgb in galaxies:
-            overlay(rgb, by_galaxy.get(str(name), clumps.iloc[:0]), size).save(tmp / f"{name}.png")
-    return len(galaxies)

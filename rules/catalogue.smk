@@ -90,6 +90,7 @@ rule clump_catalogue:
         runtime=config["resources"]["catalogue"]["runtime"],
     params:
         spec=config["catalogue"],
+        compute=config["compute"],
         fits_dir=(
             f"{RESULTS}/survey/fits"
             if SIMULATED and CATALOGUE_SOURCE == "survey"

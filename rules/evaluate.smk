@@ -7,7 +7,10 @@ rule evaluate:
         model=rules.train.output.model,
         test=rules.split.output.test,
         val=rules.split.output.val,
-        images=SURVEY_PNG,
+        test_cache=f"{RESULTS}/cache/test.npy",
+        test_cache_index=f"{RESULTS}/cache/test.json",
+        val_cache=f"{RESULTS}/cache/val.npy",
+        val_cache_index=f"{RESULTS}/cache/val.json",
         code=package_code("evaluate.py"),
     output:
         predictions=f"{RESULTS}/eval/{{backbone}}/n{{n_train}}/seed{{seed}}/predictions.json",
@@ -25,6 +28,7 @@ rule evaluate:
         runtime=config["resources"]["evaluate"]["runtime"],
     params:
         spec=config["evaluation"],
+        compute=config["compute"],
     script:
         "../scripts/evaluate.py"
 

@@ -50,6 +50,25 @@ rule subset:
         "../scripts/subset.py"
 
 
+# Each split's images decoded once (memory-mapped by every training and evaluation job).
+rule image_cache:
+    input:
+        labels=f"{RESULTS}/labels/{{split}}.json",
+        images=SURVEY_PNG,
+        code=package_code("image_cache.py"),
+    output:
+        data=f"{RESULTS}/cache/{{split}}.npy",
+        index=f"{RESULTS}/cache/{{split}}.json",
+    log:
+        f"{RESULTS}/logs/image_cache_{{split}}.log",
+    wildcard_constraints:
+        split="train|val|test",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/image_cache.py"
+
+
 rule truth_labels:
     input:
         manifest=SURVEY_MANIFEST,

@@ -6,7 +6,10 @@ rule train:
         unpack(init_input),
         labels=f"{RESULTS}/labels/train_n{{n_train}}.json",
         val=rules.split.output.val,
-        images=SURVEY_PNG,
+        cache=f"{RESULTS}/cache/train.npy",
+        cache_index=f"{RESULTS}/cache/train.json",
+        val_cache=f"{RESULTS}/cache/val.npy",
+        val_cache_index=f"{RESULTS}/cache/val.json",
         code=package_code("train.py"),
     output:
         model=f"{RESULTS}/models/{{backbone}}/n{{n_train}}/seed{{seed}}/model.pt",
@@ -26,6 +29,7 @@ rule train:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),
         detector=config["detector"],
         training=lambda wildcards: training_spec(wildcards.backbone, wildcards.seed),
+        compute=config["compute"],
         selection={
             "iou": config["evaluation"]["iou"],
             "scores": config["evaluation"]["scores"],

@@ -10,6 +10,7 @@ import torch  # noqa: E402
 
 from clumpfinder.clumps.cli import catalogue_files  # noqa: E402
 from clumpfinder.clumps.sources import FitsOptions, count_galaxies, open_source, survey  # noqa: E402
+from clumpfinder.compute import ComputeSpec, job_devices  # noqa: E402
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
@@ -41,9 +42,12 @@ else:
     def galaxies(prep):
         return open_source(kind, inp.folder, options(prep))
 
-cat = catalogue_files(galaxies, inp.detector, out.fits, score=cfg["score"], device=cfg["device"],
-                      batch_size=cfg["batch_size"], measure=cfg["measure"], overlays=out.overlays, total=total,
-                      progress_bar=False, extra_provenance={"galaxies": p.described})
+compute = ComputeSpec.from_config(p.compute)
+with job_devices(int(snakemake.resources.gpu), compute, "the catalogue") as devices:
+    cat = catalogue_files(galaxies, inp.detector, out.fits, score=cfg["score"], device=devices[0],
+                          precision=compute.precision, batch_size=cfg["batch_size"], measure=cfg["measure"],
+                          overlays=out.overlays, total=total, progress_bar=False,
+                          extra_provenance={"galaxies": p.described})
 report = {
     "galaxies": total, "catalogued": len(cat.galaxies), "failed": len(cat.failures),
     "failures_by_reason": cat.failures["reason"].value_counts().sort_index().to_dict(),

@@ -7,18 +7,26 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import torch  # noqa: E402
 
-from clumpfinder.detection.detector import load_model, pick_device, predict  # noqa: E402
+from clumpfinder.compute import ComputeSpec, autocast_dtype, job_devices  # noqa: E402
+from clumpfinder.detection.detector import load_model, predict  # noqa: E402
+from clumpfinder.labels.cache import ImageCache  # noqa: E402
 from clumpfinder.scoring.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
 from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 spec = EvalSpec.from_config(snakemake.params.spec)
-test, val = read_json(snakemake.input.test), read_json(snakemake.input.val)
-model, detector = load_model(snakemake.input.model, pick_device())
-predictions = predict(model, test, snakemake.input.images, agnostic_nms=detector.class_agnostic_nms)
-threshold = choose_score(val, predict(model, val, snakemake.input.images, agnostic_nms=detector.class_agnostic_nms),
-                         spec)
+inp = snakemake.input
+test, val = read_json(inp.test), read_json(inp.val)
+compute = ComputeSpec.from_config(snakemake.params.compute)
+
+
+with job_devices(int(snakemake.resources.gpu), compute, "evaluation") as devices:
+    model, detector = load_model(inp.model, devices[0], autocast_dtype(compute.precision, devices[0]))
+    nms = detector.class_agnostic_nms
+    predictions = predict(model, test, ImageCache(inp.test_cache, inp.test_cache_index), agnostic_nms=nms)
+    threshold = choose_score(val, predict(model, val, ImageCache(inp.val_cache, inp.val_cache_index),
+                                          agnostic_nms=nms), spec)
 score = threshold["score"]
 log.info("headline score threshold %.2f (%s)", score, threshold["source"])
 references = {"consensus": evaluate_reference(test, predictions, spec, score)}

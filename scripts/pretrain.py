@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
+from clumpfinder.compute import ComputeSpec, job_devices  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec  # noqa: E402
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
 from clumpfinder.data.morphology import read_vote_catalogue, vote_columns  # noqa: E402
@@ -32,10 +33,12 @@ else:
     images, counts, pool = morphology_pool(pd.read_csv(inp.population), labels, vote_columns(questions),
                                            pd.read_csv(inp.survey), inp.images)
 log.info("pretraining pool: %s", pool)
-# the checkpoint lies outside the declared outputs, so a killed job resumes from its last epoch
-encoder, metrics = pretrain_encoder(images, counts, questions, BackboneSpec(**p.backbone),
-                                    PretrainSpec.from_config(p.spec), threads=snakemake.threads,
-                                    checkpoint=p.checkpoint)
+compute = ComputeSpec.from_config(p.compute)
+with job_devices(int(snakemake.resources.gpu), compute, "pretraining") as devices:
+    # the checkpoint lies outside the declared outputs, so a killed job resumes from its last epoch
+    encoder, metrics = pretrain_encoder(images, counts, questions, BackboneSpec(**p.backbone),
+                                        PretrainSpec.from_config(p.spec), threads=snakemake.threads,
+                                        checkpoint=p.checkpoint, compute=compute, device=devices[0])
 metrics["pool"] = pool
 save_encoder(encoder, snakemake.output.encoder)
 write_json(metrics, snakemake.output.metrics)

@@ -1,24 +1,28 @@
-"""Train one detector (backbone x training-set size)."""
+"""Train one detector (backbone x training-set size) on the GPUs the job was given (one process
+per GPU when it was given several), or on the CPU."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
+from clumpfinder.compute import ComputeSpec, job_devices  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
-from clumpfinder.io import read_json, setup_logging, write_json  # noqa: E402
-from clumpfinder.detection.detector import save_model  # noqa: E402
-from clumpfinder.detection.train import Selection, TrainSpec, train_detector  # noqa: E402
+from clumpfinder.detection.parallel import train_job  # noqa: E402
+from clumpfinder.detection.train import Selection, TrainSpec  # noqa: E402
+from clumpfinder.io import read_json, setup_logging  # noqa: E402
+from clumpfinder.labels.cache import ImageCache  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
-p = snakemake.params
-backbone = BackboneSpec(**p.backbone)
-detector = DetectorSpec.from_config(p.detector)
-selection = Selection(float(p.selection["iou"]), tuple(float(s) for s in p.selection["scores"]))
-# the checkpoint lies outside the declared outputs, so a killed job resumes from it
-model, metrics = train_detector(read_json(snakemake.input.labels), snakemake.input.images, backbone, detector,
-                                TrainSpec.from_config(p.training), threads=snakemake.threads,
-                                checkpoint=p.checkpoint, val=read_json(snakemake.input.val), selection=selection)
-metrics["name"] = snakemake.wildcards.backbone
-save_model(model, backbone, detector, snakemake.output.model)
-write_json(metrics, snakemake.output.metrics)
+p, inp, out = snakemake.params, snakemake.input, snakemake.output
+compute = ComputeSpec.from_config(p.compute)
+with job_devices(int(snakemake.resources.gpu), compute, "training") as devices:
+    # the checkpoint lies outside the declared outputs, so a killed job resumes from it
+    train_job(devices, out.model, out.metrics, log_path=snakemake.log[0],
+              extra_metrics={"name": snakemake.wildcards.backbone},
+              coco=read_json(inp.labels), images=ImageCache(inp.cache, inp.cache_index),
+              val=read_json(inp.val), val_images=ImageCache(inp.val_cache, inp.val_cache_index),
+              backbone=BackboneSpec(**p.backbone), detector=DetectorSpec.from_config(p.detector),
+              spec=TrainSpec.from_config(p.training), threads=snakemake.threads, checkpoint=p.checkpoint,
+              selection=Selection(float(p.selection["iou"]), tuple(float(s) for s in p.selection["scores"])),
+              compute=compute)
 Path(p.checkpoint).unlink(missing_ok=True)

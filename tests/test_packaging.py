@@ -53,7 +53,8 @@ def test_rules_declare_envs_logs():
 
 
 # import name -> distribution name, where they differ
-DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml", "skimage": "scikit-image"}
+DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml", "skimage": "scikit-image",
+                "pynvml": "nvidia-ml-py"}
 # snakemake injects the `snakemake` object; some libraries bring others along (pip dependencies)
 PROVIDED = {"snakemake"}
 BROUGHT_BY = {"timm": {"huggingface-hub", "safetensors"}, "astroquery": {"requests"}}

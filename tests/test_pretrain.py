@@ -33,6 +33,7 @@ from clumpfinder.detection.pretrain import (
 )
 from clumpfinder.data.volunteers import APPEARANCE_COLUMNS, CrowdSpec
 
+CPU = torch.device("cpu")  # resumes are bit-exact on the CPU
 SPEC = VoteSpec(seed=3, votes_per_galaxy=40, min_votes=10, random_answer_fraction=0.1, disagreement=0.5)
 
 
@@ -223,7 +224,7 @@ def test_killed_pretraining_resumes_and_ends_as_an_uninterrupted_run(train_pool,
 
     images, counts = train_pool[0][:30], train_pool[1][:30]  # 24 to train on, 6 held out
     spec = PretrainSpec(epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=2,
-                        validation_fraction=0.2, seed=0, device="cpu")  # bit-exact on the CPU
+                        validation_fraction=0.2, seed=0)
     ckpt = tmp_path / "last.pt"
     real_loss, calls = pretrain.vote_loss, {"n": 0}
 
@@ -235,12 +236,13 @@ def test_killed_pretraining_resumes_and_ends_as_an_uninterrupted_run(train_pool,
 
     monkeypatch.setattr(pretrain, "vote_loss", dies_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1, checkpoint=ckpt)
+        pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1, checkpoint=ckpt,
+                         device=CPU)
     assert torch.load(ckpt, weights_only=False)["step"] == 3
     monkeypatch.setattr(pretrain, "vote_loss", real_loss)
     resumed, m_resumed = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1,
-                                          checkpoint=ckpt)
-    whole, m_whole = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1)
+                                          checkpoint=ckpt, device=CPU)
+    whole, m_whole = pretrain_encoder(images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1, device=CPU)
     assert m_resumed["resumed_at_step"] == 3 and m_whole["resumed_at_step"] is None
     for key in ("loss", "val_loss"):
         assert [h[key] for h in m_resumed["history"]] == [h[key] for h in m_whole["history"]]
@@ -259,7 +261,7 @@ def test_pretraining_does_not_resume_from_other_starting_weights(train_pool, tmp
     torch.save(build_encoder(BackboneSpec("resnet18"))[0].state_dict(), weights)
     backbone = BackboneSpec("resnet18", init=f"file:{weights}")
     spec = PretrainSpec(epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=1,
-                        validation_fraction=0.2, seed=0, device="cpu")
+                        validation_fraction=0.2, seed=0)
     ckpt, real_loss, calls = tmp_path / "last.pt", pretrain.vote_loss, {"n": 0}
 
     def dies_in_the_second_epoch(*args):

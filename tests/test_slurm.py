@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slurm
 # training-set size; the simulation with two threads, which SLURM must give it as two CPUs
 OVERRIDE = "sweep:\n  backbones: [resnet18_clumpy]\nlabels:\n  n_train: [8]\nthreads:\n  simulate: 2\n"
 SUBMITTED = {"simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
-             "consensus", "pretrain_morphology",
+             "consensus", "pretrain_morphology", "image_cache",
              "pretrain_clumpy", "train", "evaluate", "classical", "clump_catalogue"}
 LOCAL = {"split", "subset", "truth_labels", "summary", "plot_pr", "plot_flux", "gallery", "plot_consensus",
          "consensus_ceiling", "plot_learning", "catalogue_model", "catalogue_validation", "plot_catalogue", "all"}

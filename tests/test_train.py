@@ -136,8 +136,8 @@ def test_short_training_run_and_round_trip(tiny_survey, tmp_path):
     coco = _coco_for(tiny_survey)
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
     spec = TrainSpec(steps=2, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
-                     grad_clip=10.0, augment=True, seed=0, device=str(DEVICE))
-    model, metrics = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1)
+                     grad_clip=10.0, augment=True, seed=0)
+    model, metrics = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE)
     assert metrics["steps"] == 2 and metrics["n_train"] == 6 and metrics["device"] == DEVICE.type
     assert len(metrics["history"]) == 1 and np.isfinite(metrics["history"][0]["loss"])
     assert metrics["best_step"] is None and "val_f1" not in metrics["history"][0]  # no validation split given
@@ -149,7 +149,7 @@ def test_short_training_run_and_round_trip(tiny_survey, tmp_path):
     b = predict(loaded, coco, tiny_survey["root"] / "png")
     assert json.dumps(a) == json.dumps(b)
     # same seed, same result (to rounding on a GPU, whose kernels need not be deterministic)
-    model2, metrics2 = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1)
+    model2, metrics2 = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE)
     exact = DEVICE.type == "cpu"
     assert metrics2["history"][0]["loss"] == pytest.approx(metrics["history"][0]["loss"], rel=0 if exact else 1e-3)
 
@@ -177,12 +177,13 @@ def test_class_agnostic_nms():
 
 _RESUME_SCRIPT = """
 import json, sys
+import torch
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec
 from clumpfinder.detection.train import TrainSpec, train_detector
 a = json.loads(sys.argv[1])
 train_detector(json.load(open(a["coco"])), a["images"], BackboneSpec(arch="resnet18"),
                DetectorSpec(image_size=a["size"]), TrainSpec(**a["spec"]), threads=1, checkpoint=a["checkpoint"],
-               val=json.load(open(a["coco"])))
+               val=json.load(open(a["coco"])), device=torch.device("cpu"))
 """
 
 
@@ -198,7 +199,7 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, t
     coco = _coco_for(tiny_survey, 8)
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     spec = dict(steps=8, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
-                augment=True, seed=3, device="cpu")
+                augment=True, seed=3)
     ckpt = tmp_path / "ckpt" / "last.pt"
     args = {"coco": str(tmp_path / "coco.json"), "images": str(tiny_survey["root"] / "png"),
             "size": tiny_survey["spec"].image_size, "spec": spec, "checkpoint": str(ckpt)}
@@ -213,10 +214,12 @@ def test_killed_training_resumes_and_ends_as_an_uninterrupted_run(tiny_survey, t
     assert done < 8  # killed part-way
 
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
+    cpu = torch.device("cpu")  # bit-exact on the CPU
     resumed, m_resumed = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1,
-                                        checkpoint=ckpt, val=coco)
+                                        checkpoint=ckpt, val=coco, device=cpu)
     assert m_resumed["resumed_at_step"] == done
-    whole, m_whole = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1, val=coco)
+    whole, m_whole = train_detector(coco, tiny_survey["root"] / "png", bb, det, TrainSpec(**spec), threads=1, val=coco,
+                                    device=cpu)
     for key in ("loss", "val_f1"):
         assert [h[key] for h in m_resumed["history"]] == [h[key] for h in m_whole["history"]]
     assert m_resumed["steps"] == m_whole["steps"] == 8 and m_whole["resumed_at_step"] is None
@@ -305,3 +308,32 @@ def test_train_spec_refuses_unknown_settings():
     with pytest.raises(ValueError, match="unknown training settings.*epochs"):
         TrainSpec.from_config({"steps": 3, "eval_every": 1, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0,
                                "warmup_steps": 0, "grad_clip": 0.0, "augment": False, "seed": 0, "epochs": 3})
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the GPU's random state in checkpoints: needs a GPU")
+def test_resume_on_the_gpu_restores_its_random_state(tiny_survey, tmp_path, monkeypatch):
+    """On a GPU, a training stopped after its first checkpoint resumes with the CUDA random state
+    it saved and ends where an uninterrupted run does (to GPU rounding)."""
+    import clumpfinder.detection.loop as loop
+
+    coco = _coco_for(tiny_survey, 8)
+    bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
+    spec = TrainSpec(steps=4, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
+                     augment=True, seed=3)
+    ckpt, real = tmp_path / "last.pt", loop.evals_since_best
+
+    def stop_after_first_checkpoint(history, *args):  # (called after each evaluation, before its checkpoint)
+        if len(history) == 2 and ckpt.exists():
+            raise KeyboardInterrupt
+        return real(history, *args)
+
+    monkeypatch.setattr(loop, "evals_since_best", stop_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, checkpoint=ckpt, device=DEVICE)
+    assert torch.load(ckpt, weights_only=False)["cuda_rng"] is not None
+    monkeypatch.setattr(loop, "evals_since_best", real)
+    _, resumed = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, checkpoint=ckpt,
+                                device=DEVICE)
+    _, whole = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE)
+    assert resumed["resumed_at_step"] == 2
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in whole["history"]], rel=1e-2)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.workflow
 # (the morphology pretraining learns from a population of its own, so it is not downstream)
 # the catalogue's jobs: its detector is chosen among every model of the sweep, so any new model reruns them
 CATALOGUE = {"catalogue_model": 1, "clump_catalogue": 1, "catalogue_validation": 1, "plot_catalogue": 1}
-CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "subset": 2, "truth_labels": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
+CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "image_cache": 3, "subset": 2, "truth_labels": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
                         "gallery": 2, "plot_consensus": 1, "plot_learning": 1, "classical": 1,
                         "consensus_ceiling": 1, **CATALOGUE, "all": 1}
 
@@ -275,9 +275,9 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
                 script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule)
                 assert script and f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
                 used.append(script.group(1))
-    assert len(used) == 30 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
+    assert len(used) == 31 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
     jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
-    assert len({j["rule"] for j in jobs}) == 24
+    assert len({j["rule"] for j in jobs}) == 25
     for job in jobs:
         assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
     by_rule = {j["rule"]: j["input"] for j in jobs}
@@ -386,9 +386,9 @@ def test_paper_config_dry_run(paper_workdir):
     assert jobs["fetch_weights"] == 5 and jobs["pretrain_clumpy"] == 1 and "pretrain_morphology" not in jobs
     assert jobs["train"] == jobs["evaluate"] == 35 and jobs["subset"] == 7  # 200 ... 12,000 and full
     assert jobs["subject_list"] == jobs["download"] == jobs["consensus"] == 1 and "simulate_survey" not in jobs
-    # a GPU per training, pretraining and evaluation job, which `--resources gpu=1` makes take turns
+    # a GPU per training, pretraining, evaluation and catalogue job, which `--resources gpu=1` makes take turns
     gpu = [j["rule"] for j in job_blocks(proc.stdout) if j["resources"].get("gpu") == "1"]
-    assert sorted(set(gpu)) == ["evaluate", "pretrain_clumpy", "train"] and len(gpu) == 71
+    assert sorted(set(gpu)) == ["clump_catalogue", "evaluate", "pretrain_clumpy", "train"] and len(gpu) == 72
     # the same setup on the simulated survey
     proc = smk("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"), "--config",
                "data={'source': 'simulate'}", cwd=paper_workdir)
@@ -415,6 +415,11 @@ def test_slurm_profile_resources(paper_workdir):
                            REPO / "config" / "paper.yaml", "--attempt", "2", cwd=paper_workdir).stdout)
     assert next(j["resources"] for j in retry if j["rule"] == "train")["mem_mb"] == "48000"
     assert next(j["resources"] for j in retry if j["rule"] == "split")["mem_mb"] == "4000"  # the profile's default
+    # two GPUs per training (data parallel, docs/gpu.md): the command line overrides the profile
+    two = job_blocks(smk("-n", "--cores", "64", "--workflow-profile", REPO / "profiles" / "slurm", "--configfile",
+                         REPO / "config" / "paper.yaml", "--set-resources", "train:gpu=2", cwd=paper_workdir).stdout)
+    assert {j["resources"]["gpu"] for j in two if j["rule"] == "train"} == {"2"}
+    assert {j["resources"]["gpu"] for j in two if j["rule"] == "evaluate"} == {"1"}
 
 
 def test_tiny_run_pretraining_outputs(tiny_run):

@@ -71,6 +71,10 @@ def check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"backbone(s) {', '.join(clumpy)} use pretrain:clumpy, which learns from the volunteers' "
                          "SWAP posteriors; data.source 'catalogue' has no volunteer classifications")
     check_catalogue(config, backbones)
+    for rule, res in config["resources"].items():
+        if rule != "train" and res["gpu"] > 1:
+            raise ValueError(f"resources.{rule}.gpu is {res['gpu']}: only training runs on several GPUs "
+                             "(data parallel); give the other rules 0 or 1")
     morphology = backbones_using(config, backbones, "pretrain:morphology")
     if source != "simulate" and morphology and not config["pretrain"]["catalogue"]:
         raise ValueError(f"backbone(s) {', '.join(morphology)} use pretrain:morphology, whose votes are simulated "

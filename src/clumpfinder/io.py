@@ -107,10 +107,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
-def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(log_path: str | os.PathLike | None = None, level: int = logging.INFO,
+                  append: bool = False) -> logging.Logger:
     """Send the package's log records (and uncaught tracebacks) to ``log_path`` and stderr.
 
-    Snakemake scripts call this first with ``snakemake.log[0]``.
+    Snakemake scripts call this first with ``snakemake.log[0]``; the worker processes of a job
+    that it starts add to the same file (``append``).
     """
     root = logging.getLogger()
     root.setLevel(level)
@@ -122,7 +124,7 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
     root.addHandler(stream)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_path, mode="w")
+        fh = logging.FileHandler(log_path, mode="a" if append else "w")
         fh.setFormatter(fmt)
         root.addHandler(fh)
 

@@ -30,19 +30,21 @@ log = logging.getLogger("clumpfinder")
 
 
 def catalogue_files(galaxies, model_path: str | Path, out: str | Path, *, score: float | None = None,
-                    device: str = "auto", batch_size: int = 16, measure: dict[str, Any] | None = None,
+                    device: str | Any = "auto", precision: str = "auto", batch_size: int = 16, measure: dict[str, Any] | None = None,
                     overlays: str | Path | None = None, total: int | None = None, progress_bar: bool = True,
                     extra_provenance: dict[str, Any] | None = None):
     """Run a catalogue of ``galaxies`` (an iterable of Galaxy/BadInput, or a callable taking the
     model's preprocessing and returning one) with the detector file ``model_path``, write it to
     ``out``; returns the :class:`~clumpfinder.clumps.catalogue.Catalogue`. The one entry point of
-    the command-line tool and of the workflow's catalogue rule."""
+    the command-line tool and of the workflow's catalogue rule. ``device``: a torch device or a
+    setting (auto: the GPU where torch sees one); ``precision``: ``compute.precision``."""
     import torch
 
-    from clumpfinder.detection.detector import pick_device
+    from clumpfinder.compute import autocast_dtype, pick_device
 
-    dev = pick_device(device)
-    model, detector, prep, provenance = load_detector(model_path, dev)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    dtype = autocast_dtype(precision, dev)
+    model, detector, prep, provenance = load_detector(model_path, dev, dtype)
     spec = MeasureSpec.from_config(measure or {})
     threshold = score if score is not None else provenance.get("score")
     if threshold is None:
@@ -62,7 +64,8 @@ def catalogue_files(galaxies, model_path: str | Path, out: str | Path, *, score:
                             on_galaxy=(lambda g, rows: overlay(g.rgb, rows).save(folder / f"{g.name}.png"))
                             if folder is not None else None)
         write_catalogue(cat, out, _provenance(provenance, model_path, float(threshold), dev, spec,
-                                              extra_provenance))
+                                              {"precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+                                               **(extra_provenance or {})}))
     if bar is not None:
         bar.close()
     log.info("%d galaxies catalogued, %d clumps, %d failures, %.1f s (%.0f galaxies/min)", len(cat.galaxies),
@@ -94,6 +97,7 @@ def _detect(args: argparse.Namespace) -> int:
                                                      zeropoint=args.zeropoint))
     measure = {} if args.merge_fwhm is None else {"merge_fwhm": args.merge_fwhm}
     cat = catalogue_files(galaxies, args.model, args.out, score=args.score, device=args.device,
+                          precision=args.precision,
                           batch_size=args.batch_size, measure=measure, overlays=args.overlays,
                           total=count_galaxies(kind, folder),
                           progress_bar=not args.quiet, extra_provenance={"images": str(folder)})
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--merge-fwhm", type=float, default=None, help="merge clumps closer than this x the PSF FWHM")
     d.add_argument("--overlays", default=None, help="folder for one overlay PNG per galaxy")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    d.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="mixed precision of the backbone (auto: bf16/fp16 on a GPU, fp32 on the CPU)")
     d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

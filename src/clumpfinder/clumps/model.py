@@ -78,16 +78,17 @@ def _read(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_detector(path: str | Path, device: torch.device | None = None
+def load_detector(path: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None
                   ) -> tuple[torch.nn.Module, DetectorSpec, dict[str, Any], dict[str, Any]]:
-    """(model in eval mode, detector settings, preprocessing, provenance) of an exported detector."""
+    """(model in eval mode, detector settings, preprocessing, provenance) of an exported detector;
+    ``dtype``: mixed precision of its backbone (None: fp32)."""
     payload = _read(path)
     if "preprocessing" not in payload:
         raise ValueError(f"{path} is a training model file without the preprocessing a catalogue needs "
                          "(crop, colour stretch): export it first (the workflow's catalogue_model rule writes "
                          "results/clumps/detector.pt, or call clumpfinder.clumps.model.export_detector)")
     try:
-        model, detector = load_model(path, device)
+        model, detector = load_model(path, device, dtype)
     except (RuntimeError, TypeError, KeyError) as err:
         raise ValueError(f"{path}: the weights do not fit the detector it describes ({str(err)[:200]})") from None
     return model, detector, payload["preprocessing"], payload.get("provenance", {})

@@ -30,8 +30,10 @@ from torchvision.ops import MultiScaleRoIAlign, nms
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from clumpfinder.compute import autocast, pick_device  # noqa: F401  (pick_device: callers import it from here)
 from clumpfinder.imaging import read_image
 from clumpfinder.io import atomic_path, known_fields
+from clumpfinder.labels.cache import ImageCache
 
 CLASSES = ("clump", "odd_clump")  # COCO category ids 1 and 2; 0 is background
 
@@ -408,7 +410,29 @@ def _mobilenet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Mod
     return features, return_layers, [ch for _, ch in chosen]
 
 
-class _TimmFPN(nn.Module):
+class _MixedPrecisionFeatures:
+    """Backbone + FPN (most of a detector's compute) under mixed precision in ``autocast_dtype``
+    (None: fp32), handing fp32 feature maps to the RPN and RoI heads: box coordinates of an 800 px
+    image need more than bf16's 8 bits of mantissa. Set through :func:`set_precision`."""
+
+    autocast_dtype: torch.dtype | None = None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.autocast_dtype is None:
+            return self.features(x)
+        with autocast(x.device, self.autocast_dtype):
+            out = self.features(x)
+        return type(out)((k, v.float()) for k, v in out.items())
+
+
+class _TorchvisionFPN(_MixedPrecisionFeatures, BackboneWithFPN):
+    """torchvision's backbone + FPN (same weights and state-dict keys)."""
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return BackboneWithFPN.forward(self, x)
+
+
+class _TimmFPN(_MixedPrecisionFeatures, nn.Module):
     """A timm ``features_only`` model (stride 4-32 maps) + torchvision's FPN, with the
     ``out_channels`` attribute FasterRCNN expects."""
 
@@ -418,8 +442,15 @@ class _TimmFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
+
+
+def set_precision(model: FasterRCNN, dtype: torch.dtype | None) -> FasterRCNN:
+    """Compute the detector's backbone and FPN in ``dtype`` under autocast (None: fp32); the RPN,
+    RoI heads and losses stay fp32."""
+    model.backbone.autocast_dtype = dtype
+    return model
 
 
 def _timm_backbone(spec: BackboneSpec, pretrained: bool) -> _TimmFPN:
@@ -461,7 +492,7 @@ def build_backbone(spec: BackboneSpec, pretrained: bool = True) -> nn.Module:
         body, return_layers, in_channels = _resnet_body(spec, pretrained)
     else:
         body, return_layers, in_channels = _mobilenet_body(spec, pretrained)
-    return BackboneWithFPN(
+    return _TorchvisionFPN(
         body, return_layers=return_layers, in_channels_list=in_channels,
         out_channels=spec.fpn_channels, extra_blocks=LastLevelMaxPool(),
     )
@@ -572,12 +603,6 @@ def dihedral(img: torch.Tensor, boxes: torch.Tensor | None, k: int, flip: bool) 
     return img, b
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def save_model(model: torch.nn.Module, backbone: BackboneSpec, detector: DetectorSpec, path: str | Path) -> None:
     """Weights plus everything needed to rebuild the detector."""
     payload = {
@@ -588,20 +613,22 @@ def save_model(model: torch.nn.Module, backbone: BackboneSpec, detector: Detecto
         torch.save(payload, tmp)
 
 
-def load_model(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, DetectorSpec]:
-    """The trained detector (in eval mode) and its detector settings."""
+def load_model(path: str | Path, device: torch.device | None = None,
+               dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, DetectorSpec]:
+    """The trained detector (in eval mode) and its detector settings; ``dtype``: the mixed
+    precision of its backbone (None: fp32, see :func:`set_precision`)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     detector = DetectorSpec(**payload["detector"])
     model = build_detector(BackboneSpec(**payload["backbone"]), detector, num_classes=len(payload["classes"]) + 1,
                            pretrained=False)  # the trained weights replace the init's anyway
     model.load_state_dict(payload["state_dict"])
-    return model.to(device or torch.device("cpu")).eval(), detector
+    return set_precision(model.to(device or torch.device("cpu")).eval(), dtype), detector
 
 
 def as_tensor(rgb: np.ndarray) -> torch.Tensor:
     """The detector's input: an RGB uint8 array (H, W, 3) as a uint8 tensor (3, H, W). Training,
     evaluation and catalogues all go through here (the model scales to [0, 1] itself)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1).contiguous()
 
 
 def load_images(coco: dict[str, Any], image_dir: str | Path) -> list["torch.Tensor"]:
@@ -611,10 +638,11 @@ def load_images(coco: dict[str, Any], image_dir: str | Path) -> list["torch.Tens
 
 
 def predict(
-    model: torch.nn.Module, coco: dict[str, Any], image_dir: str | Path, agnostic_nms: float | None = None,
+    model: torch.nn.Module, coco: dict[str, Any], images: "str | Path | ImageCache", agnostic_nms: float | None = None,
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:
-    """COCO results list (bbox in x, y, w, h) for every image of ``coco``; ``agnostic_nms`` (an
-    IoU) suppresses overlapping detections across classes."""
-    return predict_images(model, load_images(coco, image_dir), [im["id"] for im in coco["images"]],
-                          agnostic_nms, batch_size)
+    """COCO results list (bbox in x, y, w, h) for every image of ``coco``, read from a folder of
+    PNGs or a split's image cache; ``agnostic_nms`` (an IoU) suppresses overlapping detections
+    across classes."""
+    tensors = images.images(coco) if isinstance(images, ImageCache) else load_images(coco, images)
+    return predict_images(model, tensors, [im["id"] for im in coco["images"]], agnostic_nms, batch_size)

@@ -5,10 +5,19 @@ history key ``score`` kept where the caller names one, early stopping after ``pa
 one), a log line and a history row per evaluation, and a checkpoint at every evaluation from
 which a killed job resumes exactly where it stopped.
 
-What differs between the callers is passed in: ``step_fn(step)`` draws the batch of that step and
-returns its loss and named parts; ``evaluate(model, step)`` scores the model after ``step`` steps
-(or returns ``{}``); the caller's own random state (e.g. a numpy generator that draws batches)
-travels in the checkpoint through ``extra_state`` / ``load_extra_state``.
+What differs between the callers is passed in: ``step_fn(step, backward)`` draws the batch of that
+step, calls ``backward(loss)`` on each part it computes (one, or several micro-batches whose
+gradients add up) and returns the step's loss and named parts (detached); ``evaluate(model, step)``
+scores the model after ``step`` steps (or returns ``{}``); the caller's own random state (e.g. a
+numpy generator that draws batches) travels in the checkpoint through ``extra_state`` /
+``load_extra_state``.
+
+Mixed precision: a ``scaler`` (:func:`clumpfinder.compute.grad_scaler`) scales fp16 losses; for
+bf16 and fp32 it is a pass-through. Data parallel (``torch.distributed`` initialised with more than
+one process): every process runs the loop on its share of each batch (the gradients are averaged
+by ``DistributedDataParallel``), the logged losses are averaged over the processes, and process 0
+alone evaluates (its scores are sent to the others, so that all keep the same weights and stop at
+the same step) and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
+from clumpfinder.compute import gpu_utilisation
 from clumpfinder.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -85,21 +96,50 @@ def evals_since_best(history: list[dict[str, Any]], best: dict[str, Any], score:
     return sum(1 for r in history if score in r and r["step"] > best["step"])
 
 
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of the data-parallel group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average(sums: dict[str, float], n_images: int, device: torch.device) -> tuple[dict[str, float], int]:
+    """Loss sums averaged over the processes, images summed (every process has the same keys)."""
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(n_images)], dtype=torch.float64,
+                     device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    size = dist.get_world_size()
+    return {k: float(t[i]) / size for i, k in enumerate(keys)}, int(t[-1])
+
+
+def _from_rank0(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-        step_fn: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor], int]],
-        evaluate: Callable[[torch.nn.Module, int], dict[str, Any]], loop: Loop, device: torch.device) -> dict[str, Any]:
+        step_fn: Callable[[int, Callable[[torch.Tensor], None]], tuple[torch.Tensor, dict[str, torch.Tensor], int]],
+        evaluate: Callable[[torch.nn.Module, int], dict[str, Any]], loop: Loop, device: torch.device,
+        scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     """Optimise ``model`` for ``loop.total`` steps (fewer if it stops early) and return the run's
-    record: steps, history, the best evaluation, seconds, where it resumed. ``step_fn(step)``
-    returns (loss, named loss parts, images in the batch); ``evaluate(model, step)`` returns the
+    record: steps, history, the best evaluation, seconds, where it resumed. ``step_fn(step,
+    backward)`` returns (loss, named loss parts, images in the batch) after calling ``backward``
+    on its loss (or on each of its micro-batches' losses); ``evaluate(model, step)`` returns the
     history row's extra fields, among them ``loop.score`` (higher is better) where weights are to
     be chosen by it. The model ends with the best weights (or the last, without a score), in eval
     mode."""
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
+    rank, size = world()
     step, history, seconds_before = 0, [], 0.0
     best: dict[str, Any] = {"score": -math.inf, "step": None, "state": None}
     state = load_checkpoint(loop.checkpoint, loop.fingerprint) if loop.checkpoint else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, history, best, seconds_before = state["step"], state["history"], state["best"], state["seconds"]
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
@@ -109,34 +149,52 @@ def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.n
     resumed_at = step if state is not None else None
     t_start = time.perf_counter()
     stale = evals_since_best(history, best, loop.score)
+
+    def backward(loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{loop.what} loss is {loss.item()} at step {step}; lower the lr")
+        scaler.scale(loss).backward()
+
     while step < loop.total and not (loop.patience and stale >= loop.patience):
         t0 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
         n_batches = n_images = 0
+        utilisation: list[float] = []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(min(loop.eval_every, loop.total - step)):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, loop.total, loop.warmup_steps, loop.lr)
-            loss, parts, batch = step_fn(step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{loop.what} loss is {loss.item()} at step {step}; lower the lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, parts, batch = step_fn(step, backward)
             if loop.grad_clip > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, loop.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             for name, v in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             n_batches += 1
             n_images += batch
             step += 1
+            u = gpu_utilisation(device)
+            if u is not None:
+                utilisation.append(u)
+        if size > 1:
+            sums, n_images = _average(sums, n_images, device)
         dt = time.perf_counter() - t0
         row: dict[str, Any] = {"step": step, "seconds": round(dt, 2),
                                "img_per_s": round(n_images / dt, 2) if dt > 0 else None}
+        if device.type == "cuda":  # what feeds the GPU: its mean utilisation and peak memory
+            row["gpu_util"] = round(sum(utilisation) / len(utilisation), 1) if utilisation else None
+            row["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
         row.update({name: round(v / max(1, n_batches), 5) for name, v in sums.items()})
         t1 = time.perf_counter()
-        scores = evaluate(model, step)
+        scores = evaluate(model, step) if rank == 0 else None
+        if size > 1:
+            scores = _from_rank0(scores)
         if scores:
             row.update(scores)
             row["val_seconds"] = round(time.perf_counter() - t1, 2)
@@ -145,14 +203,16 @@ def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.n
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         history.append(row)
         stale = evals_since_best(history, best, loop.score)
-        log.info("%s", loop.describe(step, row, best) if loop.describe else f"step {step}/{loop.total} {row}")
-        if loop.checkpoint:
+        if rank == 0:
+            log.info("%s", loop.describe(step, row, best) if loop.describe else f"step {step}/{loop.total} {row}")
+        if loop.checkpoint and rank == 0:
             with atomic_path(loop.checkpoint) as tmp:
                 torch.save({
                     "fingerprint": loop.fingerprint, "step": step, "history": history, "best": best,
                     "seconds": seconds_before + time.perf_counter() - t_start,
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     "extra": loop.extra_state(),
                 }, tmp)
     if best["state"] is not None:

@@ -30,8 +30,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from clumpfinder.detection.detector import (BackboneSpec, build_encoder, dihedral, init_digest, load_images,
-                                            pick_device)
+from clumpfinder.compute import ComputeSpec, autocast, autocast_dtype, grad_scaler, pick_device
+from clumpfinder.detection.detector import BackboneSpec, build_encoder, dihedral, init_digest, load_images
 from clumpfinder.detection import loop
 from clumpfinder.io import atomic_path, known_fields
 
@@ -53,7 +53,6 @@ class PretrainSpec:
     views: int
     validation_fraction: float
     seed: int
-    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not 1 <= self.views <= 8:
@@ -73,7 +72,10 @@ def dihedral_view(x: torch.Tensor, element: int) -> torch.Tensor:
 
 
 class GroupPooledClassifier(nn.Module):
-    """Shared encoder over dihedral views, mean of the features, one linear head."""
+    """Shared encoder over dihedral views, mean of the features, one linear head; the encoder
+    computes in ``autocast_dtype`` under mixed precision (None: fp32), the head in fp32."""
+
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(self, encoder: nn.Module, n_features: int, n_outputs: int, normalization: str):
         super().__init__()
@@ -88,7 +90,9 @@ class GroupPooledClassifier(nn.Module):
         elements = list(range(8)) if elements is None else elements
         x = (x - self.mean) / self.std
         views = torch.cat([dihedral_view(x, g) for g in elements])
-        features = self.encoder(views).view(len(elements), x.shape[0], -1).mean(0)
+        with autocast(x.device, self.autocast_dtype):
+            features = self.encoder(views)
+        features = features.float().view(len(elements), x.shape[0], -1).mean(0)
         return self.head(features)
 
 
@@ -117,7 +121,7 @@ def _predict(model: GroupPooledClassifier, images: list[torch.Tensor], device: t
              batch: int = 64) -> torch.Tensor:
     model.eval()
     out = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for b0 in range(0, len(images), batch):
             x = torch.stack(images[b0 : b0 + batch]).to(device, torch.float32) / 255.0
             out.append(model(x).cpu())
@@ -142,18 +146,20 @@ def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple
 def pretrain_encoder(
     images: list[torch.Tensor], counts: np.ndarray, questions: dict[str, tuple[tuple[str, ...], Any]],
     backbone: BackboneSpec, spec: PretrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
+    compute: ComputeSpec = ComputeSpec(), device: torch.device | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``backbone``'s network (from its own init) to predict the vote ``counts`` (one row
     per image, one column per answer in ``questions`` order). Returns (encoder, metrics). The
     validation loss is logged after every epoch; with a ``checkpoint`` path a killed job resumes
-    from its last epoch and ends as an uninterrupted run would (on the CPU)."""
+    from its last epoch and ends as an uninterrupted run would (on the CPU). ``device`` defaults to
+    ``compute.device``; ``compute.precision`` sets the encoder's mixed precision."""
     if threads:
         torch.set_num_threads(threads)
     if len(images) != len(counts):
         raise ValueError(f"{len(images)} images but {len(counts)} rows of votes")
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
-    device = pick_device(spec.device)
+    device = device or pick_device(compute.device)
     slices = question_slices(questions)
     n_out = slices[-1][1].stop
     if counts.shape[1] != n_out:
@@ -165,6 +171,7 @@ def pretrain_encoder(
         raise ValueError("pretraining pool is empty")
     encoder, n_features = build_encoder(backbone)
     model = GroupPooledClassifier(encoder, n_features, n_out, backbone.normalization).to(device)
+    dtype = model.autocast_dtype = autocast_dtype(compute.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     targets = torch.as_tensor(counts, dtype=torch.float32)
@@ -175,7 +182,7 @@ def pretrain_encoder(
              backbone.arch, backbone.init, len(train_idx), n_val, len(slices), spec.views, total, bs)
     perm = train_idx  # the epoch's order of the training galaxies, drawn at its first step
 
-    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    def step_fn(step: int, backward) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         nonlocal perm
         b0 = (step % steps_per_epoch) * bs
         if b0 == 0:
@@ -183,7 +190,9 @@ def pretrain_encoder(
         idx = perm[b0 : b0 + bs]
         x = torch.stack([images[i] for i in idx]).to(device, torch.float32) / 255.0
         elements = sorted(rng.choice(8, size=spec.views, replace=False).tolist())
-        return vote_loss(model(x, elements), targets[idx].to(device), slices), {}, len(idx)
+        loss = vote_loss(model(x, elements), targets[idx].to(device), slices)
+        backward(loss)
+        return loss.detach(), {}, len(idx)
 
     def evaluate(model: nn.Module, step: int) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": step // steps_per_epoch - 1, "steps": step}  # epoch counted from 0
@@ -209,13 +218,15 @@ def pretrain_encoder(
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=steps_per_epoch, what="pretraining",
         checkpoint=checkpoint, fingerprint=fingerprint, describe=describe,
-        extra_state=lambda: {"rng": rng.bit_generator.state, "perm": perm}, load_extra_state=set_rng), device)
+        extra_state=lambda: {"rng": rng.bit_generator.state, "perm": perm}, load_extra_state=set_rng), device,
+        grad_scaler(device, dtype))
     step, history, seconds = run["steps"], run["history"], run["seconds"]
     metrics: dict[str, Any] = {
         "arch": backbone.arch, "init": backbone.init, "n_pool": len(images), "n_train": len(train_idx),
         "n_val": n_val, "questions": {q: list(a) for q, (a, _) in questions.items()}, "steps": step,
         "seconds": round(seconds, 2), "galaxies_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
-        "device": str(device), "resumed_at_step": run["resumed_at_step"], "history": history,
+        "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "resumed_at_step": run["resumed_at_step"], "history": history,
     }
     if n_val:
         val_images = [images[i] for i in val_idx]

@@ -14,10 +14,19 @@ which dihedral element), so with a ``checkpoint`` path (saved atomically at ever
 the model, optimiser, best weights, history and torch's random state) a killed run resumes where it
 stopped and ends exactly as an uninterrupted run would on the CPU. The caller deletes the checkpoint
 once the outputs are written.
+
+Feeding the device: a DataLoader (``compute.loader_workers`` worker processes, pinned memory on a
+GPU) reads the images from the split's decoded cache (:mod:`clumpfinder.labels.cache`, memory-mapped)
+or from memory, and turns them on the fly; the worker count changes nothing but speed. The
+backbone can compute in mixed precision (``compute.precision``). ``micro_batches`` splits every
+batch into parts whose gradients add up (less memory); data-parallel training over k GPUs
+(``torch.distributed``, one process per GPU, :func:`train_distributed`) gives each process one
+part, and so is the same optimisation as one process with ``micro_batches: k``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -26,10 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from clumpfinder.compute import ComputeSpec, autocast_dtype, grad_scaler
 from clumpfinder.detection.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_digest,
-                                            load_images, pick_device, predict_images)
+                                            load_images, predict_images, set_precision)
 from clumpfinder.io import known_fields
+from clumpfinder.labels.cache import ImageCache
 from clumpfinder import metrics
 from clumpfinder.detection import loop
 
@@ -51,11 +63,13 @@ class TrainSpec:
     eval_every: int = 50
     patience: int = 0  # evaluations without a better validation F1 before stopping; 0 = never stop early
     val_images: int = 120
-    device: str = "auto"
+    micro_batches: int = 1  # parts of each batch whose gradients add up (the same optimisation)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.eval_every < 1:
             raise ValueError(f"training.steps ({self.steps}) and training.eval_every ({self.eval_every}) must be >= 1")
+        if self.micro_batches < 1 or self.micro_batches > self.batch_size:
+            raise ValueError(f"training.micro_batches ({self.micro_batches}) must be in 1..batch_size ({self.batch_size})")
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "TrainSpec":
@@ -126,6 +140,51 @@ def batch_plan(step: int, n: int, bs: int, seed: int, augment: bool) -> list[tup
     return [(int(i), int(r.integers(4)), bool(r.integers(2))) for i in idx]
 
 
+def batch_parts(items: list[Any], parts: int) -> list[list[Any]]:
+    """A batch cut into ``parts`` consecutive parts as even as possible (the micro-batches of one
+    process, or the shares of the processes of a data-parallel job)."""
+    return [list(p) for p in np.array_split(np.arange(len(items)), parts) for p in [[items[i] for i in p]]]
+
+
+class _Batches(Dataset):
+    """The images, boxes and labels of batch-plan items (image index, quarter turns, flip), turned
+    by the dihedral element: what the DataLoader's workers make."""
+
+    def __init__(self, images: list[torch.Tensor] | ImageCache, entries: list[dict[str, Any]],
+                 targets: list[dict[str, torch.Tensor]]):
+        self.images, self.entries, self.targets = images, entries, targets
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, item: tuple[int, int, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i, k, flip = item
+        img = self.images.image(self.entries[i]) if isinstance(self.images, ImageCache) else self.images[i]
+        boxes = self.targets[i]["boxes"]
+        if k or flip:
+            img, boxes = dihedral(img, boxes, k, flip)
+        return img, boxes, self.targets[i]["labels"]
+
+
+class _Plan:
+    """Batch sampler: this process's share of the batch of every step from ``start`` on."""
+
+    def __init__(self, start: int, total: int, n: int, bs: int, seed: int, augment: bool, rank: int, size: int):
+        self.start, self.total, self.n, self.bs, self.seed, self.augment = start, total, n, bs, seed, augment
+        self.rank, self.size = rank, size
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            yield batch_parts(batch_plan(step, self.n, self.bs, self.seed, self.augment), self.size)[self.rank]
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
 def validation_score(model: torch.nn.Module, val: dict[str, Any], images: list[torch.Tensor],
                      detector: DetectorSpec, selection: Selection) -> dict[str, Any]:
     """Completeness, purity and F1 of ``model`` on the validation images at the F1-best threshold."""
@@ -142,68 +201,106 @@ def _round(v: float) -> float | None:
 
 
 def train_detector(
-    coco: dict[str, Any], image_dir: str | Path, backbone: BackboneSpec, detector: DetectorSpec,
+    coco: dict[str, Any], images: str | Path | ImageCache, backbone: BackboneSpec, detector: DetectorSpec,
     spec: TrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
-    val: dict[str, Any] | None = None, selection: Selection = Selection(),
+    val: dict[str, Any] | None = None, selection: Selection = Selection(), compute: ComputeSpec = ComputeSpec(),
+    device: torch.device | None = None, val_images: str | Path | ImageCache | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train and return (model, metrics); with ``val`` (a COCO dataset of the validation split) the
     returned weights are the evaluated ones with the best validation F1 (see module doc);
-    resumable through ``checkpoint``."""
+    resumable through ``checkpoint``. ``images`` (and ``val_images``, default ``images``) is a
+    folder of PNGs or a split's :class:`ImageCache`; ``device`` defaults to ``compute.device``.
+    Inside an initialised ``torch.distributed`` group every process trains on its share of each
+    batch (see :func:`train_distributed`)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
-    device = pick_device(spec.device)
-    images = load_images(coco, image_dir)
+    device = device or (torch.device("cuda" if torch.cuda.is_available() else "cpu") if compute.device == "auto"
+                        else torch.device(compute.device))
+    rank, size = loop.world()
     targets = load_targets(coco)
-    n = len(images)
+    n = len(coco["images"])
     if n == 0:
         raise ValueError("training set is empty")
     if val is not None:
         val = validation_subset(val, spec.val_images)
-        val_images = load_images(val, image_dir)
-    model = build_detector(backbone, detector).to(device)
+        source = images if val_images is None else val_images
+        val_tensors = (source.images(val) if isinstance(source, ImageCache) else load_images(val, source)) if rank == 0 else []
+    if not isinstance(images, ImageCache):
+        images = load_images(coco, images)
+    dtype = autocast_dtype(compute.precision, device)
+    model = set_precision(build_detector(backbone, detector).to(device), dtype)
+    net = model
+    if size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
+    scaler = grad_scaler(device, dtype)
     bs = min(spec.batch_size, n)
+    parts = spec.micro_batches
+    if bs < size * parts:
+        raise ValueError(f"a batch of {bs} images cannot be shared by {size} processes x {parts} micro-batches")
     total = spec.steps
-    log.info(
-        "training %s (%s) on %d images, %d boxes: up to %d steps of %d (%.1f epochs) on %s; validation on %s",
-        backbone.arch, backbone.init, n, sum(len(t["labels"]) for t in targets), total, bs, total * bs / n, device,
-        f"{len(val['images'])} images every {spec.eval_every} steps" if val is not None else "none",
-    )
+    if rank == 0:
+        log.info(
+            "training %s (%s) on %d images, %d boxes: up to %d steps of %d (%.1f epochs) on %s%s%s, %s; validation on %s",
+            backbone.arch, backbone.init, n, sum(len(t["labels"]) for t in targets), total, bs, total * bs / n, device,
+            f" x {size} processes" if size > 1 else "", f", {parts} micro-batches" if parts > 1 else "",
+            f"mixed precision {dtype}".replace("torch.", "") if dtype else "fp32",
+            f"{len(val['images'])} images every {spec.eval_every} steps" if val is not None else "none",
+        )
+    dataset = _Batches(images, coco["images"], targets)
+    batches = None
 
-    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-        batch_imgs, batch_tgts = [], []
-        for i, k, flip in batch_plan(step, n, bs, spec.seed, spec.augment):
-            img, boxes = images[i], targets[i]["boxes"]
-            if k or flip:
-                img, boxes = dihedral(img, boxes, k, flip)
-            batch_imgs.append(img.to(device, torch.float32) / 255.0)
-            batch_tgts.append({"boxes": boxes.to(device), "labels": targets[i]["labels"].to(device)})
-        losses = model(batch_imgs, batch_tgts)
-        return sum(losses.values()), losses, len(batch_imgs)
+    def loader(start: int):
+        return iter(DataLoader(
+            dataset, batch_sampler=_Plan(start, total, n, bs, spec.seed, spec.augment, rank, size),
+            num_workers=compute.loader_workers, collate_fn=_as_list, pin_memory=device.type == "cuda",
+            persistent_workers=False, generator=torch.Generator(),  # (never draws from torch's global stream)
+            prefetch_factor=4 if compute.loader_workers else None))
+
+    def step_fn(step: int, backward) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        nonlocal batches
+        if batches is None:
+            batches = loader(step)
+        items = next(batches)
+        total_loss, sums = 0.0, {}
+        for j, part in enumerate(batch_parts(items, parts)):
+            imgs = [img.to(device, non_blocking=True).to(torch.float32) / 255.0 for img, _, _ in part]
+            tgts = [{"boxes": b.to(device, non_blocking=True), "labels": lab.to(device, non_blocking=True)}
+                    for _, b, lab in part]
+            sync = net.no_sync() if size > 1 and j < parts - 1 else contextlib.nullcontext()
+            with sync:
+                losses = net(imgs, tgts)
+                loss = sum(losses.values())
+                backward(loss / parts if parts > 1 else loss)
+            total_loss += loss.detach() / parts
+            for name, v in losses.items():
+                sums[name] = sums.get(name, 0.0) + v.detach() / parts
+        return total_loss, sums, len(items)
 
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": round(step * bs / n, 2)}
         if val is not None:
-            row.update(validation_score(model, val, val_images, detector, selection))
+            row.update(validation_score(model, val, val_tensors, detector, selection))
         return row
 
     def describe(step: int, row: dict[str, Any], best: dict[str, Any]) -> str:
-        return ("step %d/%d (epoch %.1f) loss %.4f (cls %.4f box %.4f obj %.4f rpn %.4f) %.1f img/s%s" % (
+        return ("step %d/%d (epoch %.1f) loss %.4f (cls %.4f box %.4f obj %.4f rpn %.4f) %.1f img/s%s%s" % (
             step, total, row["epoch"], row.get("loss", float("nan")), row.get("loss_classifier", float("nan")),
             row.get("loss_box_reg", float("nan")), row.get("loss_objectness", float("nan")),
             row.get("loss_rpn_box_reg", float("nan")), row["img_per_s"] or 0,
+            f" (GPU {row['gpu_util']} % busy, {row['gpu_mem_gb']} GB)" if "gpu_mem_gb" in row else "",
             f"; validation F1 {row['val_f1']} (best {best['score']} at step {best['step']})" if val is not None else ""))
 
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=spec.eval_every, grad_clip=spec.grad_clip,
         patience=spec.patience if val is not None else 0, score="val_f1", what="training", checkpoint=checkpoint, describe=describe,
-        fingerprint=job_fingerprint(coco, backbone, detector, spec, val, selection)), device)
+        fingerprint=job_fingerprint(coco, backbone, detector, spec, val, selection)), device, scaler)
     step, best = run["steps"], run["best"]
-    if run["stopped_early"]:
+    if run["stopped_early"] and rank == 0:
         log.info("stopped at step %d: no better validation F1 in %d evaluations", step, spec.patience)
-    if val is not None:
+    if val is not None and rank == 0:
         log.info("kept the weights of step %s (validation F1 %s)", best["step"], best["score"])
     metrics_out = {
         "backbone": asdict(backbone), "training": asdict(spec), "n_train": n, "steps": step, "max_steps": total,
@@ -211,7 +308,8 @@ def train_detector(
         "best_step": best["step"], "best_val_f1": best["score"] if best["step"] is not None else None,
         "val_images": len(val["images"]) if val is not None else 0,
         "seconds": round(run["seconds"], 2), "img_per_s": round(step * bs / run["seconds"], 2) if run["seconds"] > 0 else None,
-        "device": str(device), "resumed_at_step": run["resumed_at_step"],
+        "device": str(device), "processes": size, "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "loader_workers": compute.loader_workers, "resumed_at_step": run["resumed_at_step"],
         "final_loss": run["history"][-1].get("loss") if run["history"] else None, "history": run["history"],
     }
     return model, metrics_out

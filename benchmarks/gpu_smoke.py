@@ -60,6 +60,12 @@ DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 REFERENCE_IMG_PER_S = 8.7  # torchvision's reference recipe, ResNet-50 FPN at 800 px, per V100 (docs/gpu.md)
 
 
+def mixed(device: torch.device) -> str:
+    """The mixed-precision setting to compare with fp32: what ``auto`` picks on a GPU; bf16 forced
+    on a CPU (where ``auto`` is fp32), to run the same code paths."""
+    return "auto" if device.type == "cuda" else "bf16"
+
+
 def log(msg: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
 
@@ -105,7 +111,7 @@ def section_throughput(out, tmp, device, quick, workers, state):
     rows = []
     for trainable in (0, 3):
         arm = frozen_arm(tmp, trainable)
-        for precision in ("fp32", "auto"):
+        for precision in ("fp32", mixed(device)):
             spec = TrainSpec(**{**{k: PAPER["training"][k] for k in ("batch_size", "lr", "weight_decay", "grad_clip",
                                                                      "augment")},
                                 "steps": steps, "eval_every": block, "warmup_steps": 1, "seed": 0})
@@ -138,7 +144,7 @@ def section_amp_f1(out, tmp, device, quick, workers, state):
         cfg.update(steps=4, eval_every=2, val_images=10)
     spec = TrainSpec.from_config(cfg)
     result = {}
-    for precision in ("fp32", "auto"):
+    for precision in ("fp32", mixed(device)):
         log(f"amp_f1: {precision}")
         model, m = train_detector(train, train_cache, arm, det, spec, device=device, val=val, val_images=val_cache,
                                   compute=ComputeSpec(precision=precision, loader_workers=workers))
@@ -160,17 +166,17 @@ def section_predictions(out, tmp, device, quick, state):
     images = val_cache.images(val)
     ids = [im["id"] for im in val["images"]]
     runs = {}
-    for precision in ("fp32", "auto"):
+    for precision in ("fp32", mixed(device)):
         model, det = load_model(tmp / "fp32_model.pt", device, autocast_dtype(precision, device))
         runs[precision] = predict_images(model, images, ids, det.class_agnostic_nms)
     sel = Selection()
     scores = {p: validation_score(load_model(tmp / "fp32_model.pt", device, autocast_dtype(p, device))[0], val, images,
-                                  state["det"], sel)["val_f1"] for p in ("fp32", "auto")}
+                                  state["det"], sel)["val_f1"] for p in ("fp32", mixed(device))}
     matched = total = 0
     worst = 0.0
     for image_id in ids:
         a = [r for r in runs["fp32"] if r["image_id"] == image_id and r["score"] >= 0.5]
-        b = [r for r in runs["auto"] if r["image_id"] == image_id]
+        b = [r for r in runs[mixed(device)] if r["image_id"] == image_id]
         if not a:
             continue
         total += len(a)
@@ -196,7 +202,7 @@ def section_pretrain(out, tmp, device, quick):
     spec = PretrainSpec(epochs=1 if quick else 3, batch_size=16 if quick else 64, lr=1e-3, weight_decay=0.0,
                         warmup_steps=2, views=2, validation_fraction=0.2, seed=0)
     _, m = pretrain_encoder(images, counts, {"clumpy": (("yes", "no"), None)}, BackboneSpec("resnet50"), spec,
-                            compute=ComputeSpec(precision="auto"), device=device)
+                            compute=ComputeSpec(precision=mixed(device)), device=device)
     out["pretrain"] = {"precision": m["precision"], "losses": [h["loss"] for h in m["history"]],
                        "finite": all(np.isfinite(h["loss"]) for h in m["history"]),
                        "max_logit_change_under_d4": m["max_logit_change_under_d4"],

@@ -213,13 +213,16 @@ def section_ddp(out, tmp, device, quick, workers, state):
     if device.type != "cuda" or torch.cuda.device_count() < 2:
         out["ddp"] = {"skipped": f"{torch.cuda.device_count() if device.type == 'cuda' else 0} GPU(s): needs 2"}
         return
+    if "s200" not in state:  # (--only ddp)
+        train, _ = survey(tmp / "s200", 160, 200, seed=11)
+        state["s200"] = (train, cache(train, tmp / "s200", "train"))
     train, train_cache = state["s200"]
     det = DetectorSpec.from_config(PAPER["detector"])
     arm = frozen_arm(tmp, 3)
     rows = {}
-    for k in (1, 2):
+    for k in (1, 2):  # one GPU with the whole batch of 8; two with 4 each (micro_batches 2)
         spec = TrainSpec(steps=90, eval_every=30, batch_size=8, lr=1e-4, weight_decay=5e-5, warmup_steps=1,
-                         grad_clip=10.0, augment=True, seed=0)
+                         grad_clip=10.0, augment=True, seed=0, micro_batches=k)
         log(f"ddp: {k} GPU(s)")
         train_job([torch.device("cuda", i) for i in range(k)], tmp / f"ddp{k}.pt", tmp / f"ddp{k}.json",
                   coco=train, images=train_cache, backbone=arm, detector=det, spec=spec,

@@ -90,7 +90,7 @@ rule clump_catalogue:
         runtime=config["resources"]["catalogue"]["runtime"],
     params:
         spec=config["catalogue"],
-        compute=config["compute"],
+        compute=COMPUTE_PARAMS,
         fits_dir=(
             f"{RESULTS}/survey/fits"
             if SIMULATED and CATALOGUE_SOURCE == "survey"

@@ -146,6 +146,9 @@ def plot_targets(name):
 
 # the clump catalogue (rules/catalogue.smk)
 CATALOGUE = f"{RESULTS}/clumps"
+# the compute settings that can change a torch job's results (a rerun trigger); the others
+# (loader workers, the lock folder) change only speed, and the scripts read them from the config
+COMPUTE_PARAMS = {k: config["compute"][k] for k in ("device", "precision")}
 CATALOGUE_SOURCE = config["catalogue"]["galaxies"]["source"]
 CATALOGUE_VALIDATED = SIMULATED and CATALOGUE_SOURCE == "survey"
 

@@ -28,7 +28,7 @@ rule evaluate:
         runtime=config["resources"]["evaluate"]["runtime"],
     params:
         spec=config["evaluation"],
-        compute=config["compute"],
+        compute=COMPUTE_PARAMS,
     script:
         "../scripts/evaluate.py"
 

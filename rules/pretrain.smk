@@ -47,7 +47,7 @@ rule pretrain_morphology:
     params:
         backbone=lambda wildcards: PLAN.morphology_spec(wildcards.morphology),
         spec=config["pretrain"]["morphology"],
-        compute=config["compute"],
+        compute=COMPUTE_PARAMS,
         checkpoint=f"{RESULTS}/checkpoints/pretrain/morphology/{{morphology}}/last.pt",
     script:
         "../scripts/pretrain.py"
@@ -79,7 +79,7 @@ rule pretrain_clumpy:
     params:
         backbone=lambda wildcards: clumpy_base_spec(wildcards.backbone),
         spec=config["pretrain"]["clumpy"],
-        compute=config["compute"],
+        compute=COMPUTE_PARAMS,
         checkpoint=f"{RESULTS}/checkpoints/pretrain/clumpy/{{backbone}}/last.pt",
     script:
         "../scripts/pretrain.py"

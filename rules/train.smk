@@ -29,7 +29,7 @@ rule train:
         backbone=lambda wildcards: backbone_spec(wildcards.backbone),
         detector=config["detector"],
         training=lambda wildcards: training_spec(wildcards.backbone, wildcards.seed),
-        compute=config["compute"],
+        compute=COMPUTE_PARAMS,
         selection={
             "iou": config["evaluation"]["iou"],
             "scores": config["evaluation"]["scores"],

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 from clumpfinder.clumps.cli import catalogue_files  # noqa: E402
 from clumpfinder.clumps.sources import FitsOptions, count_galaxies, open_source, survey  # noqa: E402
-from clumpfinder.compute import ComputeSpec, job_devices  # noqa: E402
+from clumpfinder.compute import ComputeSpec, job_devices, job_gpu_count  # noqa: E402
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
@@ -42,8 +42,8 @@ else:
     def galaxies(prep):
         return open_source(kind, inp.folder, options(prep))
 
-compute = ComputeSpec.from_config(p.compute)
-with job_devices(int(snakemake.resources.gpu), compute, "the catalogue") as devices:
+compute = ComputeSpec.from_config({**snakemake.config["compute"], **p.compute})
+with job_devices(job_gpu_count(snakemake.resources), compute, "the catalogue") as devices:
     cat = catalogue_files(galaxies, inp.detector, out.fits, score=cfg["score"], device=devices[0],
                           precision=compute.precision, batch_size=cfg["batch_size"], measure=cfg["measure"],
                           overlays=out.overlays, total=total, progress_bar=False,

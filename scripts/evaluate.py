@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import torch  # noqa: E402
 
-from clumpfinder.compute import ComputeSpec, autocast_dtype, job_devices  # noqa: E402
+from clumpfinder.compute import ComputeSpec, autocast_dtype, job_devices, job_gpu_count  # noqa: E402
 from clumpfinder.detection.detector import load_model, predict  # noqa: E402
 from clumpfinder.labels.cache import ImageCache  # noqa: E402
 from clumpfinder.scoring.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
@@ -18,10 +18,10 @@ torch.set_num_threads(snakemake.threads)
 spec = EvalSpec.from_config(snakemake.params.spec)
 inp = snakemake.input
 test, val = read_json(inp.test), read_json(inp.val)
-compute = ComputeSpec.from_config(snakemake.params.compute)
+compute = ComputeSpec.from_config({**snakemake.config["compute"], **snakemake.params.compute})
 
 
-with job_devices(int(snakemake.resources.gpu), compute, "evaluation") as devices:
+with job_devices(job_gpu_count(snakemake.resources), compute, "evaluation") as devices:
     model, detector = load_model(inp.model, devices[0], autocast_dtype(compute.precision, devices[0]))
     nms = detector.class_agnostic_nms
     predictions = predict(model, test, ImageCache(inp.test_cache, inp.test_cache_index), agnostic_nms=nms)

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import pandas as pd  # noqa: E402
 
-from clumpfinder.compute import ComputeSpec, job_devices  # noqa: E402
+from clumpfinder.compute import ComputeSpec, job_devices, job_gpu_count  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec  # noqa: E402
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
 from clumpfinder.data.morphology import read_vote_catalogue, vote_columns  # noqa: E402
@@ -33,8 +33,8 @@ else:
     images, counts, pool = morphology_pool(pd.read_csv(inp.population), labels, vote_columns(questions),
                                            pd.read_csv(inp.survey), inp.images)
 log.info("pretraining pool: %s", pool)
-compute = ComputeSpec.from_config(p.compute)
-with job_devices(int(snakemake.resources.gpu), compute, "pretraining") as devices:
+compute = ComputeSpec.from_config({**snakemake.config["compute"], **p.compute})
+with job_devices(job_gpu_count(snakemake.resources), compute, "pretraining") as devices:
     # the checkpoint lies outside the declared outputs, so a killed job resumes from its last epoch
     encoder, metrics = pretrain_encoder(images, counts, questions, BackboneSpec(**p.backbone),
                                         PretrainSpec.from_config(p.spec), threads=snakemake.threads,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
-from clumpfinder.compute import ComputeSpec, job_devices  # noqa: E402
+from clumpfinder.compute import ComputeSpec, job_devices, job_gpu_count  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
 from clumpfinder.detection.parallel import train_job  # noqa: E402
 from clumpfinder.detection.train import Selection, TrainSpec  # noqa: E402
@@ -14,8 +14,8 @@ from clumpfinder.labels.cache import ImageCache  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 p, inp, out = snakemake.params, snakemake.input, snakemake.output
-compute = ComputeSpec.from_config(p.compute)
-with job_devices(int(snakemake.resources.gpu), compute, "training") as devices:
+compute = ComputeSpec.from_config({**snakemake.config["compute"], **p.compute})
+with job_devices(job_gpu_count(snakemake.resources), compute, "training") as devices:
     # the checkpoint lies outside the declared outputs, so a killed job resumes from it
     train_job(devices, out.model, out.metrics, log_path=snakemake.log[0],
               extra_metrics={"name": snakemake.wildcards.backbone},

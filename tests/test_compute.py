@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from clumpfinder import compute
-from clumpfinder.compute import ComputeSpec, acquire_gpus, autocast_dtype, job_devices, visible_gpus
+from clumpfinder.compute import ComputeSpec, acquire_gpus, autocast_dtype, job_devices, job_gpu_count, visible_gpus
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, load_model, predict, save_model
 from clumpfinder.detection.parallel import train_job
 from clumpfinder.detection.train import TrainSpec, batch_parts, train_detector
@@ -44,6 +44,9 @@ def four_gpus(monkeypatch):
     """A machine whose driver reports four GPUs (a CUDA build of torch, as installed)."""
     monkeypatch.setattr(compute, "nvml_gpu_count", lambda: 4)
     monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for var in ("SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, four_gpus):
@@ -100,12 +103,28 @@ def test_concurrent_jobs_get_distinct_gpus(tmp_path, monkeypatch, four_gpus):
     assert acquire_gpus(4, ["0", "1", "2", "3"], tmp_path, timeout_s=0).gpus == ["0", "1", "2", "3"]
 
 
-def test_a_slurm_job_takes_its_own_gpus_without_locks(tmp_path):
-    """A job that sees exactly the GPUs it asked for (SLURM renumbers a job's GPUs from 0) takes
-    them even where another job on the node holds a lock of the same index."""
-    other = acquire_gpus(1, ["0", "1"], tmp_path)
-    assert acquire_gpus(1, [other.gpus[0]], tmp_path, timeout_s=0).gpus == [other.gpus[0]]
+def test_a_slurm_job_takes_its_own_gpus_without_locks(tmp_path, monkeypatch, four_gpus):
+    """A SLURM job given GPUs sees exactly its own (renumbered from 0): it takes them even where
+    another job on the node holds a lock of the same index. A workstation job that sees one GPU
+    and asks for one still locks it, so two such jobs never share it."""
+    other = acquire_gpus(1, ["0"], tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    spec = ComputeSpec(gpu_lock_dir=str(tmp_path))
+    with pytest.raises(TimeoutError):  # not a SLURM job: the lock holds
+        acquire_gpus(1, ["0"], tmp_path, poll_s=0.05, timeout_s=0.2)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_JOB_GPUS", "3")
+    with job_devices(1, spec, "slurm job") as devices:
+        assert devices == [torch.device("cuda", 0)] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     other.release()
+
+
+def test_gpu_count_from_gpu_or_gres():
+    from types import SimpleNamespace as R
+
+    assert job_gpu_count(R(gpu=2)) == 2 and job_gpu_count(R(gpu=0)) == 0 and job_gpu_count(R()) == 0
+    assert job_gpu_count(R(gpu=0, gres="gpu:1")) == 1 and job_gpu_count(R(gres="gpu:a100:2")) == 2
+    assert job_gpu_count(R(gres="tmp:10,gpu:3")) == 3 and job_gpu_count(R(gres="tmp:10")) == 0
 
 
 _HOLDER = """
@@ -134,6 +153,9 @@ def test_only_training_takes_several_gpus(tiny_config):
 
     cfg = json.loads(json.dumps(tiny_config))
     cfg["resources"]["train"]["gpu"] = 2
+    with pytest.raises(ValueError, match="micro_batches is 1"):
+        check_config(cfg)
+    cfg["training"]["micro_batches"] = 4
     check_config(cfg)
     cfg["resources"]["evaluate"]["gpu"] = 2
     with pytest.raises(ValueError, match="resources.evaluate.gpu"):
@@ -166,9 +188,17 @@ def test_mixed_precision_training_and_prediction(tiny_survey, tmp_path, precisio
     fp32, _ = load_model(tmp_path / "model.pt", CPU)
     mixed, _ = load_model(tmp_path / "model.pt", CPU, autocast_dtype(precision, CPU))
     images = tiny_survey["root"] / "png"
+    seen = []  # the RPN head and the box predictor get fp32 inputs, with autocast off
+
+    def fp32_inputs(module, args):
+        seen.append((type(module).__name__, args[0][0].dtype if isinstance(args[0], list) else args[0].dtype,
+                     torch.is_autocast_enabled("cpu")))
+    for head in (mixed.rpn.head, mixed.roi_heads.box_predictor):
+        head.register_forward_pre_hook(fp32_inputs)
     with torch.inference_mode():
         out = mixed([torch.rand(3, 96, 96)])[0]
-    assert out["boxes"].dtype == torch.float32  # the heads stay fp32
+    assert out["boxes"].dtype == torch.float32 and len(seen) == 2
+    assert all(dtype == torch.float32 and not on for _, dtype, on in seen), seen
     a, b = predict(fp32, coco, images), predict(mixed, coco, images)
     assert a and b
     top_a = sorted(a, key=lambda r: -r["score"])[0]
@@ -230,27 +260,46 @@ def test_batch_parts():
     assert batch_parts(list(range(4)), 4) == [[0], [1], [2], [3]]
 
 
+def test_micro_batches_are_never_empty():
+    """With micro-batches every batch is full (9 images, batches of 4: the ninth image of each
+    epoch's permutation waits for a later epoch), so no part, and no process's share, is empty;
+    the processes' shares put together are the one-process micro-batches."""
+    from clumpfinder.detection.train import batch_plan, my_parts
+
+    assert [len(batch_plan(s, 9, 4, 0, True)) for s in range(3)] == [4, 4, 1]  # without micro-batches
+    assert [len(batch_plan(s, 9, 4, 0, True, full=True)) for s in range(3)] == [4, 4, 4]
+    for step in range(12):
+        one = my_parts(step, 9, 4, 0, True, parts=4)
+        assert len(one) == 4 and all(len(p) == 1 for p in one)
+        two = [my_parts(step, 9, 4, 0, True, parts=4, rank=r, size=2) for r in range(2)]
+        assert two[0] + two[1] == one
+    assert [len(p) for p in my_parts(0, 9, 7, 0, True, parts=3)] == [3, 2, 2]
+
+
 def test_two_gloo_processes_train_as_one_process_with_two_micro_batches(tiny_survey, tmp_path):
     """Data-parallel training on two CPU processes (gloo) against one process that computes each
     batch of 4 as two micro-batches of 2: the same losses and weights, to float rounding. The
     samplers of the RPN and RoI heads are set to keep every anchor and proposal, so that their
     random draws (which differ between one and two processes) do not matter."""
-    coco = _coco(tiny_survey, slice(0, 8))
+    coco = _coco(tiny_survey, slice(0, 9))  # 9 images, batches of 4: every epoch leaves one out
     write_image_cache(coco, tiny_survey["root"] / "png", tmp_path / "c.npy", tmp_path / "c.json")
     bb = BackboneSpec(arch="resnet18", fpn_channels=32)
     det = DetectorSpec(image_size=tiny_survey["spec"].image_size, rpn_batch_size_per_image=100_000,
                        box_batch_size_per_image=100_000)
-    common = dict(steps=3, eval_every=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
+    common = dict(steps=4, eval_every=1, batch_size=4, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
                   augment=True, seed=2)
     cache = ImageCache(tmp_path / "c.npy", tmp_path / "c.json")
     one, m_one = train_detector(coco, cache, bb, det, TrainSpec(**common, micro_batches=2), threads=1, device=CPU)
     whole, m_whole = train_detector(coco, cache, bb, det, TrainSpec(**common), threads=1, device=CPU)
+    with pytest.raises(ValueError, match="multiple of the 2 processes"):
+        train_job([CPU, CPU], tmp_path / "ddp.pt", tmp_path / "ddp.json", coco=coco, images=cache, backbone=bb,
+                  detector=det, spec=TrainSpec(**common), threads=1)
     train_job([CPU, CPU], tmp_path / "ddp.pt", tmp_path / "ddp.json", log_path=tmp_path / "ddp.log",
               extra_metrics={"name": "ddp"}, coco=coco, images=cache, backbone=bb, detector=det,
-              spec=TrainSpec(**common), threads=1)
+              spec=TrainSpec(**common, micro_batches=2), threads=1)
     m_ddp = json.loads((tmp_path / "ddp.json").read_text())
     ddp, _ = load_model(tmp_path / "ddp.pt", CPU)
-    assert m_ddp["processes"] == 2 and m_ddp["name"] == "ddp" and m_ddp["steps"] == 3
+    assert m_ddp["processes"] == 2 and m_ddp["name"] == "ddp" and m_ddp["steps"] == 4
     assert "x 2 processes" in (tmp_path / "ddp.log").read_text()
     for key in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
         got, want = [h[key] for h in m_ddp["history"]], [h[key] for h in m_one["history"]]
@@ -265,11 +314,11 @@ def test_two_gloo_processes_train_as_one_process_with_two_micro_batches(tiny_sur
 def test_a_failing_worker_fails_the_job(tiny_survey, tmp_path):
     coco = _coco(tiny_survey, slice(0, 4))
     spec = TrainSpec(steps=1, eval_every=1, batch_size=4, lr=1e-3, weight_decay=0.0, warmup_steps=1, grad_clip=0.0,
-                     augment=False, seed=0)
+                     augment=False, seed=0, micro_batches=2)
     coco["images"][2]["file_name"] = "missing.png"
     with pytest.raises(RuntimeError, match="data-parallel training failed"):
         train_job([CPU, CPU], tmp_path / "m.pt", tmp_path / "m.json", coco=coco, images=tiny_survey["root"] / "png",
                   backbone=BackboneSpec(arch="resnet18"), detector=DetectorSpec(image_size=96), spec=spec, threads=1)
     assert not (tmp_path / "m.pt").exists()
     with pytest.raises(ValueError, match="one kind"):
-        train_job([CPU, torch.device("cuda", 0)], tmp_path / "m.pt", tmp_path / "m.json")
+        train_job([CPU, torch.device("cuda", 0)], tmp_path / "m.pt", tmp_path / "m.json", spec=spec)

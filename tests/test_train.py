@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from clumpfinder.compute import ComputeSpec
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector
 from clumpfinder.detection.detector import dihedral, load_images, load_model, pick_device, predict, save_model
 from clumpfinder.detection.loop import lr_at
@@ -137,7 +138,9 @@ def test_short_training_run_and_round_trip(tiny_survey, tmp_path):
     bb, det = BackboneSpec(arch="resnet18"), DetectorSpec(image_size=tiny_survey["spec"].image_size)
     spec = TrainSpec(steps=2, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
                      grad_clip=10.0, augment=True, seed=0)
-    model, metrics = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE)
+    fp32 = ComputeSpec(precision="fp32")  # (the mixed-precision round trip: tests/test_compute.py)
+    model, metrics = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE,
+                                    compute=fp32)
     assert metrics["steps"] == 2 and metrics["n_train"] == 6 and metrics["device"] == DEVICE.type
     assert len(metrics["history"]) == 1 and np.isfinite(metrics["history"][0]["loss"])
     assert metrics["best_step"] is None and "val_f1" not in metrics["history"][0]  # no validation split given
@@ -149,7 +152,8 @@ def test_short_training_run_and_round_trip(tiny_survey, tmp_path):
     b = predict(loaded, coco, tiny_survey["root"] / "png")
     assert json.dumps(a) == json.dumps(b)
     # same seed, same result (to rounding on a GPU, whose kernels need not be deterministic)
-    model2, metrics2 = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE)
+    model2, metrics2 = train_detector(coco, tiny_survey["root"] / "png", bb, det, spec, threads=1, device=DEVICE,
+                                      compute=fp32)
     exact = DEVICE.type == "cpu"
     assert metrics2["history"][0]["loss"] == pytest.approx(metrics["history"][0]["loss"], rel=0 if exact else 1e-3)
 

@@ -4,12 +4,13 @@ the GPUs a Snakemake job was given.
 One setting for every torch rule (config ``compute``). A job uses exactly the GPUs it asked for in
 its ``resources`` (``gpu: k``):
 
-* under SLURM (``--gpus=k``) the job sees exactly its k GPUs in ``CUDA_VISIBLE_DEVICES`` and takes
-  them all;
-* on a workstation (``snakemake --resources gpu=N``), where every job sees every GPU, concurrent
-  jobs take distinct GPUs through lock files (one per GPU, ``fcntl.flock``: the kernel releases a
-  lock when its job ends, even when the job is killed), and the job's own ``CUDA_VISIBLE_DEVICES``
-  is set to the GPUs it holds, so that it sees them as ``cuda:0`` … ``cuda:k-1``;
+* under SLURM (``--gpus=k``, or a ``gres`` of k GPUs) the job sees exactly its k GPUs in
+  ``CUDA_VISIBLE_DEVICES`` and takes them all;
+* elsewhere (a workstation, ``snakemake --resources gpu=N``), where every job sees every GPU,
+  concurrent jobs take distinct GPUs through lock files (one per GPU, ``fcntl.flock``: the kernel
+  releases a lock when its job ends, even when the job is killed), and the job's own
+  ``CUDA_VISIBLE_DEVICES`` is set to the GPUs it holds, so that it sees them as ``cuda:0`` …
+  ``cuda:k-1``;
 * a job given no GPU (``gpu: 0``) computes on the CPU, even where GPUs exist (with ``device:
   auto``, so does a job given GPUs on a machine that has none).
 """
@@ -20,15 +21,22 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import tempfile
 import time
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from clumpfinder.io import known_fields
+
 log = logging.getLogger(__name__)
+
+#: how long the processes of a data-parallel job wait for each other (process 0 validating, say)
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=60)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -52,7 +60,7 @@ class ComputeSpec:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> "ComputeSpec":
-        return cls(**(cfg or {}))
+        return cls(**known_fields(cls, cfg or {}, "compute"))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -69,8 +77,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     those of the fp32 code)."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":  # bf16 where the GPU computes it natively (Ampere on), not emulated
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -116,6 +124,21 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(nvml_gpu_count())]
 
 
+def job_gpu_count(resources: Any) -> int:
+    """The GPUs a Snakemake job was given: its ``gpu`` resource, or the count of a ``gres`` such
+    as ``gpu:2`` / ``gpu:a100:2`` (clusters that take generic resources only, profiles/slurm)."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    gres = str(getattr(resources, "gres", "") or "")
+    m = re.search(r"(?:^|,)gpu(?::[^:,]+)?:(\d+)", gres)
+    return gpus or (int(m.group(1)) if m else 0)
+
+
+def slurm_gave_gpus() -> bool:
+    """Whether this process runs in a SLURM job (or step) that was allocated GPUs."""
+    return "SLURM_JOB_ID" in os.environ and any(
+        os.environ.get(v) for v in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"))
+
+
 def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"clumpfinder-gpu-locks-{os.getuid()}"
 
@@ -136,16 +159,16 @@ class GpuLease:
 
 
 def acquire_gpus(k: int, candidates: list[str], lock_dir: str | Path | None = None, poll_s: float = 5.0,
-                 timeout_s: float | None = None) -> GpuLease:
-    """Hold ``k`` of ``candidates`` that no other job holds, waiting while fewer are free. When
-    ``candidates`` are exactly k GPUs (a SLURM job's own), they are taken without locks: another
-    job that sees the same indices sees other GPUs."""
+                 timeout_s: float | None = None, exclusive: bool = False) -> GpuLease:
+    """Hold ``k`` of ``candidates`` that no other job holds, waiting while fewer are free.
+    ``exclusive``: the candidates are this job's own (a SLURM allocation; another job that sees
+    the same indices sees other GPUs): when they are exactly k, they are taken without locks."""
     if k < 1:
         return GpuLease([], [])
     if len(candidates) < k:
         raise RuntimeError(f"the job asks for {k} GPU(s) but sees {len(candidates)} "
                            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
-    if len(candidates) == k:
+    if exclusive and len(candidates) == k:
         return GpuLease(list(candidates), [])
     folder = Path(lock_dir) if lock_dir else default_lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,7 +176,7 @@ def acquire_gpus(k: int, candidates: list[str], lock_dir: str | Path | None = No
     while True:
         held: list[tuple[str, Any]] = []
         for gpu in candidates:
-            h = open(folder / f"gpu-{gpu}.lock", "a+")
+            h = open(folder / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock", "a+")
             try:
                 fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -192,11 +215,18 @@ def job_devices(gpus: int, spec: ComputeSpec, what: str = "this job",
         log.warning("%s was given %d GPU(s) but this machine shows none: computing on the CPU", what, gpus)
         yield [torch.device("cpu")]
         return
-    lease = acquire_gpus(gpus, candidates, spec.gpu_lock_dir)
+    lease = acquire_gpus(gpus, candidates, spec.gpu_lock_dir, exclusive=slurm_gave_gpus())
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(lease.gpus)
-    log.info("%s holds GPU(s) %s", what, ", ".join(lease.gpus))
     try:
+        if not torch.cuda.is_available():  # a driver torch cannot use (too old, say)
+            if spec.device == "cuda":
+                raise RuntimeError(f"{what} holds GPU(s) {', '.join(lease.gpus)} but torch cannot use them "
+                                   "(torch.cuda.is_available() is False: driver and torch build disagree?)")
+            log.warning("%s: torch cannot use the GPU(s) the driver shows: computing on the CPU", what)
+            yield [torch.device("cpu")]
+            return
+        log.info("%s holds GPU(s) %s", what, ", ".join(lease.gpus))
         yield [torch.device("cuda", i) for i in range(len(lease.gpus))]
     finally:
         lease.release()

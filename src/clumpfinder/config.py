@@ -75,6 +75,13 @@ def check_config(config: dict[str, Any]) -> None:
         if rule != "train" and res["gpu"] > 1:
             raise ValueError(f"resources.{rule}.gpu is {res['gpu']}: only training runs on several GPUs "
                              "(data parallel); give the other rules 0 or 1")
+    gpus = config["resources"]["train"]["gpu"]
+    for b in backbones:
+        parts = config["backbones"][b].get("training", {}).get("micro_batches", config["training"]["micro_batches"])
+        if gpus > 1 and parts % gpus:
+            raise ValueError(f"resources.train.gpu is {gpus} but training.micro_batches is {parts} (backbone {b}): "
+                             "the processes share each batch's micro-batches, so make it a multiple of the GPUs "
+                             "(the same optimisation on any number of them, docs/gpu.md)")
     morphology = backbones_using(config, backbones, "pretrain:morphology")
     if source != "simulate" and morphology and not config["pretrain"]["catalogue"]:
         raise ValueError(f"backbone(s) {', '.join(morphology)} use pretrain:morphology, whose votes are simulated "

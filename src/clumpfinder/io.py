@@ -124,7 +124,9 @@ def setup_logging(log_path: str | os.PathLike | None = None, level: int = loggin
     root.addHandler(stream)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_path, mode="a" if append else "w")
+        if not append:
+            open(log_path, "w").close()
+        fh = logging.FileHandler(log_path, mode="a")  # O_APPEND: a job's worker processes write after it
         fh.setFormatter(fmt)
         root.addHandler(fh)
 

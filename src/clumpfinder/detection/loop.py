@@ -147,12 +147,21 @@ def run(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.n
         loop.load_extra_state(state.get("extra"))
         log.info("resuming %s from %s at step %d", loop.what, loop.checkpoint, step)
     resumed_at = step if state is not None else None
+    if size > 1 and _from_rank0(step) != step:  # (a checkpoint one process could not read, say)
+        raise RuntimeError(f"process {rank} would resume {loop.what} at step {step}, process 0 at another step")
     t_start = time.perf_counter()
     stale = evals_since_best(history, best, loop.score)
+    overflows = 0  # fp16 steps in a row whose loss overflowed (the scaler skips them)
 
     def backward(loss: torch.Tensor) -> None:
+        nonlocal overflows
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{loop.what} loss is {loss.item()} at step {step}; lower the lr")
+            overflows += 1
+            if not scaler.is_enabled() or overflows > 50:
+                raise FloatingPointError(f"{loop.what} loss is {loss.item()} at step {step}"
+                                         + (f" ({overflows} steps in a row)" if overflows > 1 else "") + "; lower the lr")
+        else:
+            overflows = 0
         scaler.scale(loss).backward()
 
     while step < loop.total and not (loop.patience and stale >= loop.patience):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from clumpfinder.compute import PROCESS_GROUP_TIMEOUT
 from clumpfinder.detection.detector import save_model
 from clumpfinder.detection.train import train_detector
 from clumpfinder.io import setup_logging, write_json
@@ -51,6 +52,10 @@ def train_job(devices: list[torch.device], model_path: str | Path, metrics_path:
     kinds = {d.type for d in devices}
     if len(kinds) != 1 or kinds - {"cpu", "cuda"}:
         raise ValueError(f"data-parallel training needs devices of one kind, cpu or cuda; got {devices}")
+    parts = kwargs["spec"].micro_batches
+    if parts % len(devices):
+        raise ValueError(f"training.micro_batches ({parts}) must be a multiple of the {len(devices)} processes of the "
+                         "job (resources.train.gpu): each process computes micro_batches / processes parts of a batch")
     with tempfile.TemporaryDirectory(prefix="clumpfinder-ddp-") as tmp:
         job = Path(tmp) / "job.pkl"
         with open(job, "wb") as f:
@@ -81,7 +86,7 @@ def _worker(job_path: str) -> None:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
     try:
         train_files(job["model_path"], job["metrics_path"], device, **job["kwargs"])
     finally:

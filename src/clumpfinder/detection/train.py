@@ -104,10 +104,12 @@ def load_targets(coco: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
 
 
 def job_fingerprint(coco: dict[str, Any], backbone: BackboneSpec, detector: DetectorSpec, spec: TrainSpec,
-                    val: dict[str, Any] | None = None, selection: Selection | None = None) -> str:
-    """What a checkpoint must match to be resumed: settings, the init's weights file, the training
-    images and boxes, and the validation images and boxes that choose the checkpoint."""
-    return loop.fingerprint({
+                    val: dict[str, Any] | None = None, selection: Selection | None = None,
+                    dtype: torch.dtype | None = None) -> str:
+    """What a checkpoint must match to be resumed: settings (the precision among them), the init's
+    weights file, the training images and boxes, and the validation images and boxes that choose
+    the checkpoint."""
+    return loop.fingerprint({"precision": None if dtype is None else str(dtype),
         "checkpoint_format": 2, "backbone": asdict(backbone), "detector": asdict(detector), "training": asdict(spec),
         "weights": init_digest(backbone), "images": [im["file_name"] for im in coco["images"]],
         "annotations": [(a["image_id"], a["bbox"], a["category_id"]) for a in coco["annotations"]],
@@ -127,11 +129,12 @@ def validation_subset(val: dict[str, Any], n: int, seed: int = 0) -> dict[str, A
     return {**val, "images": images, "annotations": [a for a in val["annotations"] if a["image_id"] in ids]}
 
 
-def batch_plan(step: int, n: int, bs: int, seed: int, augment: bool) -> list[tuple[int, int, bool]]:
+def batch_plan(step: int, n: int, bs: int, seed: int, augment: bool, full: bool = False) -> list[tuple[int, int, bool]]:
     """(image index, quarter turns, flip) of every image of optimiser step ``step``: epoch e is the
-    permutation drawn from (seed, e), cut into ceil(n / bs) batches; the dihedral elements come from
+    permutation drawn from (seed, e), cut into ceil(n / bs) batches (``full``: floor(n / bs)
+    batches of bs images, the rest of the permutation left out); the dihedral elements come from
     (seed, step). Depends on nothing else, so a resumed run draws the same batches."""
-    per_epoch = math.ceil(n / bs)
+    per_epoch = n // bs if full else math.ceil(n / bs)
     epoch, j = divmod(step, per_epoch)
     idx = np.random.default_rng([seed, epoch]).permutation(n)[j * bs : (j + 1) * bs]
     if not augment:
@@ -166,16 +169,29 @@ class _Batches(Dataset):
         return img, boxes, self.targets[i]["labels"]
 
 
-class _Plan:
-    """Batch sampler: this process's share of the batch of every step from ``start`` on."""
+def my_parts(step: int, n: int, bs: int, seed: int, augment: bool, parts: int, rank: int = 0,
+             size: int = 1) -> list[list[tuple[int, int, bool]]]:
+    """The micro-batches process ``rank`` of ``size`` computes at ``step``: the step's batch cut
+    into ``parts`` parts (full batches when ``parts`` > 1, so that no part is ever empty),
+    ``parts / size`` consecutive ones for each process."""
+    cut = batch_parts(batch_plan(step, n, bs, seed, augment, full=parts > 1), parts)
+    share = parts // size
+    return cut[rank * share:(rank + 1) * share]
 
-    def __init__(self, start: int, total: int, n: int, bs: int, seed: int, augment: bool, rank: int, size: int):
+
+class _Plan:
+    """Batch sampler: this process's share of the batch of every step from ``start`` on (its
+    micro-batches, concatenated)."""
+
+    def __init__(self, start: int, total: int, n: int, bs: int, seed: int, augment: bool, parts: int, rank: int,
+                 size: int):
         self.start, self.total, self.n, self.bs, self.seed, self.augment = start, total, n, bs, seed, augment
-        self.rank, self.size = rank, size
+        self.parts, self.rank, self.size = parts, rank, size
 
     def __iter__(self):
         for step in range(self.start, self.total):
-            yield batch_parts(batch_plan(step, self.n, self.bs, self.seed, self.augment), self.size)[self.rank]
+            yield [item for part in my_parts(step, self.n, self.bs, self.seed, self.augment, self.parts, self.rank,
+                                             self.size) for item in part]
 
     def __len__(self) -> int:
         return self.total - self.start
@@ -237,15 +253,19 @@ def train_detector(
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     scaler = grad_scaler(device, dtype)
     bs = min(spec.batch_size, n)
-    parts = spec.micro_batches
-    if bs < size * parts:
-        raise ValueError(f"a batch of {bs} images cannot be shared by {size} processes x {parts} micro-batches")
+    parts = spec.micro_batches  # of every batch, shared by the processes
+    if parts % size:
+        raise ValueError(f"training.micro_batches ({parts}) must be a multiple of the {size} processes of the job "
+                         "(resources.train.gpu): each process computes micro_batches / processes parts of a batch")
+    if bs < parts:
+        raise ValueError(f"a batch of {bs} images cannot be cut into {parts} micro-batches")
     total = spec.steps
     if rank == 0:
         log.info(
             "training %s (%s) on %d images, %d boxes: up to %d steps of %d (%.1f epochs) on %s%s%s, %s; validation on %s",
             backbone.arch, backbone.init, n, sum(len(t["labels"]) for t in targets), total, bs, total * bs / n, device,
-            f" x {size} processes" if size > 1 else "", f", {parts} micro-batches" if parts > 1 else "",
+            f" x {size} processes" if size > 1 else "",
+            f", {parts} micro-batches (every epoch's last incomplete batch left out)" if parts > 1 else "",
             f"mixed precision {dtype}".replace("torch.", "") if dtype else "fp32",
             f"{len(val['images'])} images every {spec.eval_every} steps" if val is not None else "none",
         )
@@ -254,7 +274,7 @@ def train_detector(
 
     def loader(start: int):
         return iter(DataLoader(
-            dataset, batch_sampler=_Plan(start, total, n, bs, spec.seed, spec.augment, rank, size),
+            dataset, batch_sampler=_Plan(start, total, n, bs, spec.seed, spec.augment, parts, rank, size),
             num_workers=compute.loader_workers, collate_fn=_as_list, pin_memory=device.type == "cuda",
             persistent_workers=False, generator=torch.Generator(),  # (never draws from torch's global stream)
             prefetch_factor=4 if compute.loader_workers else None))
@@ -264,19 +284,22 @@ def train_detector(
         if batches is None:
             batches = loader(step)
         items = next(batches)
+        mine = parts // size
         total_loss, sums = 0.0, {}
-        for j, part in enumerate(batch_parts(items, parts)):
+        for j, part in enumerate(batch_parts(items, mine)):
             imgs = [img.to(device, non_blocking=True).to(torch.float32) / 255.0 for img, _, _ in part]
             tgts = [{"boxes": b.to(device, non_blocking=True), "labels": lab.to(device, non_blocking=True)}
                     for _, b, lab in part]
-            sync = net.no_sync() if size > 1 and j < parts - 1 else contextlib.nullcontext()
+            # each part weighs its share of the batch (x processes: DistributedDataParallel averages)
+            weight = len(part) / bs * size if parts > 1 else 1.0
+            sync = net.no_sync() if size > 1 and j < mine - 1 else contextlib.nullcontext()
             with sync:
                 losses = net(imgs, tgts)
                 loss = sum(losses.values())
-                backward(loss / parts if parts > 1 else loss)
-            total_loss += loss.detach() / parts
+                backward(loss * weight if parts > 1 else loss)
+            total_loss += loss.detach() * weight
             for name, v in losses.items():
-                sums[name] = sums.get(name, 0.0) + v.detach() / parts
+                sums[name] = sums.get(name, 0.0) + v.detach() * weight
         return total_loss, sums, len(items)
 
     def evaluate(model: torch.nn.Module, step: int) -> dict[str, Any]:
@@ -290,13 +313,14 @@ def train_detector(
             step, total, row["epoch"], row.get("loss", float("nan")), row.get("loss_classifier", float("nan")),
             row.get("loss_box_reg", float("nan")), row.get("loss_objectness", float("nan")),
             row.get("loss_rpn_box_reg", float("nan")), row["img_per_s"] or 0,
-            f" (GPU {row['gpu_util']} % busy, {row['gpu_mem_gb']} GB)" if "gpu_mem_gb" in row else "",
+            (f" (GPU {row['gpu_util']} % busy, " if row.get("gpu_util") is not None else " (GPU ")
+            + f"{row['gpu_mem_gb']} GB)" if "gpu_mem_gb" in row else "",
             f"; validation F1 {row['val_f1']} (best {best['score']} at step {best['step']})" if val is not None else ""))
 
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=spec.eval_every, grad_clip=spec.grad_clip,
         patience=spec.patience if val is not None else 0, score="val_f1", what="training", checkpoint=checkpoint, describe=describe,
-        fingerprint=job_fingerprint(coco, backbone, detector, spec, val, selection)), device, scaler)
+        fingerprint=job_fingerprint(coco, backbone, detector, spec, val, selection, dtype)), device, scaler)
     step, best = run["steps"], run["best"]
     if run["stopped_early"] and rank == 0:
         log.info("stopped at step %d: no better validation F1 in %d evaluations", step, spec.patience)

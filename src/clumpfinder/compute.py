@@ -116,12 +116,13 @@ def visible_gpus() -> list[str]:
     that variable's list where it is set, else every GPU the driver counts; none without a driver
     or without a CUDA build of torch, whatever the variable says (a scheduler may set it for a
     GPU that is not there, as the test cluster's fake GPU)."""
-    if not torch.backends.cuda.is_built() or nvml_gpu_count() == 0:
+    count = nvml_gpu_count() if torch.backends.cuda.is_built() else 0
+    if count == 0:
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    return [str(i) for i in range(nvml_gpu_count())]
+    return [str(i) for i in range(count)]
 
 
 def job_gpu_count(resources: Any) -> int:

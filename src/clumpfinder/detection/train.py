@@ -18,10 +18,11 @@ once the outputs are written.
 Feeding the device: a DataLoader (``compute.loader_workers`` worker processes, pinned memory on a
 GPU) reads the images from the split's decoded cache (:mod:`clumpfinder.labels.cache`, memory-mapped)
 or from memory, and turns them on the fly; the worker count changes nothing but speed. The
-backbone can compute in mixed precision (``compute.precision``). ``micro_batches`` splits every
-batch into parts whose gradients add up (less memory); data-parallel training over k GPUs
-(``torch.distributed``, one process per GPU, :func:`train_distributed`) gives each process one
-part, and so is the same optimisation as one process with ``micro_batches: k``.
+backbone can compute in mixed precision (``compute.precision``). ``micro_batches`` cuts every
+(full) batch into parts whose gradients add up, each weighted by its share of the batch (less
+memory); data-parallel training over k GPUs (``torch.distributed``, one process per GPU,
+:func:`clumpfinder.detection.parallel.train_job`) gives each process ``micro_batches / k`` of the
+parts, and so is the same optimisation on any number of GPUs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clumpfinder.compute import ComputeSpec, autocast_dtype, grad_scaler
+from clumpfinder.compute import ComputeSpec, autocast_dtype, grad_scaler, pick_device
 from clumpfinder.detection.detector import (BackboneSpec, DetectorSpec, build_detector, dihedral, init_digest,
                                             load_images, predict_images, set_precision)
 from clumpfinder.io import known_fields
@@ -146,7 +147,7 @@ def batch_plan(step: int, n: int, bs: int, seed: int, augment: bool, full: bool 
 def batch_parts(items: list[Any], parts: int) -> list[list[Any]]:
     """A batch cut into ``parts`` consecutive parts as even as possible (the micro-batches of one
     process, or the shares of the processes of a data-parallel job)."""
-    return [list(p) for p in np.array_split(np.arange(len(items)), parts) for p in [[items[i] for i in p]]]
+    return [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), parts)]
 
 
 class _Batches(Dataset):
@@ -231,8 +232,7 @@ def train_detector(
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
-    device = device or (torch.device("cuda" if torch.cuda.is_available() else "cpu") if compute.device == "auto"
-                        else torch.device(compute.device))
+    device = device or pick_device(compute.device)
     rank, size = loop.world()
     targets = load_targets(coco)
     n = len(coco["images"])

@@ -37,6 +37,11 @@ include: "rules/plots.smk"
 include: "rules/catalogue.smk"
 
 
+if PLAN.partnership_available():
+
+    include: "rules/partnership.smk"
+
+
 rule all:
     default_target: True
     input:
@@ -49,3 +54,12 @@ rule catalogue:
         rules.clump_catalogue.output,
         rules.plot_catalogue.output,
         *([rules.catalogue_validation.output[0]] if CATALOGUE_VALIDATED else []),
+
+
+if PLAN.partnership_available():
+
+    # `snakemake partnership`: the time-ordered replay of humans and machine (rules/partnership.smk)
+    rule partnership:
+        input:
+            rules.partnership_replay.output.summary,
+            rules.plot_partnership.output,

@@ -38,10 +38,15 @@ PRETRAINING = {
 # subject ids of the simulated survey, and of the pretraining population far above them
 SURVEY_FIRST_SUBJECT_ID = 100_000
 PRETRAINING_FIRST_SUBJECT_ID = 10_000_000
-# the label tables the split reads: the volunteer consensus, or the clump catalogue's boxes
+# the label tables the split reads: the volunteer consensus, the clump catalogue's boxes, or the
+# humans + machine labels of the partnership replay (partnership.labels_for_training)
+LABEL_SOURCE = (
+    "catalogue"
+    if SOURCE == "catalogue"
+    else "partnership" if config["partnership"]["labels_for_training"] else "consensus"
+)
 LABEL_TABLES = {
-    name: f"{RESULTS}/{'catalogue' if SOURCE == 'catalogue' else 'consensus'}/{name}.csv"
-    for name in ("boxes", "subjects")
+    name: f"{RESULTS}/{LABEL_SOURCE}/{name}.csv" for name in ("boxes", "subjects")
 }
 
 
@@ -194,4 +199,22 @@ def catalogue_described():
         f"survey, {g['split']} split"
         if g["source"] == "survey"
         else f"{g['source']}: {g['path']}"
+    )
+
+
+def partnership_inputs(wildcards):
+    """What the partnership replay reads besides the export: the simulated truth (to score
+    labels) and the init weights of the machine's backbone."""
+    files = PLAN.weights_input(PLAN.partnership_backbone())
+    if SIMULATED:
+        files["truth"] = SURVEY_TRUTH
+    return files
+
+
+def partnership_report_inputs(wildcards):
+    """The replay's summary, when summary.md shows it (partnership.report)."""
+    return (
+        {"partnership": f"{RESULTS}/partnership/summary.json"}
+        if PLAN.partnership_reported()
+        else {}
     )

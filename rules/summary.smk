@@ -9,6 +9,7 @@ localrules:
 rule summary:
     input:
         unpack(reference_inputs),
+        unpack(partnership_report_inputs),
         splits=rules.split.output.splits,
         metrics=sweep_files("metrics.json"),
         train=sweep_files("train_metrics.json"),

@@ -30,7 +30,8 @@ comparison = compare(runs, p.baseline, boot)
 write_csv(comparison, snakemake.output.comparison)
 text = dict(iou=p.evaluation["iou"], threshold=threshold_text(m for *_, m in runs), level=boot["level"],
             n_boot=boot["n"], data=p.data, references=versus_references(runs, references, boot),
-            effect=size_effect(runs, boot), table=table)
+            effect=size_effect(runs, boot), table=table,
+            partnership=read_json(snakemake.input.partnership) if "partnership" in snakemake.input.keys() else None)
 markdown = summary_markdown(comparison, **text)
 write_text(markdown, snakemake.output.markdown)
 write_text(summary_html(comparison, **text), snakemake.output.html)

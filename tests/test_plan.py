@@ -45,6 +45,13 @@ def test_shipped_configurations_pass(default_config, tiny_config):
           "backbones": {"c": {"arch": "resnet18", "init": "pretrain:clumpy", "base_init": "scratch"}},
           "sweep": {"backbones": ["c"]}},
          "data.source 'catalogue' has no volunteer classifications"),
+        ({"data": {"source": "catalogue", "catalogue": {"path": "t.txt"}}, "sweep": {"backbones": ["resnet18_scratch"]},
+          "partnership": {"labels_for_training": True}}, "labels_for_training is true but data.source 'catalogue'"),
+        ({"consensus": {"method": "dbscan"}, "partnership": {"labels_for_training": True}},
+         "labels_for_training needs consensus.method 'em'"),
+        ({"partnership": {"machine": {"backbone": "resnet99"}}}, "partnership.machine.backbone 'resnet99' is not"),
+        ({"backbones": {"c": {"arch": "resnet18", "init": "pretrain:clumpy", "base_init": "scratch"}},
+          "partnership": {"machine": {"backbone": "c"}}}, "starts from pretrain:clumpy"),
     ],
 )
 def test_settings_that_do_not_fit_together_are_named(default_config, override, message):
@@ -139,6 +146,21 @@ def test_targets_follow_the_data_route(default_config, schema):
     assert catalogue.subject_list_input() == "t.txt" and catalogue.split_inputs() == {
         "subject_list": "r/survey/subjects.csv"}
     assert plan.export_inputs() == {"export": "r/survey/classifications.csv", "gold": "r/survey/gold.csv"}
+    # the partnership replay: in the report with volunteers and the EM consensus, its machine the baseline
+    assert "r/plots/partnership.png" in simulated and plan.partnership_backbone() == "resnet18_scratch"
+    assert "r/plots/partnership.png" not in names and not catalogue.partnership_available()
+    dbscan = Plan(_config(default_config, consensus={"method": "dbscan"}), "r", schema)
+    assert "r/plots/partnership.png" not in dbscan.final_targets() and dbscan.partnership_available()
+    off = Plan(_config(default_config, partnership={"report": False}), "r", schema)
+    assert "r/plots/partnership.png" not in off.final_targets()
+    chosen = Plan(_config(default_config, partnership={"machine": {"backbone": "resnet18_morphology"}}), "r", schema)
+    assert chosen.partnership_backbone() == "resnet18_morphology"
+    assert chosen.weights_input(chosen.partnership_backbone())["init_weights"].endswith("encoder.pt")
+    # never a clumpy classifier (it learned from the consensus of every classification): the next entry
+    clumpy = Plan(_config(default_config, backbones={"c": {"arch": "resnet18", "init": "pretrain:clumpy",
+                                                           "base_init": "scratch"}}, sweep={"backbones": ["c"]}),
+                  "r", schema)
+    assert clumpy.baseline == "c" and clumpy.partnership_backbone() == "resnet18_scratch"
 
 
 def test_import_walk_follows_the_package_and_names_libraries(tmp_path):
@@ -180,7 +202,9 @@ def _specs():
     from clumpfinder.detection.train import TrainSpec
     from clumpfinder.data.volunteers import CrowdSpec
 
-    return [(ConsensusSpec, "consensus"), (EMSpec, "consensus.em"), (SiteSpec, "consensus.em.false_sites"),
+    from clumpfinder.partnership.replay import MachineSpec, PartnershipSpec
+
+    return [(PartnershipSpec, "partnership"), (MachineSpec, "partnership.machine"), (ConsensusSpec, "consensus"), (EMSpec, "consensus.em"), (SiteSpec, "consensus.em.false_sites"),
             (SwapSpec, "consensus.swap"), (DetectorSpec, "detector"), (DownloadSpec, "data.download"),
             (EvalSpec, "evaluation"), (VoteSpec, "morphology"), (PretrainSpec, "pretrain.morphology"),
             (SurveySpec, "simulate"), (CrowdSpec, "volunteers"), (TrainSpec, "training"), (ClassicalSpec, "classical")]

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.slurm
 OVERRIDE = "sweep:\n  backbones: [resnet18_clumpy]\nlabels:\n  n_train: [8]\nthreads:\n  simulate: 2\n"
 SUBMITTED = {"simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
              "consensus", "pretrain_morphology", "image_cache",
-             "pretrain_clumpy", "train", "evaluate", "classical", "clump_catalogue"}
+             "pretrain_clumpy", "train", "evaluate", "classical", "clump_catalogue", "partnership_replay"}
 LOCAL = {"split", "subset", "truth_labels", "summary", "plot_pr", "plot_flux", "gallery", "plot_consensus",
-         "consensus_ceiling", "plot_learning", "catalogue_model", "catalogue_validation", "plot_catalogue", "all"}
-GPU_RULES = {"pretrain_morphology", "pretrain_clumpy", "train", "evaluate", "clump_catalogue"}
+         "consensus_ceiling", "plot_learning", "catalogue_model", "catalogue_validation", "plot_catalogue",
+         "plot_partnership", "all"}
+GPU_RULES = {"pretrain_morphology", "pretrain_clumpy", "train", "evaluate", "clump_catalogue", "partnership_replay"}
 TIMING_KEYS = {"seconds", "img_per_s", "galaxies_per_s", "val_seconds"}
 
 

@@ -25,6 +25,8 @@ CATALOGUE = {"catalogue_model": 1, "clump_catalogue": 1, "catalogue_validation":
 CONSENSUS_DOWNSTREAM = {"consensus": 1, "split": 1, "image_cache": 3, "subset": 2, "truth_labels": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
                         "gallery": 2, "plot_consensus": 1, "plot_learning": 1, "classical": 1,
                         "consensus_ceiling": 1, **CATALOGUE, "all": 1}
+# the partnership replay reads the export and trains a detector: it reruns with either
+PARTNERSHIP = {"partnership_replay": 1, "plot_partnership": 1}
 
 
 def test_lint(tmp_path):
@@ -66,7 +68,7 @@ def test_default_dry_run(tmp_path, default_config):
     assert jobs["gallery"] == n_n
     for rule in ("simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
                  "pretrain_morphology", "consensus", "split", "truth_labels", "summary", "plot_pr", "plot_flux",
-                 "plot_consensus", "all"):
+                 "plot_consensus", "partnership_replay", "plot_partnership", "all"):
         assert jobs[rule] == 1
 
 
@@ -104,8 +106,11 @@ def test_tiny_run_outputs(tiny_run, tiny_config):
                 "consensus/report.json", "labels/train.json", "labels/val.json", "labels/test.json",
                 "labels/test_truth.json", "eval/classical/metrics.json", "eval/consensus_ceiling/metrics.json",
                 "summary.csv", "comparison.csv", "summary.md", "summary.html",
+                *[f"partnership/{name}" for name in ("boxes.csv", "subjects.csv", "volunteers.csv", "curves.csv",
+                                                     "summary.json")],
                 *[f"plots/{name}.{ext}" for ext in ("png", "pdf")
                   for name in ("completeness_purity", "pr_curves", "learning_curves", "completeness_vs_flux", "consensus",
+                               "partnership",
                                *[f"gallery/n{n}" for n in tiny_config["labels"]["n_train"]])]):
         assert (res / rel).stat().st_size > 0, rel
     n_gal = tiny_config["simulate"]["n_galaxies"]
@@ -210,6 +215,41 @@ def test_tiny_run_summary_in_range(tiny_run, tiny_config):
         assert (table[f"{ref}_n_gt"] > 0).all()
 
 
+def test_tiny_run_partnership(tiny_run, tiny_config):
+    """The replay's outputs: three strategies' curves, both human shares, the machine's rounds in the
+    log, labels the split could read, and its section in summary.md."""
+    from clumpfinder.labels.coco import BOXES_NEEDS, SUBJECTS_NEEDS
+
+    res = tiny_run["dir"] / "results"
+    summary = json.loads((res / "partnership" / "summary.json").read_text())
+    assert {"human_share_machine", "human_share_retirement"} <= set(summary)
+    for key in ("human_share_machine", "human_share_retirement"):
+        assert summary[key] is None or 0 < summary[key] <= 1
+    assert set(summary["strategies"]) == {"fixed", "retirement", "machine"} and summary["scored"]
+    assert summary["times"]["unparseable_time"] == 0 and summary["skills"]["volunteers"] > 0
+    curves = pd.read_csv(res / "partnership" / "curves.csv")
+    assert set(curves["strategy"]) == {"fixed", "retirement", "machine"}
+    assert curves["f1"].between(0, 1).all() and (curves["f1_low"] <= curves["f1_high"]).all()
+    n_cls = summary["fixed_human_classifications"]
+    assert curves.groupby("strategy")["human_classifications"].max()["fixed"] == n_cls
+    assert (curves["human_classifications"] <= n_cls).all()
+    log = (res / "logs" / "partnership.log").read_text()
+    assert "machine round 1" in log and "EM iteration" not in log
+    subjects = pd.read_csv(res / "partnership" / "subjects.csv")
+    boxes = pd.read_csv(res / "partnership" / "boxes.csv")
+    assert set(SUBJECTS_NEEDS) <= set(subjects.columns) and set(BOXES_NEEDS) <= set(boxes.columns)
+    assert subjects["retired"].sum() == summary["strategies"]["machine"]["subjects_decided"]
+    assert "## Humans and machine" in (res / "summary.md").read_text()
+
+
+def test_partnership_labels_can_train_the_detectors(tmp_path):
+    cfg = tmp_path / "labels.yaml"
+    cfg.write_text("partnership:\n  labels_for_training: true\n")
+    proc = smk("-n", "--configfile", TEST_CONFIG, cfg, cwd=tmp_path)
+    split = next(j for j in job_blocks(proc.stdout) if j["rule"] == "split")
+    assert "results/partnership/boxes.csv" in split["input"] and "results/consensus/boxes.csv" not in split["input"]
+
+
 def test_tiny_run_subsets_nested(tiny_run):
     lab = tiny_run["dir"] / "results" / "labels"
     small, big = (json.loads((lab / f"train_n{n}.json").read_text()) for n in (8, 20))
@@ -275,9 +315,9 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
                 script = re.search(r'script:\s+"\.\./scripts/(\w+\.py)"', rule)
                 assert script and f'code=package_code("{script.group(1)}")' in rule, rule.split(":")[0]
                 used.append(script.group(1))
-    assert len(used) == 31 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
+    assert len(used) == 33 and set(used) == {p.name for p in (REPO / "scripts").glob("*.py")}
     jobs = [j for j in job_blocks(smk("-n", "--configfile", TEST_CONFIG, cwd=tmp_path).stdout) if j["rule"] != "all"]
-    assert len({j["rule"] for j in jobs}) == 25
+    assert len({j["rule"] for j in jobs}) == 27
     for job in jobs:
         assert "src/clumpfinder/__init__.py" in job["input"], job["rule"]
     by_rule = {j["rule"]: j["input"] for j in jobs}
@@ -302,17 +342,17 @@ def test_every_stage_declares_the_package_code_it_runs(tmp_path):
     [
         # plotting code: the figures and the summary that draws the headline figure
         ("report/figures.py", {"summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_consensus": 1,
-                               "plot_learning": 1, "plot_catalogue": 1, "all": 1}),
+                               "plot_learning": 1, "plot_catalogue": 1, "plot_partnership": 1, "all": 1}),
         # the EM aggregation of clicks: the consensus and everything after it
-        ("crowd/boxem.py", CONSENSUS_DOWNSTREAM),
+        ("crowd/boxem.py", {**CONSENSUS_DOWNSTREAM, **PARTNERSHIP}),
         # the detector's training and what reads its models (the evaluation reruns because its models
         # are new: it does not run this code)
         ("detection/train.py", {"train": 6, "evaluate": 6, "summary": 1, "plot_pr": 1, "plot_flux": 1,
-                                "gallery": 2, "plot_learning": 1, **CATALOGUE, "all": 1}),
+                                "gallery": 2, "plot_learning": 1, **CATALOGUE, **PARTNERSHIP, "all": 1}),
         # the optimisation loop that training and both pretrainings share
         ("detection/loop.py", {"pretrain_morphology": 1, "pretrain_clumpy": 1, "train": 6, "evaluate": 6,
                                "summary": 1, "plot_pr": 1, "plot_flux": 1, "gallery": 2, "plot_learning": 1,
-                               **CATALOGUE, "all": 1}),
+                               **CATALOGUE, **PARTNERSHIP, "all": 1}),
     ],
 )
 def test_a_code_change_reruns_the_stages_that_run_it(tiny_run, module, expected):

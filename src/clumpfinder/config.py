@@ -71,6 +71,7 @@ def check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"backbone(s) {', '.join(clumpy)} use pretrain:clumpy, which learns from the volunteers' "
                          "SWAP posteriors; data.source 'catalogue' has no volunteer classifications")
     check_catalogue(config, backbones)
+    check_partnership(config, backbones)
     for rule, res in config["resources"].items():
         if rule != "train" and res["gpu"] > 1:
             raise ValueError(f"resources.{rule}.gpu is {res['gpu']}: only training runs on several GPUs "
@@ -87,6 +88,24 @@ def check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"backbone(s) {', '.join(morphology)} use pretrain:morphology, whose votes are simulated "
                          "only for data.source 'simulate'; give real Galaxy Zoo votes in pretrain.catalogue or "
                          "leave these backbones out of sweep.backbones")
+
+
+def check_partnership(config: dict[str, Any], backbones: list[str]) -> None:
+    """The partnership replay needs volunteers, the EM consensus and a known backbone."""
+    part, source = config["partnership"], config["data"]["source"]
+    if part["labels_for_training"] and source == "catalogue":
+        raise ValueError("partnership.labels_for_training is true but data.source 'catalogue' has no volunteer "
+                         "classifications to replay")
+    if part["labels_for_training"] and config["consensus"]["method"] != "em":
+        raise ValueError(f"partnership.labels_for_training needs consensus.method 'em' (the replay retires subjects "
+                         f"on the EM consensus's risk), not {config['consensus']['method']!r}")
+    name = part["machine"]["backbone"]
+    if name is not None and name not in config["backbones"]:
+        raise ValueError(f"partnership.machine.backbone {name!r} is not an entry of backbones "
+                         f"({', '.join(config['backbones'])})")
+    if name is not None and config["backbones"][name]["init"] == "pretrain:clumpy":
+        raise ValueError(f"partnership.machine.backbone {name!r} starts from pretrain:clumpy, which learns from the "
+                         "consensus the replay rebuilds; give it another backbone")
 
 
 def check_catalogue(config: dict[str, Any], backbones: list[str]) -> None:
@@ -340,8 +359,34 @@ class Plan:
         names += [f"gallery/n{n}" for n in self.n_train]
         names += ["completeness_vs_flux"] if source == "simulate" else []
         names += ["catalogue"]
+        names += ["partnership"] if self.partnership_reported() else []
         return ([f"{self.results}/{f}" for f in ("summary.csv", "comparison.csv", "summary.md", "summary.html")]
                 + [f"{self.results}/plots/{name}.{ext}" for name in names for ext in ("png", "pdf")])
+
+    # --- the partnership replay (rules/partnership.smk)
+    def partnership_available(self) -> bool:
+        """The data have volunteer classifications to replay."""
+        return self.config["data"]["source"] != "catalogue"
+
+    def partnership_reported(self) -> bool:
+        """summary.md shows the replay (and the default DAG runs it): asked for, and possible (the
+        replay retires subjects on the EM consensus, so another consensus method leaves it out)."""
+        return (self.partnership_available() and self.config["partnership"]["report"]
+                and self.config["consensus"]["method"] == "em")
+
+    def partnership_backbone(self) -> str:
+        """The backbone the machine agent trains: the configured one, or the report's baseline (else the
+        first entry of backbones) that does not start from pretrain:clumpy."""
+        name = self.config["partnership"]["machine"]["backbone"]
+        if name is not None:
+            return name
+        # a clumpy classifier learned from the consensus of every classification, which the replay must not know
+        usable = [b for b in [self.baseline, *self.config["backbones"]] if self.value(b, "init") != "pretrain:clumpy"]
+        if not usable:
+            raise ValueError("partnership.machine.backbone is null and every entry of backbones starts from "
+                             "pretrain:clumpy (learned from the full consensus, which the replay must not know): "
+                             "add a backbone with another init and name it there")
+        return usable[0]
 
     # --- what the consensus and the split read, by data route
     def gold_input(self) -> dict[str, str]:

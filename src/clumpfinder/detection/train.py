@@ -222,13 +222,16 @@ def train_detector(
     spec: TrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
     val: dict[str, Any] | None = None, selection: Selection = Selection(), compute: ComputeSpec = ComputeSpec(),
     device: torch.device | None = None, val_images: str | Path | ImageCache | None = None,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train and return (model, metrics); with ``val`` (a COCO dataset of the validation split) the
     returned weights are the evaluated ones with the best validation F1 (see module doc);
     resumable through ``checkpoint``. ``images`` (and ``val_images``, default ``images``) is a
     folder of PNGs or a split's :class:`ImageCache`; ``device`` defaults to ``compute.device``.
     Inside an initialised ``torch.distributed`` group every process trains on its share of each
-    batch (see :func:`train_distributed`)."""
+    batch (see :func:`clumpfinder.detection.parallel.train_job`). ``initial``: the state dict of a
+    detector of the same build to fine-tune instead of the backbone's init (not resumable: no
+    ``checkpoint`` with it)."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(spec.seed)
@@ -245,7 +248,12 @@ def train_detector(
     if not isinstance(images, ImageCache):
         images = load_images(coco, images)
     dtype = autocast_dtype(compute.precision, device)
-    model = set_precision(build_detector(backbone, detector).to(device), dtype)
+    if initial is not None and checkpoint is not None:
+        raise ValueError("a fine-tuning run (initial weights) cannot be resumed from a checkpoint")
+    model = build_detector(backbone, detector, pretrained=initial is None)
+    if initial is not None:
+        model.load_state_dict(initial)
+    model = set_precision(model.to(device), dtype)
     net = model
     if size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

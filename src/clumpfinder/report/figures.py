@@ -492,3 +492,50 @@ def plot_catalogue(clumps: pd.DataFrame, galaxies: pd.DataFrame, overlays: str |
             f"8 % flag completeness {fl['completeness_flagged']:.2f}, purity {fl['purity_giant']:.2f}",
             fontsize=9) if ph["n"] and pos["n"] else None
     return save(fig, png, pdf)
+
+
+#: the partnership strategies as the figure and the report name them, in drawing order
+STRATEGY_LABELS = {"fixed": "every classification (fixed)", "retirement": "humans, with retirement",
+                   "machine": "humans + machine"}
+
+
+def plot_partnership(curves: pd.DataFrame, summary: dict[str, Any], png: str | Path, pdf: str | Path) -> plt.Figure:
+    """Effort curves of the partnership replay: label F1 against the truth (with bootstrap
+    intervals) and the share of subjects decided, against the human classifications spent.
+    Without a truth (real exports) only the second panel has data."""
+    scored = "f1" in curves and curves["f1"].notna().any()
+    fig, axes = plt.subplots(1, 2, figsize=report_size(10.0, 4.2), constrained_layout=True)
+    total = summary["fixed_human_classifications"]
+    styles = {"fixed": ("-", "o"), "retirement": ("--", "s"), "machine": ("-.", "^")}
+    for k, (name, label) in enumerate(STRATEGY_LABELS.items()):
+        c = curves[curves["strategy"] == name]
+        if c.empty:
+            continue
+        ls, marker = styles[name]
+        x = c["human_classifications"] / 1000
+        colour = PALETTE[k]
+        if scored:
+            axes[0].plot(x, c["f1"], ls=ls, marker=marker, ms=3, color=colour, label=label)
+            axes[0].fill_between(x, c["f1_low"], c["f1_high"], color=colour, alpha=0.2, lw=0)
+        axes[1].plot(x, c["decided_share"], ls=ls, marker=marker, ms=3, color=colour, label=label)
+    if scored:
+        target = summary.get("target_f1")
+        if target is not None:
+            axes[0].axhline(target, color="0.4", ls=":", lw=1, label="fixed strategy's final F1")
+        for k, name in enumerate(STRATEGY_LABELS):
+            share = summary["strategies"].get(name, {}).get("human_share")
+            if name != "fixed" and share is not None:
+                axes[0].axvline(share * total / 1000, color=PALETTE[k], ls=":", lw=1)
+        axes[0].set_ylabel("label F1 against the truth")
+        axes[0].set_ylim(0, 1)
+        axes[0].legend(loc="lower right", fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "no truth to score labels against\n(real export)", ha="center", va="center",
+                     transform=axes[0].transAxes)
+    axes[1].set_ylabel("share of subjects decided")
+    axes[1].set_ylim(0, 1.02)
+    for ax in axes:
+        ax.set_xlabel("human classifications spent (thousands)")
+        ax.set_xlim(0, total / 1000 * 1.02 if total else 1)
+        ax.grid(alpha=0.3)
+    return save(fig, png, pdf)

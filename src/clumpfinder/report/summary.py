@@ -457,9 +457,11 @@ def data_text(data: dict[str, Any]) -> str:
 
 def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
                      data: dict[str, Any] | None = None, references: pd.DataFrame | None = None,
-                     effect: pd.DataFrame | None = None, table: pd.DataFrame | None = None) -> str:
+                     effect: pd.DataFrame | None = None, table: pd.DataFrame | None = None,
+                     partnership: dict[str, Any] | None = None) -> str:
     """results/summary.md: the answer (one sentence per question), which data it reports on, how
-    to read it, and one table per label set."""
+    to read it, and one table per label set; with ``partnership`` (its summary.json) a section on
+    the humans + machine replay."""
     parts = ["# Clump detection: which backbone, how much data?", ""]
     parts += [f"- {sentence}" for sentence in findings(comparison, effect, table)] + [""]
     if data is not None:
@@ -475,6 +477,11 @@ def summary_markdown(comparison: pd.DataFrame, iou: float, threshold: str, level
             parts += [f"Against {_long(ref)}:", "", table_.to_markdown(index=False), ""]
             if sentence:
                 parts += [sentence, ""]
+    if partnership is not None:
+        text, strategies, skills = partnership_parts(partnership)
+        parts += ["## Humans and machine: the export replayed in time order", "", text, "",
+                  strategies.to_markdown(index=False), "", "Learned skills of the machine agent and of the volunteers "
+                  "(the final humans + machine consensus):", "", skills.to_markdown(index=False), ""]
     return "\n".join(parts)
 
 
@@ -514,6 +521,66 @@ _REFERENCE_INTRO = ("The consensus labels of the test galaxies scored against th
                     "settings chosen on the validation split) is the baseline a detector has to beat.")
 
 
+PARTNERSHIP_STRATEGIES = {"fixed": "every classification (fixed)", "retirement": "humans, with retirement",
+                          "machine": "humans + machine"}
+_SKILL_NAMES = {"swap_pl": "SWAP PL", "swap_pd": "SWAP PD", "p_fp": "EM p_fp", "p_fn": "EM p_fn",
+                "variance": "EM variance"}
+
+
+def _share(v: float | None) -> str:
+    return "never" if v is None else f"{100 * v:.0f} %"
+
+
+def partnership_parts(summary: dict[str, Any]) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """The partnership replay for the report: a paragraph, the strategies' table and the machine's
+    learned skills beside the volunteers' (results/partnership/summary.json)."""
+    total = summary["fixed_human_classifications"]
+    rows = []
+    for name, label in PARTNERSHIP_STRATEGIES.items():
+        e = summary["strategies"].get(name)
+        if e is None:
+            continue
+        row = {"strategy": label,
+               "human classifications": f"{e['human_classifications']:,} ({_share(e['share_of_fixed'])})",
+               "subjects decided": f"{e['subjects_decided']:,} of {summary['subjects']:,}"}
+        if summary.get("scored"):
+            low, high = e["f1_interval"]
+            row["label F1"] = _with_interval(e["f1"], low, high)
+            row["completeness"] = _num(e["completeness"])
+            row["purity"] = _num(e["purity"])
+            interval = e.get("human_share_interval")
+            row["share to reach the fixed F1"] = _share(e.get("human_share")) + (
+                f" [{_share(interval[0])}, {_share(interval[1])}]" if interval and name != "fixed" else "")
+        rows.append(row)
+    sk = summary["skills"]
+    skill_rows = []
+    if sk["machine"] is not None:
+        skill_rows.append({"agent": f"machine ({sk['machine']['n_classifications']:,} classifications)",
+                           **{_SKILL_NAMES[k]: _num(sk["machine"][k]) for k in _SKILL_NAMES}})
+    quart = sk["volunteer_quartiles"]
+    skill_rows.append({"agent": f"volunteers, median [quartiles] ({sk['volunteers']} with >= {sk['min_classifications']})",
+                       **{_SKILL_NAMES[k]: (f"{_num(quart[k][1])} [{_num(quart[k][0])}, {_num(quart[k][2])}]"
+                                            if quart.get(k) else "") for k in _SKILL_NAMES}})
+    times = summary["times"]
+    text = (f"The classification export replayed in time order ({times['first']} to {times['last']}; "
+            f"{times['unparseable_time']} rows without a readable time left out, {times['out_of_order']} out of order) "
+            f"under three strategies (docs/partnership.md). The fixed strategy used {total:,} human classifications. ")
+    if summary.get("scored"):
+        tolerance = summary["f1_tolerance"]
+        text += (f"Label F1 is the final consensus of each strategy against the simulated truth on the "
+                 f"{summary['subjects'] - summary['gold_subjects']:,} subjects that are not gold; a strategy reaches "
+                 f"the fixed strategy's F1 ({_num(summary['target_f1'] + tolerance)}"
+                 f"{f', less {tolerance:g}' if tolerance else ''}) "
+                 f"with the share of its human classifications given in the last column ("
+                 f"{100 * summary['bootstrap']['level']:.0f} % bootstrap intervals over subjects, "
+                 f"{summary['bootstrap']['n']} resamples). Human share with the machine: "
+                 f"**{_share(summary.get('human_share_machine'))}**; with retirement alone: "
+                 f"**{_share(summary.get('human_share_retirement'))}**.")
+    else:
+        text += "These data have no truth: the label F1 columns and the human shares are left out."
+    return text, pd.DataFrame(rows), pd.DataFrame(skill_rows)
+
+
 def _md_bold_to_html(text: str) -> str:
     out = html.escape(text).split("**")
     return "".join(f"<b>{s}</b>" if i % 2 else s for i, s in enumerate(out))
@@ -521,7 +588,8 @@ def _md_bold_to_html(text: str) -> str:
 
 def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: float, n_boot: int,
                  data: dict[str, Any] | None = None, references: pd.DataFrame | None = None,
-                 effect: pd.DataFrame | None = None, table: pd.DataFrame | None = None) -> str:
+                 effect: pd.DataFrame | None = None, table: pd.DataFrame | None = None,
+                 partnership: dict[str, Any] | None = None) -> str:
     """The same content as :func:`summary_markdown` as a self-contained HTML page (for the
     Snakemake report, which shows HTML results inline)."""
     body = ["<h1>Clump detection: which backbone, how much data?</h1>", "<ul class=\"answer\">"]
@@ -543,6 +611,12 @@ def summary_html(comparison: pd.DataFrame, iou: float, threshold: str, level: fl
                      table_.to_html(index=False, border=0, classes="summary")]
             if sentence:
                 body += [f"<p>{html.escape(sentence)}</p>"]
+    if partnership is not None:
+        text, strategies, skills = partnership_parts(partnership)
+        body += ["<h2>Humans and machine: the export replayed in time order</h2>", f"<p>{_md_bold_to_html(text)}</p>",
+                 strategies.to_html(index=False, border=0, classes="summary"),
+                 "<p>Learned skills of the machine agent and of the volunteers (the final humans + machine "
+                 "consensus):</p>", skills.to_html(index=False, border=0, classes="summary")]
     return html_page("Clump detection summary", "\n".join(body))
 
 

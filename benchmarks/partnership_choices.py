@@ -63,10 +63,11 @@ def main() -> None:
     plan = Plan(config, "results", yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
     backbone = plan.partnership_backbone()
     survey = args.workdir / "results" / "survey"
-    record = {"command": "python benchmarks/partnership_choices.py " + " ".join(sys.argv[1:]),
-              "date": dt.date.today().isoformat(), "commit": git_commit(), "seed_role": role,
-              "simulate_seed": config["simulate"]["seed"], "volunteers_seed": config["volunteers"]["seed"],
-              "machine_backbone": backbone, "variants": {}}
+    record = {"command": "python benchmarks/partnership_choices.py --workdir DIR --configfile ... [--only NAME ...]",
+              "seed_role": role, "simulate_seed": config["simulate"]["seed"],
+              "volunteers_seed": config["volunteers"]["seed"], "machine_backbone": backbone, "variants": {}}
+    if args.only and out.exists():  # a few variants again: the others' results stay
+        record["variants"] = json.loads(out.read_text())["variants"]
     for name, override, machine in VARIANTS:
         if args.only and name not in args.only:
             continue
@@ -81,6 +82,8 @@ def main() -> None:
         keep = ("human_classifications", "share_of_fixed", "subjects_decided", "f1", "f1_interval", "completeness",
                 "purity", "human_share", "human_share_interval", "reached_in_resamples", "retired_as")
         record["variants"][name] = {
+            "command": "python benchmarks/partnership_choices.py " + " ".join(sys.argv[1:]),
+            "date": dt.date.today().isoformat(), "commit": git_commit(),
             "override": override, "with_machine": machine, "seconds": round(time.perf_counter() - t0, 1),
             "target_f1": summary["target_f1"],
             "strategies": {s: {k: e.get(k) for k in keep} for s, e in summary["strategies"].items()},

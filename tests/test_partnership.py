@@ -342,3 +342,23 @@ def test_the_real_machine_trains_on_retired_subjects_and_classifies_the_queue(ti
     first = {k: v.clone() for k, v in agent.weights.items()}
     agent(consensus, retired, active, "2020-01-02T00:00:00.000000Z", 2)
     assert any(not torch.equal(first[k], v) for k, v in agent.weights.items())  # trained on from round 1
+
+
+def test_the_machine_counts_only_on_subjects_in_the_queue(tmp_path, default_config):
+    """The machine classifies C from its first round on, but C's first human classification comes
+    after every other (C is replayed last): until then no consensus holds the machine's view of C."""
+    parsed = _export(tmp_path, order=(A, B), per_subject=5,
+                     extra=[_row(2000 + k, C, k, 100 + k, _marks(C, k)) for k in range(3)])
+    seen_c = []
+
+    def scorer(consensus):
+        n_c = int((consensus.subjects["subject_id"] == C).sum())
+        seen_c.append(n_c)
+        return {"f1": float("nan")}
+
+    spec = _spec(default_config, min_humans=2, machine={"every": 1})
+    res = replay(parsed, _consensus(default_config), spec, "machine", machine=ScriptedMachine(quiet=[A, B, C]),
+                 scorer=scorer, all_subjects=np.array([A, B, C]))
+    first_c = next(i for i, p in enumerate(res.points) if p.subjects_seen == 3)
+    assert seen_c[:first_c] == [0] * first_c and seen_c[first_c] == 1
+    assert MACHINE_USER in set(res.consensus.volunteers["user"])

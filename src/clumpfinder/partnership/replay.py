@@ -24,8 +24,11 @@ shown that volunteer another subject. Three strategies:
   detector is trained on the retired subjects' consensus and classifies the subjects still in
   the queue (:mod:`clumpfinder.partnership.machine`). Its boxes enter the EM as one more
   volunteer and its "marked anything" enters SWAP as one more agent; their skills (p_fp, p_fn,
-  positional variance; PL, PD) are learned like anyone's. Its latest classification of a subject
-  replaces its earlier ones. It never retires a subject by itself: ``min_humans`` humans must
+  positional variance; PL, PD) are learned like anyone's. It classifies every subject in the
+  queue, seen or not, but its classification of a subject counts from the subject's first human
+  classification on (before it, nobody could agree or disagree with it, and the EM would count
+  its boxes there as false positives). Its latest classification of a subject replaces its
+  earlier ones. It never retires a subject by itself: ``min_humans`` humans must
   have seen it, and the joint posterior must clear the thresholds.
 
 Times are parsed from the export (Zooniverse writes "2019-06-01 11:17:45 UTC"; ISO 8601 with or
@@ -240,8 +243,12 @@ def replay(parsed: ParsedExport, consensus_spec: ConsensusSpec, spec: Partnershi
         ids = rows["classification_id"]
         marks = clicks[clicks["classification_id"].isin(ids)]
         if machine_cls is not None:
-            rows = pd.concat([rows, machine_cls], ignore_index=True)
-            marks = pd.concat([marks, machine_clicks], ignore_index=True)
+            # its classification of a subject counts once the subject is in the live queue (a human
+            # classified it): on a subject nobody saw, its boxes would count as its false positives
+            seen = machine_cls["subject_id"].isin(subject_ids[n_used > 0])
+            rows = pd.concat([rows, machine_cls[seen]], ignore_index=True)
+            marks = pd.concat([marks, machine_clicks[machine_clicks["classification_id"].isin(
+                machine_cls.loc[seen, "classification_id"])]], ignore_index=True)
         return run_consensus(ParsedExport(rows, marks, {}), consensus_spec, gold)
 
     for start in range(0, n, spec.check_every):

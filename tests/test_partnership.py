@@ -245,6 +245,9 @@ def test_effort_shares_by_hand():
     assert summary["strategies"]["machine"]["reached_in_resamples"] < 1.0
     assert curves.loc[curves["strategy"] == "retirement", "share_of_fixed"].tolist() == [0.3, 0.6]
     assert curves["decided_share"].max() == 1.0
+    machine = summary["strategies"]["machine"]
+    assert machine["f1_minus_fixed"] == pytest.approx(2 / 3 - 1)
+    assert machine["f1_minus_fixed_interval"][1] <= 0
     # with a tolerance of 1/3 the machine's F1 of 2/3 reaches it at its first point
     _, summary = effort(results, 2, 1 / 3 + 1e-9, {"n": 50, "seed": 0, "level": 0.9})
     assert summary["human_share_machine"] == pytest.approx(5 / 20)
@@ -362,3 +365,95 @@ def test_the_machine_counts_only_on_subjects_in_the_queue(tmp_path, default_conf
     first_c = next(i for i, p in enumerate(res.points) if p.subjects_seen == 3)
     assert seen_c[:first_c] == [0] * first_c and seen_c[first_c] == 1
     assert MACHINE_USER in set(res.consensus.volunteers["user"])
+
+
+def test_report_section_with_and_without_a_truth():
+    from clumpfinder.report.summary import partnership_parts, summary_html
+
+    n = np.array([1, 1])
+    half = (np.array([1, 0]), np.array([0, 0]), n)
+    full = (np.array([1, 1]), np.array([0, 0]), n)
+    results = {"fixed": _result("fixed", [10, 20], [half, full], [1, 2]),
+               "retirement": _result("retirement", [6, 12], [half, full], [1, 2]),
+               "machine": _result("machine", [5, 8], [half, half], [2, 2])}
+    _, summary = effort(results, 2, 0.0, {"n": 50, "seed": 0, "level": 0.9})
+    vol = pd.DataFrame({"user": ["a", MACHINE_USER], "n_classifications": [20, 8], "swap_pl": [0.6, 0.9],
+                        "swap_pd": [0.7, 0.9], "p_fp": [0.1, 0.05], "p_fn": [0.3, 0.2], "variance": [0.05, 0.02]})
+    summary.update(times={"first": "2020", "last": "2021", "unparseable_time": 2, "out_of_order": 1},
+                   skills=skills(vol), scored=True, subjects=2, gold_subjects=0)
+    text, table, skill_table = partnership_parts(summary)
+    assert "with the machine: **never**" in text and "retirement alone: **60 %**" in text
+    assert "2 rows without a readable time" in text and "1 out of order" in text
+    assert table["share to reach the fixed F1"].tolist()[1].startswith("60 %")
+    assert table["minus the fixed F1 (paired)"].tolist()[0] == ""
+    assert skill_table["agent"].str.startswith("machine").any()
+    assert "Humans and machine" in summary_html(pd.DataFrame(columns=["reference"]), 0.5, "t", 0.95, 10,
+                                               partnership=summary)
+    unscored = {**summary, "scored": False}
+    text, table, _ = partnership_parts(unscored)
+    assert "no truth" in text and "label F1" not in table.columns
+
+
+def test_effort_figure_draws_every_strategy(tmp_path):
+    from clumpfinder.report.figures import plot_partnership
+
+    n = np.array([1, 1])
+    half = (np.array([1, 0]), np.array([0, 0]), n)
+    full = (np.array([1, 1]), np.array([0, 0]), n)
+    results = {"fixed": _result("fixed", [10, 20], [half, full], [1, 2]),
+               "retirement": _result("retirement", [6, 12], [half, full], [1, 2]),
+               "machine": _result("machine", [5, 8], [half, half], [2, 2])}
+    curves, summary = effort(results, 2, 0.0, {"n": 50, "seed": 0, "level": 0.9})
+    fig = plot_partnership(curves, summary, tmp_path / "p.png", tmp_path / "p.pdf")
+    left, right = fig.axes
+    assert len(left.get_lines()) >= 4 and len(right.get_lines()) == 3  # 3 curves + the target (+ share marks)
+    assert (tmp_path / "p.png").stat().st_size > 0 and (tmp_path / "p.pdf").stat().st_size > 0
+    # a real export: no truth, only the decided share
+    fig = plot_partnership(curves.assign(f1=np.nan), summary, tmp_path / "q.png", tmp_path / "q.pdf")
+    assert not fig.axes[0].get_lines() and len(fig.axes[1].get_lines()) == 3
+
+
+def test_machine_rows_join_in_the_humans_frame_and_time():
+    """A machine classification of a subject made before any human saw it (in the image's 50 px)
+    counts once a human has, rescaled to the humans' 100 px frame and entering SWAP no earlier
+    than that human; a subject no human saw yet is left out."""
+    from clumpfinder.partnership.replay import _in_the_queue
+
+    machine = pd.DataFrame({"classification_id": [-1, -2], "subject_id": [7, 8], "user": MACHINE_USER,
+                            "width": [50.0, 50.0], "height": [50.0, 50.0], "fwhm_px": [2.0, 2.0],
+                            "created_at": ["2020-01-01T00:00:00.000000Z"] * 2})
+    clicks = pd.DataFrame({"classification_id": [-1, -2], "subject_id": [7, 8], "user": MACHINE_USER,
+                           "x": [10.0, 10.0], "y": [20.0, 20.0], "tool": [0, 0]})
+    humans = pd.DataFrame({"classification_id": [5, 6], "subject_id": [7, 7], "width": [100.0, 100.0],
+                           "height": [100.0, 100.0], "created_at": ["2020-01-03T00:00:00.000000Z",
+                                                                   "2020-01-02T00:00:00.000000Z"]})
+    cls, marks = _in_the_queue(machine, clicks, humans)
+    assert cls["subject_id"].tolist() == [7] and marks["classification_id"].tolist() == [-1]
+    assert cls[["width", "height", "fwhm_px"]].values.tolist() == [[100.0, 100.0, 4.0]]
+    assert marks[["x", "y"]].values.tolist() == [[20.0, 40.0]]
+    assert cls["created_at"].tolist() == ["2020-01-02T00:00:00.000000Z"]
+    later = machine.assign(created_at="2020-02-01T00:00:00.000000Z")
+    assert _in_the_queue(later, clicks, humans)[0]["created_at"].tolist() == ["2020-02-01T00:00:00.000000Z"]
+
+
+def test_the_machine_sits_out_a_round_without_held_out_boxes(tiny_survey, tiny_export, tiny_config):
+    """Retired subjects without a single consensus box: no held-out F1 to choose weights or a
+    threshold by, so the machine sits the round out (it does not vote at random)."""
+    from clumpfinder.compute import ComputeSpec
+    from clumpfinder.crowd.consensus import run_consensus
+    from clumpfinder.detection.detector import BackboneSpec, DetectorSpec
+    from clumpfinder.detection.train import Selection, TrainSpec
+    from clumpfinder.partnership.replay import MachineSpec
+
+    cfg = tiny_config
+    gold = tiny_export["gold"]
+    consensus = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(cfg["consensus"]), gold)
+    consensus.boxes = consensus.boxes.iloc[:0]
+    spec = MachineSpec.from_config({**cfg["partnership"]["machine"], "steps": 2, "eval_every": 1, "min_subjects": 6})
+    training = TrainSpec.from_config({**cfg["training"], "seed": 0, "steps": 2, "eval_every": 1})
+    agent = MachineAgent(spec, BackboneSpec(**cfg["backbones"]["resnet18_scratch"]),
+                         DetectorSpec.from_config(cfg["detector"]), training, Selection(),
+                         ComputeSpec(device="cpu", precision="fp32"), tiny_survey["manifest"],
+                         str(tiny_survey["root"] / "png"), gold.index.to_numpy(), threads=1)
+    ids = np.sort(tiny_survey["manifest"]["subject_id"].to_numpy())
+    assert agent(consensus, ids[:45], ids[45:], "2020-01-01T00:00:00.000000Z", 1) is None

@@ -103,6 +103,11 @@ def check_partnership(config: dict[str, Any], backbones: list[str]) -> None:
     if name is not None and name not in config["backbones"]:
         raise ValueError(f"partnership.machine.backbone {name!r} is not an entry of backbones "
                          f"({', '.join(config['backbones'])})")
+    wanted = source != "catalogue" and (part["report"] or part["labels_for_training"])
+    if wanted and name is None and all(b["init"] == "pretrain:clumpy" for b in config["backbones"].values()):
+        raise ValueError("partnership.machine.backbone is null and every entry of backbones starts from "
+                         "pretrain:clumpy (learned from the full consensus, which the replay must not know): add a "
+                         "backbone with another init and name it in partnership.machine.backbone")
     if name is not None and config["backbones"][name]["init"] == "pretrain:clumpy":
         raise ValueError(f"partnership.machine.backbone {name!r} starts from pretrain:clumpy, which learns from the "
                          "consensus the replay rebuilds; give it another backbone")

@@ -69,6 +69,10 @@ def _first_reached(f1: np.ndarray, humans: np.ndarray, target: np.ndarray) -> np
     return np.where(reached.any(axis=0), humans[first].astype(float), np.nan)
 
 
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def effort(results: dict[str, ReplayResult], n_subjects: int, tolerance: float,
            bootstrap: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The effort curves (one row per point of every strategy) and the human shares with their
@@ -123,13 +127,18 @@ def effort(results: dict[str, ReplayResult], n_subjects: int, tolerance: float,
             f1 = np.array([p.score["f1"] for p in res.points], float)
             humans = np.array([p.human_classifications for p in res.points])
             first = _first_reached(f1[:, None], humans, np.array([target_point]))[0]
-            shares = _first_reached(boot[name], humans, target_boot) / total
+            # a resample that never reaches the target needs more than every classification: +inf
+            shares = np.nan_to_num(_first_reached(boot[name], humans, target_boot) / total, nan=np.inf)
             entry.update(
                 f1=last.score["f1"], completeness=last.score["completeness"], purity=last.score["purity"],
                 f1_interval=[float(np.nanpercentile(boot[name][-1], q)) for q in (lo_q, hi_q)],
+                # paired: the same resampled subjects for both strategies
+                f1_minus_fixed=last.score["f1"] - fixed.points[-1].score["f1"],
+                f1_minus_fixed_interval=[float(np.nanpercentile(boot[name][-1] - boot["fixed"][-1], q))
+                                         for q in (lo_q, hi_q)],
                 human_share=None if math.isnan(first) else first / total,
-                human_share_interval=([float(np.nanpercentile(shares, q)) for q in (lo_q, hi_q)]
-                                      if np.isfinite(shares).any() else None),
+                # None for a bound in the resamples that never reach it ("never")
+                human_share_interval=[_finite(np.percentile(shares, q, method="nearest")) for q in (lo_q, hi_q)],
                 reached_in_resamples=float(np.isfinite(shares).mean()),
             )
         summary["strategies"][name] = entry

@@ -86,11 +86,11 @@ class MachineAgent:
         model, metrics = train_detector(train, self.image_dir, self.backbone, self.detector, self.training,
                                         threads=self.threads, val=val, selection=self.selection, compute=self.compute,
                                         device=self.device, initial=self.weights if self.spec.fine_tune else None)
-        best = next(row for row in metrics["history"] if row["step"] == metrics["best_step"])
+        best = next((row for row in metrics["history"] if row["step"] == metrics["best_step"]), None)
         self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if not best.get("val_f1"):  # None or 0: it found nothing of its held-out subjects' consensus
+        if best is None or not best.get("val_f1"):  # no F1 (no held-out box) or 0: no skill to show
             log.info("machine round %d: held-out F1 %s after %d steps: no skill yet, sits it out", round_no,
-                     best.get("val_f1"), metrics["steps"])
+                     None if best is None else best.get("val_f1"), metrics["steps"])
             return None
         threshold = float(best["val_score"])
         targets = np.union1d(np.intersect1d(np.asarray(active, np.int64), known), np.intersect1d(self.gold, known))
@@ -108,7 +108,9 @@ class MachineAgent:
 
     def _classifications(self, images: pd.DataFrame, coco: dict[str, Any], results: list[dict[str, Any]],
                          frame: pd.DataFrame, when: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """One classification per target subject and a click per box, in the volunteers' frame."""
+        """One classification per target subject and a click per box, in the volunteers' frame (a
+        subject no volunteer has classified yet: the image's; the replay rescales it to the
+        volunteers' once they have)."""
         n = len(images)
         ids = np.arange(self.next_id, self.next_id - n, -1, dtype=np.int64)
         self.next_id -= n

@@ -27,8 +27,9 @@ shown that volunteer another subject. Three strategies:
   positional variance; PL, PD) are learned like anyone's. It classifies every subject in the
   queue, seen or not, but its classification of a subject counts from the subject's first human
   classification on (before it, nobody could agree or disagree with it, and the EM would count
-  its boxes there as false positives). Its latest classification of a subject replaces its
-  earlier ones. It never retires a subject by itself: ``min_humans`` humans must
+  its boxes there as false positives): it enters SWAP at the later of its round's time and that
+  classification's, in the humans' click frame. Its latest classification of a subject replaces
+  its earlier ones. It never retires a subject by itself: ``min_humans`` humans must
   have seen it, and the joint posterior must clear the thresholds.
 
 Times are parsed from the export (Zooniverse writes "2019-06-01 11:17:45 UTC"; ISO 8601 with or
@@ -243,12 +244,9 @@ def replay(parsed: ParsedExport, consensus_spec: ConsensusSpec, spec: Partnershi
         ids = rows["classification_id"]
         marks = clicks[clicks["classification_id"].isin(ids)]
         if machine_cls is not None:
-            # its classification of a subject counts once the subject is in the live queue (a human
-            # classified it): on a subject nobody saw, its boxes would count as its false positives
-            seen = machine_cls["subject_id"].isin(subject_ids[n_used > 0])
-            rows = pd.concat([rows, machine_cls[seen]], ignore_index=True)
-            marks = pd.concat([marks, machine_clicks[machine_clicks["classification_id"].isin(
-                machine_cls.loc[seen, "classification_id"])]], ignore_index=True)
+            mine, my_marks = _in_the_queue(machine_cls, machine_clicks, rows)
+            rows = pd.concat([rows, mine], ignore_index=True)
+            marks = pd.concat([marks, my_marks], ignore_index=True)
         return run_consensus(ParsedExport(rows, marks, {}), consensus_spec, gold)
 
     for start in range(0, n, spec.check_every):
@@ -313,6 +311,30 @@ def replay(parsed: ParsedExport, consensus_spec: ConsensusSpec, spec: Partnershi
               "retired_as": {k: int((retired_as == k).sum()) for k in ("clumps", "none")},
               "machine_rounds": len(rounds)}
     return ReplayResult(strategy, points, current, subjects, rounds, report)
+
+
+def _in_the_queue(machine_cls: pd.DataFrame, machine_clicks: pd.DataFrame,
+                  humans: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The machine's classifications that count beside the ``humans`` used so far: those of
+    subjects a human has classified (on a subject nobody saw, nobody could agree or disagree with
+    it, and the EM would count its boxes as false positives), in the humans' click frame (it
+    classified a subject nobody had seen in the image's pixels), entering SWAP no earlier than the
+    subject's first human classification."""
+    g = humans.groupby("subject_id")
+    first, width, height = g["created_at"].min(), g["width"].median(), g["height"].median()
+    cls = machine_cls[machine_cls["subject_id"].isin(first.index)].copy()
+    fx = (cls["subject_id"].map(width) / cls["width"]).fillna(1.0).to_numpy()
+    fy = (cls["subject_id"].map(height) / cls["height"]).fillna(1.0).to_numpy()
+    cls["width"] = cls["width"] * fx
+    cls["height"] = cls["height"] * fy
+    cls["fwhm_px"] = cls["fwhm_px"] * fx
+    entry = cls["subject_id"].map(first)
+    cls["created_at"] = cls["created_at"].where(cls["created_at"] >= entry, entry)  # ISO strings sort as times
+    scale = pd.DataFrame({"classification_id": cls["classification_id"].to_numpy(), "fx": fx, "fy": fy})
+    clicks = machine_clicks.merge(scale, on="classification_id")
+    clicks["x"] = clicks["x"] * clicks.pop("fx")
+    clicks["y"] = clicks["y"] * clicks.pop("fy")
+    return cls, clicks
 
 
 def run_partnership(parsed: ParsedExport, consensus_spec: ConsensusSpec, spec: PartnershipSpec,

@@ -546,11 +546,15 @@ def partnership_parts(summary: dict[str, Any]) -> tuple[str, pd.DataFrame, pd.Da
         if summary.get("scored"):
             low, high = e["f1_interval"]
             row["label F1"] = _with_interval(e["f1"], low, high)
+            d_low, d_high = e["f1_minus_fixed_interval"]
+            row["minus the fixed F1 (paired)"] = ("" if name == "fixed" else
+                                                  _with_interval(e["f1_minus_fixed"], d_low, d_high, signed=True))
             row["completeness"] = _num(e["completeness"])
             row["purity"] = _num(e["purity"])
             interval = e.get("human_share_interval")
             row["share to reach the fixed F1"] = _share(e.get("human_share")) + (
-                f" [{_share(interval[0])}, {_share(interval[1])}]" if interval and name != "fixed" else "")
+                f" [{_share(interval[0])}, {_share(interval[1])}]; reached in {100 * e['reached_in_resamples']:.0f} % "
+                "of resamples" if interval and name != "fixed" else "")
         rows.append(row)
     sk = summary["skills"]
     skill_rows = []

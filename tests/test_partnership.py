@@ -227,16 +227,21 @@ def _result(name, humans, f1_counts, decided):
                         [], {"retired_as": {"clumps": 0, "none": 0}})
 
 
-def test_effort_shares_by_hand():
-    """Two subjects with one true clump each. Fixed: 10, then 20 classifications, F1 0.5 then 1.
-    Retirement reaches F1 1 at 12 classifications: share 0.6. A strategy that stops at F1 0.5
-    never reaches it."""
+def _three_strategies() -> dict[str, ReplayResult]:
+    """Two subjects with one true clump each. Fixed: 10, then 20 classifications, F1 2/3 then 1;
+    retirement the same F1 at 6 and 12; machine F1 2/3 at 5 and 8."""
     n = np.array([1, 1])
     half = (np.array([1, 0]), np.array([0, 0]), n)  # one of two found: F1 = 2/3
     full = (np.array([1, 1]), np.array([0, 0]), n)
-    results = {"fixed": _result("fixed", [10, 20], [half, full], [1, 2]),
-               "retirement": _result("retirement", [6, 12], [half, full], [1, 2]),
-               "machine": _result("machine", [5, 8], [half, half], [2, 2])}
+    return {"fixed": _result("fixed", [10, 20], [half, full], [1, 2]),
+            "retirement": _result("retirement", [6, 12], [half, full], [1, 2]),
+            "machine": _result("machine", [5, 8], [half, half], [2, 2])}
+
+
+def test_effort_shares_by_hand():
+    """Retirement reaches the fixed strategy's F1 of 1 at 12 of its 20 classifications: share 0.6.
+    The machine strategy, stopping at F1 2/3, never does (see _three_strategies)."""
+    results = _three_strategies()
     curves, summary = effort(results, 2, 0.0, {"n": 50, "seed": 0, "level": 0.9})
     assert summary["fixed_human_classifications"] == 20
     assert summary["target_f1"] == pytest.approx(1.0)
@@ -311,23 +316,8 @@ def test_the_real_machine_trains_on_retired_subjects_and_classifies_the_queue(ti
     """The detector agent on the tiny survey: trained on 45 'retired' subjects' consensus (gold
     ones left out), it classifies every subject still in the queue and every gold subject, once
     each, with clicks inside the volunteers' frame; it fine-tunes from its last weights next round."""
-    from clumpfinder.compute import ComputeSpec
-    from clumpfinder.crowd.consensus import run_consensus
-    from clumpfinder.detection.detector import BackboneSpec, DetectorSpec
-    from clumpfinder.detection.train import Selection, TrainSpec
-    from clumpfinder.partnership.replay import MachineSpec
-
-    cfg = tiny_config
-    manifest = tiny_survey["manifest"]
-    gold = tiny_export["gold"]
-    consensus = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(cfg["consensus"]), gold)
-    spec = MachineSpec.from_config({**cfg["partnership"]["machine"], "steps": 60, "eval_every": 20, "min_subjects": 6})
-    training = TrainSpec.from_config({**cfg["training"], "seed": 0, "steps": 60, "eval_every": 20})
-    agent = MachineAgent(spec, BackboneSpec(**cfg["backbones"]["resnet18_scratch"]),
-                         DetectorSpec.from_config(cfg["detector"]), training, Selection(),
-                         ComputeSpec(device="cpu", precision="fp32"), manifest, str(tiny_survey["root"] / "png"),
-                         gold.index.to_numpy(), threads=1)
-    ids = np.sort(manifest["subject_id"].to_numpy())
+    agent, consensus, gold = _tiny_agent(tiny_survey, tiny_export, tiny_config, steps=60, eval_every=20)
+    ids = np.sort(tiny_survey["manifest"]["subject_id"].to_numpy())
     retired, active = ids[:45], ids[45:]
     out = agent(consensus, retired, active, "2020-01-01T00:00:00.000000Z", 1)
     assert out is not None, "the machine sat the round out (no skill on its held-out subjects)"
@@ -370,12 +360,7 @@ def test_the_machine_counts_only_on_subjects_in_the_queue(tmp_path, default_conf
 def test_report_section_with_and_without_a_truth():
     from clumpfinder.report.summary import partnership_parts, summary_html
 
-    n = np.array([1, 1])
-    half = (np.array([1, 0]), np.array([0, 0]), n)
-    full = (np.array([1, 1]), np.array([0, 0]), n)
-    results = {"fixed": _result("fixed", [10, 20], [half, full], [1, 2]),
-               "retirement": _result("retirement", [6, 12], [half, full], [1, 2]),
-               "machine": _result("machine", [5, 8], [half, half], [2, 2])}
+    results = _three_strategies()
     _, summary = effort(results, 2, 0.0, {"n": 50, "seed": 0, "level": 0.9})
     vol = pd.DataFrame({"user": ["a", MACHINE_USER], "n_classifications": [20, 8], "swap_pl": [0.6, 0.9],
                         "swap_pd": [0.7, 0.9], "p_fp": [0.1, 0.05], "p_fn": [0.3, 0.2], "variance": [0.05, 0.02]})
@@ -397,12 +382,7 @@ def test_report_section_with_and_without_a_truth():
 def test_effort_figure_draws_every_strategy(tmp_path):
     from clumpfinder.report.figures import plot_partnership
 
-    n = np.array([1, 1])
-    half = (np.array([1, 0]), np.array([0, 0]), n)
-    full = (np.array([1, 1]), np.array([0, 0]), n)
-    results = {"fixed": _result("fixed", [10, 20], [half, full], [1, 2]),
-               "retirement": _result("retirement", [6, 12], [half, full], [1, 2]),
-               "machine": _result("machine", [5, 8], [half, half], [2, 2])}
+    results = _three_strategies()
     curves, summary = effort(results, 2, 0.0, {"n": 50, "seed": 0, "level": 0.9})
     fig = plot_partnership(curves, summary, tmp_path / "p.png", tmp_path / "p.pdf")
     left, right = fig.axes
@@ -439,6 +419,14 @@ def test_machine_rows_join_in_the_humans_frame_and_time():
 def test_the_machine_sits_out_a_round_without_held_out_boxes(tiny_survey, tiny_export, tiny_config):
     """Retired subjects without a single consensus box: no held-out F1 to choose weights or a
     threshold by, so the machine sits the round out (it does not vote at random)."""
+    agent, consensus, _ = _tiny_agent(tiny_survey, tiny_export, tiny_config, steps=2, eval_every=1)
+    consensus.boxes = consensus.boxes.iloc[:0]
+    ids = np.sort(tiny_survey["manifest"]["subject_id"].to_numpy())
+    assert agent(consensus, ids[:45], ids[45:], "2020-01-01T00:00:00.000000Z", 1) is None
+
+
+def _tiny_agent(tiny_survey, tiny_export, tiny_config, steps: int, eval_every: int):
+    """The real machine agent on the tiny survey (CPU, fp32) and the consensus of its export."""
     from clumpfinder.compute import ComputeSpec
     from clumpfinder.crowd.consensus import run_consensus
     from clumpfinder.detection.detector import BackboneSpec, DetectorSpec
@@ -448,12 +436,11 @@ def test_the_machine_sits_out_a_round_without_held_out_boxes(tiny_survey, tiny_e
     cfg = tiny_config
     gold = tiny_export["gold"]
     consensus = run_consensus(read_export(tiny_export["path"]), ConsensusSpec.from_config(cfg["consensus"]), gold)
-    consensus.boxes = consensus.boxes.iloc[:0]
-    spec = MachineSpec.from_config({**cfg["partnership"]["machine"], "steps": 2, "eval_every": 1, "min_subjects": 6})
-    training = TrainSpec.from_config({**cfg["training"], "seed": 0, "steps": 2, "eval_every": 1})
+    spec = MachineSpec.from_config({**cfg["partnership"]["machine"], "steps": steps, "eval_every": eval_every,
+                                    "min_subjects": 6})
+    training = TrainSpec.from_config({**cfg["training"], "seed": 0, "steps": steps, "eval_every": eval_every})
     agent = MachineAgent(spec, BackboneSpec(**cfg["backbones"]["resnet18_scratch"]),
                          DetectorSpec.from_config(cfg["detector"]), training, Selection(),
                          ComputeSpec(device="cpu", precision="fp32"), tiny_survey["manifest"],
                          str(tiny_survey["root"] / "png"), gold.index.to_numpy(), threads=1)
-    ids = np.sort(tiny_survey["manifest"]["subject_id"].to_numpy())
-    assert agent(consensus, ids[:45], ids[45:], "2020-01-01T00:00:00.000000Z", 1) is None
+    return agent, consensus, gold

@@ -412,7 +412,7 @@ def test_summary_documents_and_report(tiny_run, tiny_config, tiny_report):
     assert len(page) > 100_000
     for text in ("1. Headline", "2. Detection quality", "3. Gallery", "4. Volunteer consensus", "5. Tables",
                  "Giant star-forming clumps with Faster R-CNN", "summary.html", "completeness_purity.png",
-                 "pr_curves.png", "learning_curves.png", "completeness_vs_flux.png", "consensus.png", "comparison.html",
+                 "pr_curves.png", "learning_curves.png", "completeness_vs_flux.png", "consensus.png", "partnership.png", "comparison.html",
                  "paired difference to the baseline", "Are the faint clumps the ones missed?"):
         assert text in page, text
 

@@ -25,7 +25,7 @@ rule partnership_replay:
     benchmark:
         f"{RESULTS}/benchmarks/partnership.tsv"
     conda:
-        "../envs/train.yaml"
+        "../envs/partnership.yaml"
     threads: config["threads"]["partnership"]
     resources:
         gpu=config["resources"]["partnership"]["gpu"],

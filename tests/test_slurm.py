@@ -102,7 +102,7 @@ def test_gpu_jobs_take_turns_on_the_node(slurm_run):
             info = slurm_run["cluster"].job(job["slurm_id"])
             spans.append(tuple(datetime.fromisoformat(info[k]) for k in ("StartTime", "EndTime")))
     spans.sort()
-    assert len(spans) == 5  # two pretrainings, a training, an evaluation, the catalogue
+    assert len(spans) == 6  # two pretrainings, a training, an evaluation, the catalogue, the partnership replay
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
 
 

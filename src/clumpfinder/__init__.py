@@ -22,6 +22,8 @@ the shared top-level modules, its own stage and earlier stages (tests/test_packa
                PNG/JPEG folders), model (the exported detector), measure (post-processing and
                photometry), catalogue (the pipeline), tables (FITS/CSV, overlays), validate
                (against a simulated truth), cli (the `clumpfinder` command)
+    partnership  the export replayed in time order: replay (retirement, strategies), machine (the
+               detector as a volunteer), effort (curves, human shares, skills), run (from files)
     report     summary (tables, headline, Markdown/HTML), figures
 
 ``scripts/*.py`` (one per rule) read Snakemake's inputs and parameters, call these modules and
@@ -31,4 +33,4 @@ write the outputs.
 __version__ = "0.1.0"
 
 #: the stage sub-packages in the order data flow through them (shared modules sit above them all)
-LAYERS = ("data", "crowd", "labels", "detection", "scoring", "clumps", "report")
+LAYERS = ("data", "crowd", "labels", "detection", "scoring", "clumps", "partnership", "report")

@@ -6,17 +6,15 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 
 import numba  # noqa: E402
 
-from clumpfinder.crowd.consensus import ConsensusSpec, gold_with_injected, run_consensus  # noqa: E402
+from clumpfinder.crowd.consensus import (ConsensusSpec, gold_with_injected, read_consensus_export,  # noqa: E402
+                                         run_consensus)
 from clumpfinder.io import setup_logging, write_csv, write_json  # noqa: E402
 from clumpfinder.tables import read_gold, read_table  # noqa: E402
-from clumpfinder.data.zooniverse import read_export  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
 cfg = snakemake.params.spec
 spec = ConsensusSpec.from_config(cfg)
-parsed = read_export(snakemake.input.export, task=cfg["task"], workflow_id=cfg["workflow_id"],
-                     min_workflow_version=cfg["min_workflow_version"], shape_centres=cfg["shape_centres"],
-                     question=spec.swap.question, workers=snakemake.threads)
+parsed = read_consensus_export(snakemake.input.export, cfg, spec, workers=snakemake.threads)
 numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))  # after the forked parse
 gold = read_gold(snakemake.input.gold) if "gold" in snakemake.input.keys() else None
 # real exports: injected-clump subjects (origin 'sim' in the subject list) are gold "has clumps" too

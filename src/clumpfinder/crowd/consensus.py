@@ -37,7 +37,7 @@ from clumpfinder.crowd.boxem import EMSpec, aggregate
 from clumpfinder.data.subjects import injected_subjects
 from clumpfinder.crowd.swap import SwapSpec, run_swap
 from clumpfinder.tables import read_gold  # noqa: F401  (gold lists are read here by the consensus script)
-from clumpfinder.data.zooniverse import ParsedExport
+from clumpfinder.data.zooniverse import ParsedExport, read_export
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,13 @@ def _user_codes(cls: pd.DataFrame, clicks: pd.DataFrame) -> tuple[pd.Index, pd.D
     if unknown.any():
         click_codes[unknown] = len(names) + pd.factorize(clicks["user"].to_numpy()[unknown], sort=True)[0]
     return names, cls.assign(user=codes), clicks.assign(user=click_codes)
+
+
+def read_consensus_export(path, cfg: dict[str, Any], spec: ConsensusSpec, workers: int = 1) -> ParsedExport:
+    """The export read with the ``consensus`` section's filters (task, workflow, shapes, question)."""
+    return read_export(path, task=cfg["task"], workflow_id=cfg["workflow_id"],
+                       min_workflow_version=cfg["min_workflow_version"], shape_centres=cfg["shape_centres"],
+                       question=spec.swap.question, workers=workers)
 
 
 def run_consensus(parsed: ParsedExport, spec: ConsensusSpec, gold: pd.Series | None = None) -> ConsensusResult:

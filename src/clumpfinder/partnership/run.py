@@ -12,8 +12,7 @@ import pandas as pd
 import torch
 
 from clumpfinder.compute import ComputeSpec
-from clumpfinder.crowd.consensus import ConsensusSpec, gold_with_injected
-from clumpfinder.data.zooniverse import read_export
+from clumpfinder.crowd.consensus import ConsensusSpec, gold_with_injected, read_consensus_export
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec
 from clumpfinder.detection.train import Selection, TrainSpec
 from clumpfinder.labels.coco import coco_dataset, truth_boxes
@@ -40,9 +39,7 @@ def replay_files(export: str | Path, manifest: str | Path, images: str | Path, c
     spec = PartnershipSpec.from_config(config["partnership"])
     ccfg = config["consensus"]
     consensus = ConsensusSpec.from_config(ccfg)
-    parsed = read_export(export, task=ccfg["task"], workflow_id=ccfg["workflow_id"],
-                         min_workflow_version=ccfg["min_workflow_version"], shape_centres=ccfg["shape_centres"],
-                         question=consensus.swap.question, workers=threads)
+    parsed = read_consensus_export(export, ccfg, consensus, workers=threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # after the forked parse
     gold_table = read_gold(gold) if gold is not None else None
     subjects = read_table(subject_list, "subject list", ["subject_id"]) if subject_list is not None else None

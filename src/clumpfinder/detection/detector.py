@@ -3,8 +3,10 @@
 The detector is assembled explicitly (backbone -> FPN -> RPN -> RoI heads) rather than through
 ``fasterrcnn_resnet50_fpn`` so that the architecture, normalisation layers, FPN width, anchors and
 proposal counts are all set from the configuration. The defaults suit small (~100 px) galaxy
-images whose clumps are a few pixels across: native resolution (no resize), an FPN that keeps the
-stride-4 level, square anchors from 8 px, a few hundred proposals.
+images whose clumps are a few pixels across: native resolution (no resize), an FPN on the stride-4
+to stride-16 stages (a 96 px image's stride-32 map is 3 x 3 pixels: no clump is resolved there,
+and for a ResNet it is three quarters of the weights and a third of a CPU training step), square
+anchors from 8 px, a few hundred proposals, RoIAlign with one sample per bin.
 """
 
 from __future__ import annotations
@@ -127,12 +129,18 @@ def check_init(init: str, arch: str) -> None:
         raise ValueError(f"backbone init {init!r}: hub (timm) weights fit torchvision ResNets or 'timm:<name>' archs")
 
 
+#: strides of the backbone stages an FPN can take (a ResNet's layer1..layer4)
+STRIDES = (4, 8, 16, 32)
+#: what a model file that predates a detector key was built with
+_FILE_DEFAULTS = {"max_stride": 32, "roi_sampling_ratio": 2}
+
+
 @dataclass
 class DetectorSpec:
     """Detector head settings shared by all backbones."""
 
     image_size: int = 128
-    anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    anchor_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     anchor_ratios: list[float] = field(default_factory=lambda: [1.0])
     rpn_pre_nms_top_n_train: int = 300
     rpn_post_nms_top_n_train: int = 150
@@ -145,10 +153,34 @@ class DetectorSpec:
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 50
     class_agnostic_nms: float | None = 0.5  # IoU; None keeps torchvision's per-class NMS only
+    max_stride: int = 16  # the deepest backbone stage that feeds the FPN (4, 8, 16 or 32)
+    roi_sampling_ratio: int = 1  # RoIAlign samples per bin side (0: adaptive, as in Detectron2)
+
+    def __post_init__(self) -> None:
+        if self.max_stride not in STRIDES:
+            raise ValueError(f"detector.max_stride must be one of {list(STRIDES)}, got {self.max_stride}")
+        if len(self.anchor_sizes) != self.n_levels:
+            raise ValueError(
+                f"detector.anchor_sizes needs {self.n_levels} sizes, one per FPN level (strides "
+                f"{', '.join(str(s) for s in self.strides)} and the max-pooled level above), got {list(self.anchor_sizes)}"
+            )
+        if self.roi_sampling_ratio < 0:
+            raise ValueError(f"detector.roi_sampling_ratio must be >= 0 (0: adaptive), got {self.roi_sampling_ratio}")
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Strides of the backbone stages that feed the FPN."""
+        return tuple(s for s in STRIDES if s <= self.max_stride)
+
+    @property
+    def n_levels(self) -> int:
+        """FPN levels: one per backbone stage, and a max-pooled one above the last."""
+        return len(self.strides) + 1
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "DetectorSpec":
         return cls(**known_fields(cls, cfg, "detector"))
+
 
 
 def frozen_bn(spec: BackboneSpec) -> bool:
@@ -381,16 +413,19 @@ def build_encoder(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Modul
     return net, n
 
 
-def _resnet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
+def _resnet_body(spec: BackboneSpec, strides: tuple[int, ...],
+                 pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
     net = _torchvision_net(spec, pretrained)
     _freeze(net, ["layer4", "layer3", "layer2", "layer1", "conv1"], spec.trainable_layers)
-    # keep layer1..layer4 (strides 4..32): the stride-4 level is the one that sees the clumps
-    return_layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
+    # layer1..layer4 have strides 4..32: the stride-4 level is the one that sees the clumps; the
+    # stages above the last one named are dropped (IntermediateLayerGetter stops there)
     c = net.inplanes // 8  # 64 for basic blocks, 256 for bottlenecks
-    return net, return_layers, [c, c * 2, c * 4, c * 8]
+    return_layers = {f"layer{k + 1}": str(k) for k in range(len(strides))}
+    return net, return_layers, [c * 2**k for k in range(len(strides))]
 
 
-def _mobilenet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
+def _mobilenet_body(spec: BackboneSpec, strides: tuple[int, ...],
+                    pretrained: bool = True) -> tuple[nn.Module, dict[str, str], list[int]]:
     features = _torchvision_net(spec, pretrained).features
     # last block of each resolution, i.e. strides 4, 8, 16, 32
     probe = torch.zeros(1, 3, 64, 64)
@@ -400,7 +435,7 @@ def _mobilenet_body(spec: BackboneSpec, pretrained: bool = True) -> tuple[nn.Mod
         for i, block in enumerate(features):
             x = block(x)
             last_of_stride[64 // x.shape[-1]] = (i, x.shape[1])
-    chosen = [last_of_stride[s] for s in (4, 8, 16, 32)]
+    chosen = [last_of_stride[s] for s in strides]
     n_blocks = len(features)
     n_train = round(spec.trainable_layers / 5 * n_blocks)
     for i, block in enumerate(features):
@@ -453,22 +488,24 @@ def set_precision(model: FasterRCNN, dtype: torch.dtype | None) -> FasterRCNN:
     return model
 
 
-def _timm_backbone(spec: BackboneSpec, pretrained: bool) -> _TimmFPN:
+def _timm_backbone(spec: BackboneSpec, strides: tuple[int, ...], pretrained: bool) -> _TimmFPN:
     import timm
 
     name = timm_name(spec.arch)
     reductions = timm.create_model(name, features_only=True, pretrained=False).feature_info.reduction()
-    if not all(r in reductions for r in (4, 8, 16, 32)):
-        raise ValueError(f"backbone arch {spec.arch!r} has no stride 4/8/16/32 feature maps ({reductions})")
-    out_indices = tuple(reductions.index(r) for r in (4, 8, 16, 32))
+    if not all(r in reductions for r in strides):
+        raise ValueError(f"backbone arch {spec.arch!r} has no stride {'/'.join(map(str, strides))} feature maps "
+                         f"({reductions})")
+    out_indices = tuple(reductions.index(r) for r in strides)
     model_name, kwargs = _timm_kwargs(spec, pretrained)
     net = _freeze_bn(_timm_create(model_name, dict(kwargs, features_only=True, out_indices=out_indices), spec), spec)
-    # five groups from the input: the stem, then the four stages; the last `trainable_layers` train
+    # five groups from the input: the stem, then the four stages (those above max_stride absent);
+    # the last `trainable_layers` of the five train
     children = [n for n, _ in net.named_children()]
     ends = [children.index(m.replace(".", "_")) for m in net.feature_info.module_name()]
     bounds = [0, ends[0]] + [e + 1 for e in ends]
     modules = dict(net.named_children())
-    for group in range(5 - spec.trainable_layers):
+    for group in range(min(5 - spec.trainable_layers, len(bounds) - 1)):
         for child in children[bounds[group] : bounds[group + 1]]:
             modules[child].requires_grad_(False)
     return _TimmFPN(net, spec.fpn_channels)
@@ -483,15 +520,18 @@ def _freeze(net: nn.Module, order: list[str], trainable: int) -> None:
             param.requires_grad_(False)
 
 
-def build_backbone(spec: BackboneSpec, pretrained: bool = True) -> nn.Module:
-    """Backbone + FPN; ``pretrained=False`` skips loading the init's weights (when a trained
+def build_backbone(spec: BackboneSpec, strides: tuple[int, ...] = STRIDES, pretrained: bool = True) -> nn.Module:
+    """Backbone + FPN on the backbone stages of ``strides`` (4 up to 8, 16 or 32), the stages
+    above left out; ``pretrained=False`` skips loading the init's weights (when a trained
     detector's weights are loaded on top anyway)."""
+    if tuple(strides) != STRIDES[: len(strides)] or not strides:
+        raise ValueError(f"FPN strides must be 4 up to 8, 16 or 32 in order, got {list(strides)}")
     if timm_name(spec.arch):
-        return _timm_backbone(spec, pretrained)
+        return _timm_backbone(spec, tuple(strides), pretrained)
     if spec.arch in _RESNETS:
-        body, return_layers, in_channels = _resnet_body(spec, pretrained)
+        body, return_layers, in_channels = _resnet_body(spec, tuple(strides), pretrained)
     else:
-        body, return_layers, in_channels = _mobilenet_body(spec, pretrained)
+        body, return_layers, in_channels = _mobilenet_body(spec, tuple(strides), pretrained)
     return _TorchvisionFPN(
         body, return_layers=return_layers, in_channels_list=in_channels,
         out_channels=spec.fpn_channels, extra_blocks=LastLevelMaxPool(),
@@ -502,15 +542,13 @@ def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len
                    pretrained: bool = True) -> FasterRCNN:
     """Faster R-CNN for ``num_classes`` (background included) at native ``det.image_size``, its
     weights in channels-last layout."""
-    backbone = build_backbone(spec, pretrained)
-    n_levels = 5  # four FPN levels + max-pool level
-    sizes = list(det.anchor_sizes)
-    if len(sizes) != n_levels:
-        raise ValueError(f"detector.anchor_sizes needs {n_levels} sizes (one per FPN level), got {sizes}")
+    backbone = build_backbone(spec, det.strides, pretrained)
     anchors = AnchorGenerator(
-        sizes=tuple((s,) for s in sizes), aspect_ratios=(tuple(det.anchor_ratios),) * n_levels
+        sizes=tuple((s,) for s in det.anchor_sizes), aspect_ratios=(tuple(det.anchor_ratios),) * det.n_levels
     )
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    # RoIs are pooled from the backbone stages' levels (each RoI from the level its size maps to)
+    roi_pool = MultiScaleRoIAlign(featmap_names=[str(k) for k in range(len(det.strides))], output_size=7,
+                                  sampling_ratio=det.roi_sampling_ratio)
     resolution = roi_pool.output_size[0]
     box_head = TwoMLPHead(backbone.out_channels * resolution**2, det.representation_size)
     predictor = FastRCNNPredictor(det.representation_size, num_classes)
@@ -618,7 +656,7 @@ def load_model(path: str | Path, device: torch.device | None = None,
     """The trained detector (in eval mode) and its detector settings; ``dtype``: the mixed
     precision of its backbone (None: fp32, see :func:`set_precision`)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    detector = DetectorSpec(**payload["detector"])
+    detector = DetectorSpec(**{**_FILE_DEFAULTS, **payload["detector"]})
     model = build_detector(BackboneSpec(**payload["backbone"]), detector, num_classes=len(payload["classes"]) + 1,
                            pretrained=False)  # the trained weights replace the init's anyway
     model.load_state_dict(payload["state_dict"])

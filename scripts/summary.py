@@ -42,5 +42,5 @@ write_text(table_html(comparison, "The backbone comparison (comparison.csv)",
                       f"Per label set, training-set size and backbone: seed means with bootstrap intervals and "
                       f"the paired difference to the baseline {p.baseline}, unrounded in the CSV."),
            snakemake.output.comparison_html)
-plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf)
+plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf, comparison=comparison)
 log.info("\n%s", markdown)

@@ -53,6 +53,9 @@ def test_test_config_is_valid(tiny_config, schema):
         ({"simulate": {"typo_key": 1}}, "typo_key"),
         ({"backbones": {"r18": {"arch": "vgg16", "init": "scratch"}}}, "arch"),
         ({"training": {"lr": 0}}, "lr"),
+        # a seed twice would count one training run as two in every interval
+        ({"sweep": {"seeds": [0, 1, 0]}}, "['sweep']['properties']['seeds']"),
+        ({"detector": {"max_stride": 64}}, "max_stride"),
     ],
 )
 def test_bad_values_are_named(default_config, schema, override, key):

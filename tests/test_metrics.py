@@ -120,42 +120,94 @@ def _record(m, score=0.5):
     return M.per_image_record(m, 0.5, score)
 
 
-def test_paired_bootstrap_single_seed_matches_the_bootstrap_and_is_zero_against_itself():
+def test_recipe_bootstrap_single_seed_matches_the_bootstrap_and_is_zero_against_itself():
     gt = dataset([[(10, 10, 1)] for _ in range(40)])
     res = [det(i, 10, 10, 0.9) for i in range(1, 41) if i % 3] + [det(i, 60, 60, 0.9) for i in range(1, 41, 4)]
     m = M.match(gt, res)
     rec = _record(m)
     assert rec["image_id"] == list(range(1, 41)) and sum(rec["n_gt"]) == 40 and sum(rec["tp"]) == 27
-    out = M.paired_bootstrap({"a": [rec], "b": [rec]}, "a", n=300, seed=7, level=0.9)
+    out = M.recipe_bootstrap({"a": [rec], "b": [rec]}, "a", n=300, seed=7, level=0.9)
     single = M.bootstrap(m, 0.5, 0.5, n=300, seed=7, level=0.9)
     c = M.counts(m, 0.5, 0.5)
     for k in ("completeness", "purity", "f1"):
         assert out["a"][k]["value"] == pytest.approx(c[k])
-        assert (out["a"][k]["low"], out["a"][k]["high"]) == pytest.approx((single[k]["low"], single[k]["high"]))
+        # one seed: drawing seeds changes nothing, both intervals are the test-galaxy bootstrap's
+        for lo, hi in (("low", "high"), ("galaxy_low", "galaxy_high")):
+            assert (out["a"][k][lo], out["a"][k][hi]) == pytest.approx((single[k]["low"], single[k]["high"]))
         assert out["b"][k]["diff"] == 0 and out["b"][k]["diff_low"] == 0 and out["b"][k]["diff_high"] == 0
         assert math.isnan(out["b"][k]["seed_sd"]) and out["b"][k]["n_seeds"] == 1
-    assert out == M.paired_bootstrap({"a": [rec], "b": [rec]}, "a", n=300, seed=7, level=0.9)  # seeded
+        assert out["b"][k]["verdict"] == "cannot decide" and out["a"][k]["verdict"] is None
+    assert out == M.recipe_bootstrap({"a": [rec], "b": [rec]}, "a", n=300, seed=7, level=0.9)  # seeded
 
 
-def test_paired_bootstrap_difference_seeds_and_errors():
+def _hits(n_found: int, n: int = 200, offset: int = 0) -> dict:
+    """A per-image record of ``n`` one-clump images, ``n_found`` of them found (a block starting at
+    ``offset``), no false positives."""
+    found = {(offset + i) % n for i in range(n_found)}
+    return {"iou": 0.5, "score": 0.5, "image_id": list(range(n)), "tp": [int(i in found) for i in range(n)],
+            "fp": [0] * n, "n_gt": [1] * n}
+
+
+def test_recipe_bootstrap_refuses_one_seed_and_decides_a_difference_larger_than_the_seed_spread():
+    # one training seed per arm: even a difference of 0.4 in completeness cannot be decided, though
+    # the per-model interval over galaxies is far from zero
+    one = M.recipe_bootstrap({"base": [_hits(60)], "new": [_hits(140)]}, "base", n=400)["new"]["completeness"]
+    assert one["diff"] == pytest.approx(0.4) and one["diff_galaxy_low"] > 0.3
+    assert one["verdict"] == "cannot decide" and not one["decidable"]
+    # three seeds per arm, spread 0.02 around a planted difference of 0.2: decided
+    planted = M.recipe_bootstrap({"base": [_hits(96), _hits(100, offset=50), _hits(104, offset=100)],
+                                  "new": [_hits(136), _hits(140, offset=30), _hits(144, offset=90)]}, "base", n=400)
+    c = planted["new"]["completeness"]
+    assert c["diff"] == pytest.approx(0.2) and c["verdict"] == "higher" and c["decidable"]
+    assert c["seed_sd"] == pytest.approx(0.02) and c["n_seeds"] == 3
+    assert c["diff_low"] > 0.1 and c["diff_high"] < 0.3
+    reverse = M.recipe_bootstrap({"new": [_hits(136), _hits(140), _hits(144)],
+                                  "base": [_hits(96), _hits(100), _hits(104)]}, "new", n=400)
+    assert reverse["base"]["completeness"]["verdict"] == "lower"
+    # three seeds whose spread (0.1) dwarfs the difference (0.02): the seeds' scatter keeps it open,
+    # while the galaxy-only interval of these six models excludes zero (every image found by the
+    # baseline's seed is found by the other arm's seed too)
+    spread = M.recipe_bootstrap({"base": [_hits(80), _hits(100), _hits(120)],
+                                 "new": [_hits(84), _hits(104), _hits(124)]}, "base", n=400)["new"]["completeness"]
+    assert spread["diff"] == pytest.approx(0.02) and spread["diff_galaxy_low"] > 0
+    assert spread["diff_low"] < 0 < spread["diff_high"] and spread["verdict"] == "not decided"
+    # the seed part widens the interval of each arm's own value too
+    assert spread["high"] - spread["low"] > spread["galaxy_high"] - spread["galaxy_low"]
+
+
+def test_recipe_bootstrap_fixed_arms_errors_and_empty_records():
     gt = dataset([[(10, 10, 1), (50, 50, 1)] for _ in range(30)])
     weak = M.match(gt, [det(i, 10, 10, 0.9) for i in range(1, 31)])  # finds half
     strong = M.match(gt, [det(i, x, x, 0.9) for i in range(1, 31) for x in (10, 50)])  # finds all
-    out = M.paired_bootstrap({"weak": [_record(weak)] * 2, "strong": [_record(strong), _record(weak)]}, "weak",
-                             n=200, seed=0)
-    c = out["strong"]["completeness"]
-    assert c["value"] == pytest.approx(0.75) and c["diff"] == pytest.approx(0.25)  # mean of 1.0 and 0.5 seeds
-    assert c["diff_low"] == pytest.approx(0.25) and c["diff_high"] == pytest.approx(0.25)  # every image alike
-    assert c["seed_sd"] == pytest.approx(math.sqrt(0.125)) and c["n_seeds"] == 2
-    assert out["weak"]["purity"]["value"] == 1.0
+    # a fixed arm (the classical finder: not trained) needs no seeds; the trained arm needs three
+    out = M.recipe_bootstrap({"classical": [_record(weak)], "detector": [_record(strong)] * 3}, "classical",
+                             n=200, fixed=("classical",))
+    c = out["detector"]["completeness"]
+    assert c["value"] == pytest.approx(1.0) and c["diff"] == pytest.approx(0.5) and c["verdict"] == "higher"
+    assert c["diff_low"] == pytest.approx(0.5) and c["diff_high"] == pytest.approx(0.5)  # every image alike
+    assert c["seed_sd"] == 0 and out["classical"]["purity"]["value"] == 1.0
+    two = M.recipe_bootstrap({"classical": [_record(weak)], "detector": [_record(strong), _record(weak)]},
+                             "classical", n=200, fixed=("classical",))["detector"]["completeness"]
+    assert two["value"] == pytest.approx(0.75) and two["seed_sd"] == pytest.approx(math.sqrt(0.125))
+    assert two["verdict"] == "cannot decide"
+    with pytest.raises(ValueError, match="'classical' is not trained"):
+        M.recipe_bootstrap({"classical": [_record(weak)] * 2}, "classical", fixed=("classical",))
     with pytest.raises(ValueError, match="baseline 'x' is not one of"):
-        M.paired_bootstrap({"weak": [_record(weak)]}, "x")
+        M.recipe_bootstrap({"weak": [_record(weak)]}, "x")
     other = M.match(dataset([[(10, 10, 1)]] * 5), [])
     with pytest.raises(ValueError, match="'other' was scored on other test images"):
-        M.paired_bootstrap({"weak": [_record(weak)], "other": [_record(other)]}, "weak")
-    nothing = M.paired_bootstrap({"none": [_record(other)]}, "none", n=50)["none"]
+        M.recipe_bootstrap({"weak": [_record(weak)], "other": [_record(other)]}, "weak")
+    nothing = M.recipe_bootstrap({"none": [_record(other)]}, "none", n=50)["none"]
     assert nothing["completeness"]["value"] == 0 and nothing["f1"]["value"] == 0
     assert math.isnan(nothing["purity"]["value"]) and math.isnan(nothing["purity"]["low"])
+
+
+def test_an_interval_touching_zero_at_the_shown_precision_is_not_decided():
+    assert M.excludes_zero(0.001, 0.2) and M.excludes_zero(-0.3, -0.0006)
+    assert not M.excludes_zero(0.0003, 0.2) and not M.excludes_zero(-0.3, -0.0004)
+    assert not M.excludes_zero(float("nan"), 0.2)
+    assert M.verdict(0.001, 0.2, True) == "higher" and M.verdict(-0.3, -0.0006, True) == "lower"
+    assert M.verdict(0.0003, 0.2, True) == "not decided" and M.verdict(0.1, 0.2, False) == "cannot decide"
 
 
 def test_matching_leaves_its_inputs_untouched():

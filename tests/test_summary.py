@@ -45,35 +45,40 @@ def test_rows_per_seed_and_plot(tmp_path):
     assert sorted(lines) == ["a vs consensus (mean of 2 seeds)", "b vs consensus (mean of 2 seeds)"]
     assert list(lines["a vs consensus (mean of 2 seeds)"].get_xdata()) == [30, 100]
     assert list(lines["a vs consensus (mean of 2 seeds)"].get_ydata()) == pytest.approx([0.55, 0.55])
-    assert len(completeness.collections) == 2  # the seed bands
+    # every seed's value as a point beside the mean
+    seeds = completeness.collections
+    assert len(seeds) == 2 and sorted(len(c.get_offsets()) for c in seeds) == [4, 4]
     single = summary_table(rows[::2])
     assert set(single["seed"]) == {1}
     fig = plot_completeness_purity(single, tmp_path / "g.png", tmp_path / "g.pdf")
     assert sorted(c.get_label() for c in fig.axes[0].containers) == ["a vs consensus", "b vs consensus"]
-    assert not fig.axes[0].collections  # one seed: no band
+    assert not fig.axes[0].collections  # one seed: no points beside the line
 
 
 BOOT = {"n": 200, "seed": 0, "level": 0.95}
+SEEDS = (0, 1, 2)  # enough training seeds to decide (metrics.MIN_SEEDS)
 
 
 def test_comparison_headline_and_documents():
-    cells = [("scratch", n, s, _metrics(0.5, 0.7, found=8 + s, false=3)) for n in (30, 100) for s in (0, 1)]
-    cells += [("galaxy", n, s, _metrics(0.8, 0.8, found=16 + s, false=3)) for n in (30, 100) for s in (0, 1)]
-    cells += [("lonely", 30, 5, _metrics(0.9, 0.9, found=19, false=0))]  # no seed shared with the baseline
+    # three seeds per arm, a little spread within each, a clear gap between the arms
+    cells = [("scratch", n, s, _metrics(0.5, 0.7, found=8 + s, false=3)) for n in (30, 100) for s in SEEDS]
+    cells += [("galaxy", n, s, _metrics(0.8, 0.8, found=16 + s, false=3)) for n in (30, 100) for s in SEEDS]
     comp = compare(cells, "scratch", BOOT)
     assert set(comp["backbone"]) == {"scratch", "galaxy"} and len(comp) == 4
     row = comp[(comp["n_train"] == 30) & (comp["backbone"] == "galaxy")].iloc[0]
-    assert row["completeness"] == pytest.approx((16 / 20 + 17 / 20) / 2)
-    assert row["completeness_diff"] == pytest.approx(0.4) and row["n_seeds"] == 2
-    assert row["completeness_diff_low"] > 0  # every resample favours it
-    assert row["purity"] == pytest.approx((16 / 19 + 17 / 20) / 2)
+    assert row["completeness"] == pytest.approx((16 / 20 + 17 / 20 + 18 / 20) / 3)
+    assert row["completeness_diff"] == pytest.approx(0.4) and row["n_seeds"] == 3 and row["baseline_n_seeds"] == 3
+    assert row["completeness_diff_low"] > 0 and row["completeness_verdict"] == "higher"  # every resample favours it
+    assert row["purity"] == pytest.approx((16 / 19 + 17 / 20 + 18 / 21) / 3)
+    assert row["f1_seed_sd"] > 0 and row["f1_galaxy_low"] <= row["f1"] <= row["f1_galaxy_high"]
     base = comp[(comp["n_train"] == 30) & (comp["backbone"] == "scratch")].iloc[0]
-    assert base["f1_diff"] == 0 and base["baseline"] == "scratch"
+    assert base["f1_diff"] == 0 and base["baseline"] == "scratch" and pd.isna(base["f1_verdict"])
     (first, more, larger) = findings(comp, size_effect(cells, BOOT))
     assert first.startswith("**Which backbone with the fewest training images (n = 30)?** **galaxy** has the highest")
     assert "ΔF1 = galaxy − scratch = +" in first and "(decided)" in first
     md = summary_markdown(comp, 0.5, "threshold text", 0.95, 200)
     assert "## Against the volunteer consensus labels" in md and "| baseline" in md and "**+0.400 [" in md
+    assert "draw each arm's training seeds and the test galaxies" in md and "†" not in md
     page = summary_html(comp, 0.5, "threshold text", 0.95, 200)
     assert page.startswith("<!DOCTYPE html>") and "<b>galaxy</b>" in page and "<table" in page
     assert "**" not in page
@@ -81,15 +86,41 @@ def test_comparison_headline_and_documents():
         compare(cells, "resnet", BOOT)
 
 
-def _cells_two_label_sets(found: dict) -> list:
+def test_one_training_seed_runs_and_says_it_cannot_decide(tmp_path):
+    # the same gap with one seed per arm: reported with the per-model interval, never decided
+    cells = [("scratch", n, 0, _metrics(0.5, 0.7, found=8, false=3)) for n in (30, 100)]
+    cells += [("galaxy", n, 0, _metrics(0.8, 0.8, found=16, false=3)) for n in (30, 100)]
+    comp = compare(cells, "scratch", BOOT)
+    row = comp[(comp["n_train"] == 30) & (comp["backbone"] == "galaxy")].iloc[0]
+    assert row["f1_verdict"] == "cannot decide" and row["f1_diff_galaxy_low"] > 0
+    first, more, larger = findings(comp, size_effect(cells, BOOT))
+    assert "cannot be decided with fewer than 3 training seeds per arm" in first and "(decided)" not in first
+    assert "(per-model interval over test galaxies)" in first
+    assert more.startswith("**Does more training data help?** It cannot be decided: fewer than 3 training seeds")
+    assert "no difference to the baseline can be decided (fewer than 3 training seeds per arm)" in larger
+    md = summary_markdown(comp, 0.5, "threshold text", 0.95, 200)
+    shown = comparison_table(comp, "consensus")
+    cell = shown[(shown["n train"] == 30) & (shown["backbone"] == "galaxy")]["Δ F1"].iloc[0]
+    assert cell.endswith("†") and not cell.startswith("**")
+    assert "†: fewer than 3 training seeds per arm, so the difference cannot be decided" in md
+    assert "**+0.400" not in md
+    table = summary_table([summary_row(b, n, m, TRAIN, seed=s) for b, n, s, m in cells])
+    fig = plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf", comparison=comp)
+    assert fig.axes[3].get_title() == "F1 difference to the baseline (hollow: cannot be decided)"
+    hollow = [ln for ln in fig.axes[3].lines if ln.get_marker() == "o"]
+    assert hollow and all(ln.get_markerfacecolor() == "white" for ln in hollow)
+
+
+def _cells_two_label_sets(found: dict, seeds=SEEDS) -> list:
     """(backbone, n_train, seed, metrics) with one per-image record per label set: ``found`` maps
-    (backbone, n_train) to (found against the consensus, found against the truth) of 20 clumps."""
+    (backbone, n_train) to (found against the consensus, found against the truth) of 20 clumps;
+    every seed alike (no seed spread: the galaxies alone decide)."""
     cells = []
     for (b, n), (f_cons, f_truth) in found.items():
         m = _metrics(0.5, 0.5, found=f_cons, false=2)
         truth = _metrics(0.5, 0.5, found=f_truth, false=2)["references"]["consensus"]
         m["references"] = {"consensus": m["references"]["consensus"], "truth": truth}
-        cells.append((b, n, 0, m))
+        cells += [(b, n, s, m) for s in seeds]
     return cells
 
 
@@ -135,14 +166,6 @@ def test_findings_when_label_sets_disagree_or_tie_and_the_budget():
     budget = findings(comp, None, summary_table(rows))[-1]
     assert budget == ("**Training budget:** n = 30: 800 steps (213 epochs); n = 300: 500 steps (13.3 epochs), of 8 "
                       "images per step. Each model keeps the weights of its best validation F1 (at step 300–600).")
-
-
-def test_an_interval_touching_zero_at_the_shown_precision_is_not_called_significant():
-    from clumpfinder.report.summary import _excludes_zero
-
-    assert _excludes_zero(0.001, 0.2) and _excludes_zero(-0.3, -0.0006)
-    assert not _excludes_zero(0.0003, 0.2) and not _excludes_zero(-0.3, -0.0004)
-    assert not _excludes_zero(float("nan"), 0.2)
 
 
 def test_sweep_runs_pairs_files_with_cells_in_expand_order(tmp_path):

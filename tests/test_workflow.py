@@ -402,6 +402,8 @@ def test_summary_documents_and_report(tiny_run, tiny_config, tiny_report):
     smallest = min(tiny_config["labels"]["n_train"])
     assert md.splitlines()[2].startswith(f"- **Which backbone with the fewest training images (n = {smallest})?**")
     assert "**Does more training data help?**" in md and "**Training budget:**" in md
+    # one training seed (the test configuration): the run completes and says it cannot decide
+    assert "cannot be decided with fewer than 3 training seeds per arm" in md and "(decided)" not in md
     assert "## Against the simulated truth" in md
     assert "## Beside the detectors: the label ceiling and a classical finder" in md
     assert re.search(r"At n = \d+, F1 minus the classical finder's against the truth", md)
@@ -413,7 +415,7 @@ def test_summary_documents_and_report(tiny_run, tiny_config, tiny_report):
     for text in ("1. Headline", "2. Detection quality", "3. Gallery", "4. Volunteer consensus", "5. Tables",
                  "Giant star-forming clumps with Faster R-CNN", "summary.html", "completeness_purity.png",
                  "pr_curves.png", "learning_curves.png", "completeness_vs_flux.png", "consensus.png", "partnership.png", "comparison.html",
-                 "paired difference to the baseline", "Are the faint clumps the ones missed?"):
+                 "difference to the baseline (resnet18_scratch) with both intervals", "Are the faint clumps the ones missed?"):
         assert text in page, text
 
 

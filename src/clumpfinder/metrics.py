@@ -1,5 +1,6 @@
 """Completeness, purity, F1 and precision-recall from one pycocotools matching, with bootstrap
-confidence intervals over test images.
+confidence intervals over test images, and the comparison of training recipes whose intervals
+hold training-seed variance too (:func:`recipe_bootstrap`).
 
 pycocotools matches detections to ground truths greedily in order of decreasing score, so the
 matches of the detections above any score threshold are the same whatever lies below it. One
@@ -173,8 +174,8 @@ def bootstrap(m: Matches, iou: float, score: float, n: int = 1000, seed: int = 0
     with replacement (``n`` resamples, seeded: the same inputs give the same intervals)."""
     table = per_image(m, iou, score).to_numpy(dtype=np.float64)
     idx = np.random.default_rng(seed).integers(0, len(table), size=(n, len(table)))
-    resampled = _seed_mean_ratios([table], idx)
-    return {k: dict(zip(("low", "high"), _interval(v, level))) for k, v in resampled.items()}
+    resampled = _ratios_per_seed(table[None], idx)
+    return {k: dict(zip(("low", "high"), _interval(v[0], level))) for k, v in resampled.items()}
 
 
 def completeness_by(m: Matches, field: str, bins: Sequence[float], iou: float, score: float,
@@ -202,21 +203,6 @@ def per_image_record(m: Matches, iou: float, score: float) -> dict[str, Any]:
             **{k: [int(v) for v in t[k]] for k in ("tp", "fp", "n_gt")}}
 
 
-def _seed_mean_ratios(tables: Sequence[np.ndarray], idx: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Completeness, purity and F1 of each table (rows: images; columns: tp, fp, n_gt) summed over
-    the image indices ``idx`` (resamples x images; None: every image once), averaged over tables.
-    F1 is 0 where nothing was found, as in :func:`counts`."""
-    out: dict[str, list[np.ndarray]] = {"completeness": [], "purity": [], "f1": []}
-    for t in tables:
-        tp, fp, g = ((t[:, k].sum(keepdims=True) if idx is None else t[idx, k].sum(axis=1)) for k in range(3))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c, p = tp / g, tp / (tp + fp)
-            f1 = np.where((tp == 0) & (g > 0), 0.0, 2 * c * p / (c + p))
-        for k, v in (("completeness", c), ("purity", p), ("f1", f1)):
-            out[k].append(v)
-    return {k: np.mean(v, axis=0) for k, v in out.items()}
-
-
 def _interval(v: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile interval of the finite values (NaN, NaN when there are none)."""
     v = v[np.isfinite(v)]
@@ -225,41 +211,108 @@ def _interval(v: np.ndarray, level: float) -> tuple[float, float]:
     return float(np.percentile(v, (1 - level) / 2 * 100)), float(np.percentile(v, (1 + level) / 2 * 100))
 
 
-def paired_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
-    """Compare detectors scored on the same test images.
+#: training seeds each trained arm of a comparison needs before its difference can be decided
+MIN_SEEDS = 3
 
-    ``arms`` maps a name to one :func:`per_image_record` per training seed. For each arm and
-    measure (completeness, purity, F1) the value is the mean over its seeds; ``low``/``high`` is a
-    percentile interval from resampling the test images with replacement; ``diff`` and its
-    ``diff_low``/``diff_high`` compare the arm with ``baseline`` on the *same* resamples, which
-    removes the galaxy-to-galaxy variance the two share; ``seed_sd`` is the standard deviation
-    over seeds (NaN for one seed), the training-randomness part of the uncertainty.
+#: a comparison's verdict: the difference's interval lies above zero, below it, or holds it; or
+#: it cannot be decided (an arm has fewer than MIN_SEEDS training seeds)
+VERDICTS = ("higher", "lower", "not decided", "cannot decide")
+
+
+def excludes_zero(low: float, high: float) -> bool:
+    """Whether an interval excludes zero at the 3 decimals the documents show (a bound that prints
+    as 0.000 does not count as excluding it)."""
+    return not (math.isnan(low) or math.isnan(high)) and (round(low, 3) > 0 or round(high, 3) < 0)
+
+
+def verdict(low: float, high: float, decidable: bool) -> str:
+    """One of :data:`VERDICTS` for a difference with interval [low, high]."""
+    if not decidable:
+        return "cannot decide"
+    if not excludes_zero(low, high):
+        return "not decided"
+    return "higher" if round(low, 3) > 0 else "lower"
+
+
+def recipe_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n: int = 1000, seed: int = 0,
+                     level: float = 0.95, fixed: Sequence[str] = (),
+                     min_seeds: int = MIN_SEEDS) -> dict[str, dict[str, dict[str, Any]]]:
+    """Compare training recipes (arms) scored on the same test images, with intervals that hold
+    training-seed variance as well as test-galaxy variance.
+
+    ``arms`` maps a name to one :func:`per_image_record` per training seed (one trained model
+    each); ``fixed`` names arms that are not trained (a classical finder: one record, no seed
+    variance). Each resample draws the test images with replacement once, shared by every arm
+    (paired), and, independently for each arm, its training seeds with replacement; an arm's value
+    in the resample is the mean over its drawn seeds of each seed's completeness, purity or F1 on
+    the drawn images. Seeds and images are crossed factors (every model is scored on every image),
+    and resampling both independently is Owen's (2007) pigeonhole bootstrap, which is mildly
+    conservative. For each arm and measure:
+
+    * ``value``: the mean over its seeds; ``low``/``high``: percentile interval over the resamples;
+    * ``diff`` = value - baseline's value, ``diff_low``/``diff_high`` on the same resamples;
+    * ``galaxy_low``/``galaxy_high`` and ``diff_galaxy_low``/``diff_galaxy_high``: the intervals
+      from resampling the test images alone, seeds held fixed: they describe these trained models,
+      not the recipes (with one seed per arm, the only interval there is);
+    * ``n_seeds``, ``seed_sd`` (standard deviation over seeds, NaN for one);
+    * ``decidable``: this arm and the baseline each have ``min_seeds`` seeds or are fixed;
+      ``verdict``: :func:`verdict` of the difference (the baseline's own is None).
     """
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the compared arms {sorted(arms)}")
     ref_ids = arms[baseline][0]["image_id"]
-    tables: dict[str, list[np.ndarray]] = {}
+    tables: dict[str, np.ndarray] = {}
     for name, records in arms.items():
         if not records:
             raise ValueError(f"arm {name!r} has no per-image record")
+        if name in fixed and len(records) != 1:
+            raise ValueError(f"arm {name!r} is not trained (fixed) but has {len(records)} records")
         for r in records:
             if r["image_id"] != ref_ids:
                 raise ValueError(f"arm {name!r} was scored on other test images than {baseline!r}; "
                                  "a paired comparison needs the same test split")
-        tables[name] = [np.column_stack([r["tp"], r["fp"], r["n_gt"]]).astype(np.float64) for r in records]
+        tables[name] = np.stack([np.column_stack([r["tp"], r["fp"], r["n_gt"]]).astype(np.float64)
+                                 for r in records])  # seeds x images x (tp, fp, n_gt)
     idx = np.random.default_rng(seed).integers(0, len(ref_ids), size=(n, len(ref_ids)))
-    resampled = {name: _seed_mean_ratios(t, idx) for name, t in tables.items()}
-    full = {name: _seed_mean_ratios(t, None) for name, t in tables.items()}
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    per_seed = {name: _ratios_per_seed(t, idx) for name, t in tables.items()}  # measure -> seeds x resamples
+    galaxy = {name: {k: v.mean(axis=0) for k, v in r.items()} for name, r in per_seed.items()}
+    both: dict[str, dict[str, np.ndarray]] = {}
+    for j, name in enumerate(sorted(tables)):  # each arm's seed draws: its own stream, whatever the others
+        n_seeds = len(tables[name])
+        draws = np.random.default_rng([seed, 1, j]).integers(0, n_seeds, size=(n, n_seeds))
+        cols = np.arange(n)[:, None]
+        both[name] = {k: np.mean(v[draws, cols], axis=1) for k, v in per_seed[name].items()}
+    full = {name: _ratios_per_seed(t, None) for name, t in tables.items()}  # measure -> seeds x 1
+    enough = {name: name in fixed or len(t) >= min_seeds for name, t in tables.items()}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, t in tables.items():
-        per_seed = [_seed_mean_ratios([s], None) for s in t]
         out[name] = {}
         for k in ("completeness", "purity", "f1"):
-            low, high = _interval(resampled[name][k], level)
-            d_low, d_high = _interval(resampled[name][k] - resampled[baseline][k], level)
-            out[name][k] = {"value": float(full[name][k][0]), "low": low, "high": high,
-                            "diff": float(full[name][k][0] - full[baseline][k][0]), "diff_low": d_low,
-                            "diff_high": d_high, "n_seeds": len(t),
-                            "seed_sd": float(np.std([r[k][0] for r in per_seed], ddof=1)) if len(t) > 1 else math.nan}
+            value, base = float(np.mean(full[name][k])), float(np.mean(full[baseline][k]))
+            low, high = _interval(both[name][k], level)
+            d_low, d_high = _interval(both[name][k] - both[baseline][k], level)
+            g_low, g_high = _interval(galaxy[name][k], level)
+            gd_low, gd_high = _interval(galaxy[name][k] - galaxy[baseline][k], level)
+            decidable = enough[name] and enough[baseline]
+            seeds = full[name][k][:, 0]
+            out[name][k] = {"value": value, "low": low, "high": high, "diff": value - base, "diff_low": d_low,
+                            "diff_high": d_high, "galaxy_low": g_low, "galaxy_high": g_high,
+                            "diff_galaxy_low": gd_low, "diff_galaxy_high": gd_high, "n_seeds": len(t),
+                            "seed_sd": float(np.std(seeds, ddof=1)) if len(t) > 1 else math.nan,
+                            "decidable": decidable,
+                            "verdict": None if name == baseline else verdict(d_low, d_high, decidable)}
     return out
+
+
+def _ratios_per_seed(table: np.ndarray, idx: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Completeness, purity and F1 of each seed's table (seeds x images x (tp, fp, n_gt)) summed
+    over the image indices ``idx`` (resamples x images; None: every image once): seeds x
+    resamples (x 1 for None). F1 is 0 where nothing was found, as in :func:`counts`."""
+    if idx is None:
+        tp, fp, g = (table[:, :, k].sum(axis=1, keepdims=True) for k in range(3))
+    else:
+        tp, fp, g = (table[:, idx, k].sum(axis=2) for k in range(3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c, p = tp / g, tp / (tp + fp)
+        f1 = np.where((tp == 0) & (g > 0), 0.0, 2 * c * p / (c + p))
+    return {"completeness": c, "purity": p, "f1": f1}

@@ -63,54 +63,105 @@ _REFERENCE_STYLE = {"consensus_ceiling": ("consensus labels (ceiling)", "0.15", 
                     "classical": ("classical finder", "0.45", (0, (5, 2, 1, 2)))}
 
 
-def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path) -> plt.Figure:
-    """Completeness, purity and F1 vs training-set size, a line per backbone; solid against the
-    consensus labels, dashed against the simulated truth where present. With several training
-    seeds the line is their mean and a shaded band spans their range. Error bars: the bootstrap
-    interval over test galaxies (mean of the seeds' bounds) where the table has one. Reference
-    points (rows with no training-set size: the consensus labels against the truth, the classical
-    finder) are horizontal lines in grey, against the truth where there is one."""
+def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Path,
+                             comparison: pd.DataFrame | None = None) -> plt.Figure:
+    """Completeness, purity and F1 vs training-set size, a line per backbone through the mean of
+    its training seeds, each seed a small point; solid against the consensus labels, dashed
+    against the simulated truth where present. Error bars: the interval over training seeds and
+    test galaxies of ``comparison`` (comparison.csv) where given, else the mean of the seeds'
+    intervals over test galaxies. Reference points (rows with no training-set size: the consensus
+    labels against the truth, the classical finder) are horizontal lines in grey, against the
+    truth where there is one. With ``comparison``, a fourth panel: each backbone's F1 minus the
+    baseline's at every size with its interval; a hollow marker where the difference cannot be
+    decided (fewer than MIN_SEEDS seeds: the per-model interval over test galaxies)."""
     refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
     is_ref = table["backbone"].isin(list(_REFERENCE_STYLE))
     points, table = table[is_ref], table[~is_ref].astype({"n_train": int})
-    fig, axes = plt.subplots(1, 3, figsize=report_size(10, 4.6), sharex=True, sharey=True, constrained_layout=True)
+    panels = 4 if comparison is not None and len(comparison) else 3
+    shape = (2, 2) if panels == 4 else (1, 3)
+    fig, grid = plt.subplots(*shape, figsize=report_size(10, 7.5 if panels == 4 else 4.6), sharex=True,
+                             constrained_layout=True)
+    axes = list(np.ravel(grid))
+    colours = _colours(table["backbone"])
+    sizes = sorted(table["n_train"].unique())
     for ax, measure in zip(axes, ("completeness", "purity", "f1")):
-        for k, (backbone, g) in enumerate(table.groupby("backbone", sort=True)):
+        for backbone, g in table.groupby("backbone", sort=True):
+            colour = colours[backbone]
             for ref, style, marker, face in zip(refs, ("-", "--"), ("o", "s"), (None, "none")):
-                colour = PALETTE[k % len(PALETTE)]
-                stats = g.groupby("n_train")[f"{ref}_{measure}"].agg(["mean", "min", "max", "count"])
+                stats = g.groupby("n_train")[f"{ref}_{measure}"].agg(["mean", "count"])
                 n_seeds = int(stats["count"].max())
                 label = f"{backbone} vs {ref}" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else "")
-                if f"{ref}_{measure}_low" in g:
-                    lo = g.groupby("n_train")[f"{ref}_{measure}_low"].mean()
-                    hi = g.groupby("n_train")[f"{ref}_{measure}_high"].mean()
-                    yerr = [(stats["mean"] - lo).clip(lower=0), (hi - stats["mean"]).clip(lower=0)]
-                else:
-                    yerr = None
+                lo, hi = _cell_interval(g, comparison, backbone, ref, measure)
+                yerr = None if lo is None else [(stats["mean"] - lo).clip(lower=0), (hi - stats["mean"]).clip(lower=0)]
                 ax.errorbar(stats.index, stats["mean"], yerr=yerr, fmt=style, marker=marker, color=colour,
                             markerfacecolor=face or colour, capsize=3, label=label)
-                if n_seeds > 1:
-                    ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, lw=0)
+                if n_seeds > 1:  # every seed's value, a little to the side of the mean
+                    ax.scatter(g["n_train"] * (1.04 if ref == "consensus" else 0.96), g[f"{ref}_{measure}"], s=9,
+                               marker=marker, color=colour, alpha=0.45, linewidths=0.6,
+                               facecolors=colour if face is None else "none", zorder=1)
         for _, r in points.iterrows():
             ref = next((x for x in ("truth", "consensus") if pd.notna(r.get(f"{x}_{measure}"))), None)
             if ref is None:
                 continue
             label, colour, dash = _REFERENCE_STYLE[r["backbone"]]
             ax.axhline(r[f"{ref}_{measure}"], color=colour, ls=dash, lw=1.4, label=f"{label} vs {ref}")
-        ax.set_xscale("log")
-        sizes = sorted(table["n_train"].unique())
-        ax.set_xticks(sizes, [str(n) for n in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("training-set size (images)")
         score = table["score"]
         threshold = f"score >= {score.iloc[0]:g}" if score.nunique() == 1 else "score: F1-best on val"
         ax.set_ylabel(f"{'F1' if measure == 'f1' else measure} (IoU >= {table['iou'].iloc[0]:g}, {threshold})")
         ax.set_ylim(0, 1)
-        ax.tick_params(labelleft=True)  # every panel carries its own scale
         ax.set_title("F1" if measure == "f1" else measure.capitalize())
+    if panels == 4:
+        _plot_differences(axes[3], comparison, colours)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training-set size (images)")
+        ax.tick_params(labelleft=True, labelbottom=True)  # every panel carries its own scale
         ax.grid(alpha=0.3, which="both")
-    fig.legend(*axes[2].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
+    handles, labels = axes[2].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     return save(fig, png, pdf)
+
+
+def _cell_interval(g: pd.DataFrame, comparison: pd.DataFrame | None, backbone: str, ref: str,
+                   measure: str) -> tuple[pd.Series | None, pd.Series | None]:
+    """Per training-set size, the interval of a backbone's measure: comparison.csv's (over seeds
+    and galaxies) where given, else the mean of its seeds' intervals over test galaxies."""
+    if comparison is not None and len(comparison):
+        rows = comparison[(comparison["backbone"] == backbone) & (comparison["reference"] == ref)]
+        if len(rows):
+            rows = rows.set_index("n_train").sort_index()
+            return rows[f"{measure}_low"], rows[f"{measure}_high"]
+    if f"{ref}_{measure}_low" in g:
+        return g.groupby("n_train")[f"{ref}_{measure}_low"].mean(), g.groupby("n_train")[f"{ref}_{measure}_high"].mean()
+    return None, None
+
+
+def _plot_differences(ax: plt.Axes, comparison: pd.DataFrame, colours: dict[str, str]) -> None:
+    """Each backbone's F1 minus the baseline's against training-set size, per label set, with its
+    interval: over training seeds and test galaxies where it can be decided (filled markers), the
+    per-model one over test galaxies where it cannot (hollow markers, dotted bars)."""
+    base = comparison["baseline"].iloc[0]
+    ax.axhline(0.0, color="0.3", lw=1)
+    for (backbone, ref), rows in comparison[comparison["backbone"] != base].groupby(["backbone", "reference"]):
+        if ref not in ("consensus", "truth"):
+            continue
+        rows = rows.sort_values("n_train")
+        style, marker, shift = ("-", "o", 1.04) if ref == "consensus" else ("--", "s", 0.96)
+        colour = colours.get(backbone, PALETTE[0])
+        x = rows["n_train"].to_numpy() * shift
+        ax.plot(x, rows["f1_diff"], ls=style, color=colour, label=f"{backbone} − {base} vs {ref}")
+        for xi, (_, r) in zip(x, rows.iterrows()):
+            open_ = r["f1_verdict"] == "cannot decide"
+            lo, hi = (r["f1_diff_galaxy_low"], r["f1_diff_galaxy_high"]) if open_ else (r["f1_diff_low"], r["f1_diff_high"])
+            bars = ax.errorbar([xi], [r["f1_diff"]], yerr=[[max(0.0, r["f1_diff"] - lo)], [max(0.0, hi - r["f1_diff"])]],
+                               fmt=marker, color=colour, markerfacecolor="white" if open_ else colour, capsize=3)
+            if open_:
+                bars[2][0].set_linestyle(":")
+    ax.set_ylabel(f"ΔF1 = backbone − {base}")
+    ax.set_title("F1 difference to the baseline (hollow: cannot be decided)")
+    ax.legend(fontsize=7, loc="best")
 
 
 def plot_learning_curves(runs: Sequence[Run], png: str | Path, pdf: str | Path) -> plt.Figure:

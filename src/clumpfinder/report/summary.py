@@ -1,6 +1,9 @@
 """Summary over the sweep: one table row per (backbone, n_train, seed), and the headline
-comparison of every backbone with a baseline at each training-set size (paired bootstrap over
-the shared test galaxies), written as a table and as Markdown / HTML with a one-line answer."""
+comparison of every backbone with a baseline at each training-set size, written as a table and as
+Markdown / HTML with a one-line answer. Every comparison is of training recipes: its interval
+resamples the training seeds of each arm and the test galaxies the arms share
+(:func:`clumpfinder.metrics.recipe_bootstrap`), and a difference is decided only with
+:data:`~clumpfinder.metrics.MIN_SEEDS` training seeds per arm and an interval that excludes zero."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import read_json
-from clumpfinder.metrics import paired_bootstrap
+from clumpfinder.metrics import MIN_SEEDS, recipe_bootstrap
 
 MEASURES = ("completeness", "purity", "f1")
 
@@ -95,13 +98,14 @@ def summary_table(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def versus_references(cells: Iterable[tuple[str, int, int, dict[str, Any]]], references: dict[str, dict[str, Any]],
                       bootstrap: dict[str, Any]) -> pd.DataFrame:
-    """Each reference point's scores and every detector's paired F1 difference to the classical
-    finder, per label set and training-set size: one row per (reference, n_train, arm), the
-    reference points with n_train None. Differences resample the same test galaxies as the
-    detectors' (paired bootstrap); the ceiling gets no difference (it is not a competitor)."""
-    by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for backbone, n_train, _, m in cells:
-        by_cell.setdefault((backbone, int(n_train)), []).append(m)
+    """Each reference point's scores and every detector's F1 difference to the classical finder,
+    per label set and training-set size: one row per (reference, n_train, arm), the reference
+    points with n_train None. Differences resample the detector's training seeds and the test
+    galaxies both are scored on (the classical finder is not trained: it has no seeds); the
+    ceiling gets no difference (it is not a competitor)."""
+    by_cell: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
+    for backbone, n_train, seed, m in cells:
+        by_cell.setdefault((backbone, int(n_train)), {})[int(seed)] = m
     rows = []
     label_sets = sorted({ref for m in references.values() for ref in m["references"]},
                         key=lambda r: (r != "consensus", r))
@@ -118,31 +122,40 @@ def versus_references(cells: Iterable[tuple[str, int, int, dict[str, Any]]], ref
         if classical is None:
             continue
         for (backbone, n_train), runs in sorted(by_cell.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            if ref not in runs[0]["references"]:
+            seeds = sorted(runs)
+            if ref not in runs[seeds[0]]["references"]:
                 continue
-            stats = paired_bootstrap({"classical": [classical["per_image"]],
-                                      backbone: [r["references"][ref]["per_image"] for r in runs]},
-                                     "classical", n=bootstrap["n"], seed=bootstrap["seed"], level=bootstrap["level"])
-            row = {"reference": ref, "n_train": n_train, "arm": backbone}
+            stats = recipe_bootstrap({"classical": [classical["per_image"]],
+                                      backbone: [runs[s]["references"][ref]["per_image"] for s in seeds]},
+                                     "classical", n=bootstrap["n"], seed=bootstrap["seed"], level=bootstrap["level"],
+                                     fixed=("classical",))
+            row = {"reference": ref, "n_train": n_train, "arm": backbone, "n_seeds": len(seeds)}
             for k in MEASURES:
                 st = stats[backbone][k]
                 row.update({k: st["value"], f"{k}_low": st["low"], f"{k}_high": st["high"],
                             f"{k}_diff_classical": st["diff"], f"{k}_diff_classical_low": st["diff_low"],
-                            f"{k}_diff_classical_high": st["diff_high"]})
+                            f"{k}_diff_classical_high": st["diff_high"],
+                            f"{k}_diff_classical_verdict": st["verdict"]})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
+#: the statistics of each measure in comparison.csv (the measure's own column is the value)
+_STATS = ("low", "high", "galaxy_low", "galaxy_high", "diff", "diff_low", "diff_high", "diff_galaxy_low",
+          "diff_galaxy_high", "seed_sd", "verdict")
 
 
 def compare(cells: Iterable[tuple[str, int, int, dict[str, Any]]], baseline: str,
             bootstrap: dict[str, Any]) -> pd.DataFrame:
     """Every backbone against ``baseline`` at each training-set size and label set.
 
-    ``cells``: (backbone, n_train, seed, metrics.json). Seeds are paired by value, so a backbone
-    is only compared on the seeds it shares with the baseline. One row per (reference, n_train,
-    backbone): mean over seeds of completeness, purity, F1 and AP50, their bootstrap intervals,
-    the paired difference to the baseline with its interval, and the seed standard deviation.
+    ``cells``: (backbone, n_train, seed, metrics.json). One row per (reference, n_train, backbone):
+    the mean over its training seeds of completeness, purity, F1 and AP50; each measure's
+    interval over training seeds and test galaxies (``_low``/``_high``) and over test galaxies
+    alone (``_galaxy_low``/``_galaxy_high``: these trained models); the difference to the
+    baseline (``_diff``) with the same two intervals, the seed standard deviation and the verdict
+    (:func:`clumpfinder.metrics.verdict`: ``cannot decide`` with fewer than MIN_SEEDS seeds in
+    either arm). See :func:`clumpfinder.metrics.recipe_bootstrap`.
     """
     by_cell: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for backbone, n_train, seed, m in cells:
@@ -158,20 +171,22 @@ def compare(cells: Iterable[tuple[str, int, int, dict[str, Any]]], baseline: str
         for ref in refs:
             records, ap50 = {}, {}
             for b, runs in arms.items():
-                seeds = sorted(set(runs) & set(base))
-                if not seeds or ref not in runs[seeds[0]]["references"]:
+                seeds = sorted(runs)
+                if ref not in runs[seeds[0]]["references"]:
                     continue
                 records[b] = [runs[s]["references"][ref]["per_image"] for s in seeds]
                 ap50[b] = sum(runs[s]["references"][ref]["AP50"] for s in seeds) / len(seeds)
-            stats = paired_bootstrap(records, baseline, n=bootstrap["n"], seed=bootstrap["seed"],
+            stats = recipe_bootstrap(records, baseline, n=bootstrap["n"], seed=bootstrap["seed"],
                                      level=bootstrap["level"])
             for b in sorted(stats, key=lambda name: (name != baseline, name)):
                 row: dict[str, Any] = {"reference": ref, "n_train": n_train, "backbone": b, "baseline": baseline,
                                        "n_seeds": stats[b]["f1"]["n_seeds"],
+                                       "baseline_n_seeds": stats[baseline]["f1"]["n_seeds"],
                                        "n_test_images": len(records[b][0]["image_id"]), "AP50": ap50[b]}
                 for k in MEASURES:
-                    for field in ("value", "low", "high", "diff", "diff_low", "diff_high", "seed_sd"):
-                        row[f"{k}_{field}" if field != "value" else k] = stats[b][k][field]
+                    row[k] = stats[b][k]["value"]
+                    for field in _STATS:
+                        row[f"{k}_{field}"] = stats[b][k][field]
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -182,12 +197,6 @@ def _num(v: float, signed: bool = False) -> str:
 
 def _with_interval(v: float, low: float, high: float, signed: bool = False) -> str:
     return f"{_num(v, signed)} [{_num(low, signed)}, {_num(high, signed)}]"
-
-
-def _excludes_zero(low: float, high: float) -> bool:
-    """Whether the interval excludes zero at the 3 decimals shown (a bound that prints as
-    0.000 does not count as excluding it)."""
-    return not (math.isnan(low) or math.isnan(high)) and (round(low, 3) > 0 or round(high, 3) < 0)
 
 
 #: how the sentences name each label set
@@ -209,11 +218,20 @@ def _short(ref: str) -> str:
     return {"truth": "the truth", "consensus": "the consensus"}.get(ref, f"the {ref} labels")
 
 
-def _decided(low: float, high: float) -> str:
-    return "decided" if _excludes_zero(low, high) else "not decided"
+def _decided(r: pd.Series, k: str = "f1") -> str:
+    """The verdict of a row's difference in words: decided or not, or why it cannot be."""
+    v = r[f"{k}_verdict"]
+    if v == "cannot decide":
+        return f"cannot be decided with fewer than {MIN_SEEDS} training seeds per arm"
+    return "decided" if v in ("higher", "lower") else "not decided"
 
 
 def _diff(r: pd.Series, k: str = "f1") -> str:
+    """A difference to the baseline with its interval: over seeds and galaxies where it can be
+    decided, else the per-model interval over test galaxies, labelled so."""
+    if r[f"{k}_verdict"] == "cannot decide":
+        return (_with_interval(r[f"{k}_diff"], r[f"{k}_diff_galaxy_low"], r[f"{k}_diff_galaxy_high"], signed=True)
+                + " (per-model interval over test galaxies)")
     return _with_interval(r[f"{k}_diff"], r[f"{k}_diff_low"], r[f"{k}_diff_high"], signed=True)
 
 
@@ -259,16 +277,16 @@ def _which_backbone(comparison: pd.DataFrame, refs: list[str]) -> str:
             row = at[(at["reference"] == ref) & (at["backbone"] == b)]
             if len(row):
                 r = row.iloc[0]
-                per_ref.append(f"{_diff(r)} against {_short(ref)} ({_decided(r['f1_diff_low'], r['f1_diff_high'])})")
+                per_ref.append(f"{_diff(r)} against {_short(ref)} ({_decided(r)})")
         deltas.append(f"ΔF1 = {b} − {base} = " + " and ".join(per_ref))
     return question + lead[0].upper() + lead[1:] + ". " + "; ".join(deltas) + "."
 
 
 def size_effect(cells: Iterable[tuple[str, int, int, dict[str, Any]]], bootstrap: dict[str, Any]) -> pd.DataFrame:
     """How much more data helps each backbone: per label set and backbone, completeness, purity
-    and F1 at every training-set size (means over seeds) and the paired difference in F1 between
-    the largest and the smallest size (the same test galaxies resampled for both models; seeds
-    paired by value)."""
+    and F1 at every training-set size (means over seeds) and the difference in F1 between the
+    largest and the smallest size, with the interval over the training seeds of each size and the
+    test galaxies both models are scored on, and its verdict (as :func:`compare`)."""
     by: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for backbone, n_train, seed, m in cells:
         by.setdefault((backbone, int(n_train)), {})[int(seed)] = m
@@ -278,31 +296,30 @@ def size_effect(cells: Iterable[tuple[str, int, int, dict[str, Any]]], bootstrap
         if len(sizes) < 2:
             continue
         small, large = by[(backbone, sizes[0])], by[(backbone, sizes[-1])]
-        seeds = sorted(set(small) & set(large))
-        if not seeds:
-            continue
-        for ref in small[seeds[0]]["references"]:
-            if ref not in large[seeds[0]]["references"]:
+        first = small[min(small)]
+        for ref in first["references"]:
+            if ref not in large[min(large)]["references"]:
                 continue
-            ends = {str(n): [by[(backbone, n)][s]["references"][ref]["per_image"] for s in seeds]
+            ends = {str(n): [by[(backbone, n)][s]["references"][ref]["per_image"] for s in sorted(by[(backbone, n)])]
                     for n in (sizes[0], sizes[-1])}
-            stats = paired_bootstrap(ends, str(sizes[0]), n=bootstrap["n"], seed=bootstrap["seed"],
+            stats = recipe_bootstrap(ends, str(sizes[0]), n=bootstrap["n"], seed=bootstrap["seed"],
                                      level=bootstrap["level"])
             st = stats[str(sizes[-1])]["f1"]
-            row = {"reference": ref, "backbone": backbone, "n_from": sizes[0], "n_to": sizes[-1], "n_seeds": len(seeds),
-                   "f1_diff": st["diff"], "f1_diff_low": st["diff_low"], "f1_diff_high": st["diff_high"],
-                   "sizes": sizes}
+            row = {"reference": ref, "backbone": backbone, "n_from": sizes[0], "n_to": sizes[-1],
+                   "n_seeds": min(len(small), len(large)), "f1_diff": st["diff"], "f1_diff_low": st["diff_low"],
+                   "f1_diff_high": st["diff_high"], "f1_diff_galaxy_low": st["diff_galaxy_low"],
+                   "f1_diff_galaxy_high": st["diff_galaxy_high"], "f1_verdict": st["verdict"], "sizes": sizes}
             for k in MEASURES:
-                row[k] = [float(np.mean([by[(backbone, n)][s]["references"][ref]["merged"][k]
-                                         for s in seeds if s in by[(backbone, n)]])) for n in sizes]
+                row[k] = [float(np.mean([m["references"][ref]["merged"][k] for m in by[(backbone, n)].values()]))
+                          for n in sizes]
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _more_data(effect: pd.DataFrame | None, refs: list[str]) -> str:
     """The second question: how completeness, purity and F1 grow from the smallest to the largest
-    training-set size, per backbone, with the paired F1 difference (larger minus smaller size),
-    decided or not."""
+    training-set size, per backbone, with the F1 difference (larger minus smaller size) and its
+    verdict."""
     question = "**Does more training data help?** "
     if effect is None or effect.empty:
         return question + "The run has one training-set size, so it cannot say."
@@ -311,24 +328,25 @@ def _more_data(effect: pd.DataFrame | None, refs: list[str]) -> str:
     n_from, n_to = int(first["n_from"]), int(first["n_to"])
     sizes = ", ".join(str(n) for n in first["sizes"])
     main = effect[effect["reference"] == order[0]]
-    up = [_excludes_zero(r["f1_diff_low"], r["f1_diff_high"]) and r["f1_diff"] > 0 for _, r in main.iterrows()]
-    down = [_excludes_zero(r["f1_diff_low"], r["f1_diff_high"]) and r["f1_diff"] < 0 for _, r in main.iterrows()]
+    verdicts = list(main["f1_verdict"])
     against = _short(order[0])
-    rising = [b for b, u in zip(main["backbone"], up) if u]
-    if all(up):
+    rising = [b for b, v in zip(main["backbone"], verdicts) if v == "higher"]
+    falling = [b for b, v in zip(main["backbone"], verdicts) if v == "lower"]
+    if "cannot decide" in verdicts:
+        verdict = (f"It cannot be decided: fewer than {MIN_SEEDS} training seeds per size (the per-model "
+                   f"intervals over test galaxies are given)")
+    elif len(rising) == len(verdicts):
         verdict = f"Yes: against {against} F1 rises decidedly for every backbone"
     elif rising:
-        verdict = f"For {len(rising)} of {len(up)} backbones: against {against} F1 rises decidedly for " + ", ".join(
+        verdict = f"For {len(rising)} of {len(verdicts)} backbones: against {against} F1 rises decidedly for " + ", ".join(
             rising)
-    elif any(down):
-        verdict = f"No: against {against} F1 falls decidedly for " + ", ".join(
-            b for b, d in zip(main["backbone"], down) if d)
+    elif falling:
+        verdict = f"No: against {against} F1 falls decidedly for " + ", ".join(falling)
     else:
         verdict = f"Not decidedly: against {against} no backbone's F1 changes decidedly"
     parts = []
     for _, r in main.iterrows():
-        per_ref = [f"{_with_interval(o['f1_diff'], o['f1_diff_low'], o['f1_diff_high'], signed=True)} against "
-                   f"{_short(o['reference'])} ({_decided(o['f1_diff_low'], o['f1_diff_high'])})"
+        per_ref = [f"{_diff(o)} against {_short(o['reference'])} ({_decided(o)})"
                    for ref in order for _, o in effect[(effect["backbone"] == r["backbone"])
                                                        & (effect["reference"] == ref)].iterrows()]
         trend = {k: " → ".join(f"{v:.2f}" for v in r[k]) for k in ("completeness", "purity")}
@@ -350,14 +368,19 @@ def _larger_sizes(comparison: pd.DataFrame, refs: list[str]) -> str:
     for n, at in rest.groupby("n_train", sort=True):
         found = []
         for b, cell in at[at["backbone"] != base].groupby("backbone", sort=False):
-            hits = sorted((r for _, r in cell.iterrows() if _excludes_zero(r["f1_diff_low"], r["f1_diff_high"])),
+            hits = sorted((r for _, r in cell.iterrows() if r["f1_verdict"] in ("higher", "lower")),
                           key=lambda r: refs.index(r["reference"]) if r["reference"] in refs else len(refs))
             for group, word in (([r for r in hits if r["f1_diff"] > 0], "ahead of"),
                                 ([r for r in hits if r["f1_diff"] < 0], "behind")):
                 if group:
                     found.append(f"{b} is {word} {base} against "
                                  + " and ".join(f"{_short(r['reference'])} (ΔF1 = {_diff(r)})" for r in group))
-        decided = ("; decided: " + "; ".join(found)) if found else "; no difference to the baseline is decided"
+        if found:
+            decided = "; decided: " + "; ".join(found)
+        elif (at[at["backbone"] != base]["f1_verdict"] == "cannot decide").all():
+            decided = f"; no difference to the baseline can be decided (fewer than {MIN_SEEDS} training seeds per arm)"
+        else:
+            decided = "; no difference to the baseline is decided"
         parts.append(f"at n = {int(n)} {_leader(at, refs)}{decided}")
     sizes = ", ".join(str(int(n)) for n in sorted(rest["n_train"].unique()))
     text = ". ".join(p_[0].upper() + p_[1:] for p_ in parts)
@@ -397,7 +420,8 @@ def findings(comparison: pd.DataFrame, effect: pd.DataFrame | None = None,
     """The answer, one sentence per question (Markdown, bold for emphasis): which backbone wins
     at the smallest size and by how much; whether more data helps; decided differences at the
     other sizes; the training budget per size. Differences are always backbone minus baseline,
-    as in the tables; 'decided' means the paired interval excludes zero."""
+    as in the tables; 'decided' means the interval over training seeds and test galaxies excludes
+    zero, with at least MIN_SEEDS training seeds per arm."""
     refs = _label_sets(comparison)
     if not refs:
         return ["No evaluation to compare."]
@@ -406,9 +430,15 @@ def findings(comparison: pd.DataFrame, effect: pd.DataFrame | None = None,
     return [s for s in out if s]
 
 
+#: marks a difference whose arms have fewer than MIN_SEEDS training seeds: its interval is the
+#: per-model one over test galaxies, and it is not decided whatever that interval says
+UNDECIDABLE_MARK = "†"
+
+
 def comparison_table(comparison: pd.DataFrame, reference: str, bold=lambda s: f"**{s}**") -> pd.DataFrame:
     """The comparison as display strings: value [interval], and the difference to the baseline
-    (emphasised with ``bold`` where its interval excludes zero)."""
+    (emphasised with ``bold`` where it is decided; marked with UNDECIDABLE_MARK, and given the
+    per-model interval over test galaxies, where it cannot be)."""
     rows = []
     for _, r in comparison[comparison["reference"] == reference].iterrows():
         row = {"n train": int(r["n_train"]), "backbone": r["backbone"], "seeds": int(r["n_seeds"])}
@@ -418,9 +448,12 @@ def comparison_table(comparison: pd.DataFrame, reference: str, bold=lambda s: f"
         for k, label in (("completeness", "Δ completeness"), ("purity", "Δ purity"), ("f1", "Δ F1")):
             if r["backbone"] == r["baseline"]:
                 row[label] = "baseline"
+            elif r[f"{k}_verdict"] == "cannot decide":
+                row[label] = _with_interval(r[f"{k}_diff"], r[f"{k}_diff_galaxy_low"], r[f"{k}_diff_galaxy_high"],
+                                            signed=True) + UNDECIDABLE_MARK
             else:
                 text = _with_interval(r[f"{k}_diff"], r[f"{k}_diff_low"], r[f"{k}_diff_high"], signed=True)
-                row[label] = bold(text) if _excludes_zero(r[f"{k}_diff_low"], r[f"{k}_diff_high"]) else text
+                row[label] = bold(text) if r[f"{k}_verdict"] in ("higher", "lower") else text
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -431,11 +464,18 @@ def _context(comparison: pd.DataFrame, iou: float, threshold: str, level: float,
     n_images = int(comparison["n_test_images"].iloc[0]) if len(comparison) else 0
     seed_text = (f"{seeds[0]} training seed{'s' if seeds[0] > 1 else ''} per model" if len(seeds) == 1
                  else f"{seeds[0]}–{seeds[-1]} training seeds per model")
-    return (f"How to read this: matches at IoU >= {iou:g}; {threshold}; classes merged; {n_images} test galaxies; "
+    text = (f"How to read this: matches at IoU >= {iou:g}; {threshold}; classes merged; {n_images} test galaxies; "
             f"{seed_text} (values are seed means). Intervals are {level * 100:g} % percentile intervals from "
-            f"{n_boot} bootstrap resamples of the test galaxies. Δ is always backbone minus the baseline "
-            f"**{base}**, both scored on the same resamples (paired); a difference is **decided** when its "
-            f"interval excludes zero (bold in the tables), otherwise not decided.")
+            f"{n_boot} bootstrap resamples that draw each arm's training seeds and the test galaxies (the same "
+            f"galaxies for every arm), so they hold the run-to-run scatter of training as well as the choice of "
+            f"galaxies (docs/report.md). Δ is always backbone minus the baseline **{base}**; a difference is "
+            f"**decided** when each arm has at least {MIN_SEEDS} training seeds and its interval excludes zero "
+            f"(bold in the tables), otherwise not decided.")
+    if seeds[0] < MIN_SEEDS:
+        text += (f" {UNDECIDABLE_MARK}: fewer than {MIN_SEEDS} training seeds per arm, so the difference cannot be "
+                 f"decided; its interval is the per-model one, over test galaxies alone, which measures these "
+                 f"trained models and not the recipes (set sweep.seeds to {MIN_SEEDS} seeds or more).")
+    return text
 
 
 def data_text(data: dict[str, Any]) -> str:
@@ -502,10 +542,14 @@ def versus_classical_text(refs: pd.DataFrame, reference: str) -> str:
     if rows.empty or "f1_diff_classical" not in rows:
         return ""
     n_max = int(rows["n_train"].max())
-    parts = [f"{r['arm']} {_with_interval(r['f1_diff_classical'], r['f1_diff_classical_low'], r['f1_diff_classical_high'], signed=True)}"
-             for _, r in rows[rows["n_train"] == n_max].sort_values("arm").iterrows()]
-    return (f"At n = {n_max}, F1 minus the classical finder's against {_short(reference)} (paired bootstrap over the "
-            f"same test galaxies): " + "; ".join(parts) + ".")
+    parts = []
+    for _, r in rows[rows["n_train"] == n_max].sort_values("arm").iterrows():
+        verdict = r["f1_diff_classical_verdict"]
+        words = ("cannot be decided: fewer than {} training seeds".format(MIN_SEEDS) if verdict == "cannot decide"
+                 else "decided" if verdict in ("higher", "lower") else "not decided")
+        parts.append(f"{r['arm']} {_with_interval(r['f1_diff_classical'], r['f1_diff_classical_low'], r['f1_diff_classical_high'], signed=True)} ({words})")
+    return (f"At n = {n_max}, F1 minus the classical finder's against {_short(reference)} (intervals over the "
+            f"detector's training seeds and the test galaxies both are scored on): " + "; ".join(parts) + ".")
 
 
 def _reference_parts(refs: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:

@@ -214,7 +214,7 @@ def partnership_inputs(wildcards):
 def partnership_report_inputs(wildcards):
     """The replay's summary, when summary.md shows it (partnership.report)."""
     return (
-        {"partnership": f"{RESULTS}/partnership/summary.json"}
+        {"partnership": PLAN.partnership_summary}
         if PLAN.partnership_reported()
         else {}
     )

@@ -19,7 +19,7 @@ rule partnership_replay:
         subjects=f"{RESULTS}/partnership/subjects.csv",
         volunteers=f"{RESULTS}/partnership/volunteers.csv",
         curves=f"{RESULTS}/partnership/curves.csv",
-        summary=f"{RESULTS}/partnership/summary.json",
+        summary=PLAN.partnership_summary,
     log:
         f"{RESULTS}/logs/partnership.log",
     benchmark:

@@ -129,7 +129,7 @@ def test_report_labels_of_sizes_sort_as_numbers(default_config, schema):
     # before every digit: the browser test (tests/test_report_browser.py) checks the order it shows
 
 
-def test_targets_follow_the_data_route(default_config, schema):
+def test_targets_follow_the_data_route(default_config, schema, tmp_path, monkeypatch):
     plan = Plan(_config(default_config, labels={"n_train": [300, "full", 30]}, sweep={"seeds": [0, 1]}), "r", schema)
     assert plan.n_train == [30, 300, "full"]
     files = plan.sweep_files("metrics.json")
@@ -146,13 +146,18 @@ def test_targets_follow_the_data_route(default_config, schema):
     assert catalogue.subject_list_input() == "t.txt" and catalogue.split_inputs() == {
         "subject_list": "r/survey/subjects.csv"}
     assert plan.export_inputs() == {"export": "r/survey/classifications.csv", "gold": "r/survey/gold.csv"}
-    # the partnership replay: in the report with volunteers and the EM consensus, its machine the baseline
-    assert "r/plots/partnership.png" in simulated and plan.partnership_backbone() == "resnet18_scratch"
+    # the partnership replay: its own target in the default (`snakemake partnership`), in the report
+    # once it has run or where asked for, with volunteers and the EM consensus; its machine the baseline
+    monkeypatch.chdir(tmp_path)
+    assert "r/plots/partnership.png" not in simulated and plan.partnership_backbone() == "resnet18_scratch"
+    asked = Plan(_config(default_config, partnership={"report": True}), "r", schema)
+    assert "r/plots/partnership.png" in asked.final_targets()
+    (tmp_path / "r" / "partnership").mkdir(parents=True)
+    (tmp_path / "r" / "partnership" / "summary.json").write_text("{}")  # `snakemake partnership` has run
+    assert "r/plots/partnership.png" in plan.final_targets() and plan.partnership_reported()
     assert "r/plots/partnership.png" not in names and not catalogue.partnership_available()
-    dbscan = Plan(_config(default_config, consensus={"method": "dbscan"}), "r", schema)
+    dbscan = Plan(_config(default_config, consensus={"method": "dbscan"}, partnership={"report": True}), "r", schema)
     assert "r/plots/partnership.png" not in dbscan.final_targets() and dbscan.partnership_available()
-    off = Plan(_config(default_config, partnership={"report": False}), "r", schema)
-    assert "r/plots/partnership.png" not in off.final_targets()
     chosen = Plan(_config(default_config, partnership={"machine": {"backbone": "resnet18_morphology"}}), "r", schema)
     assert chosen.partnership_backbone() == "resnet18_morphology"
     assert chosen.weights_input(chosen.partnership_backbone())["init_weights"].endswith("encoder.pt")

@@ -63,13 +63,18 @@ def test_default_dry_run(tmp_path, default_config):
     proc = smk("-n", "--cores", "2", cwd=tmp_path)
     jobs = job_counts(proc.stdout + proc.stderr)
     n_b, n_n = len(default_config["backbones"]), len(default_config["labels"]["n_train"])
-    assert n_b >= 2 and n_n >= 3
-    assert jobs["train"] == n_b * n_n and jobs["evaluate"] == n_b * n_n and jobs["subset"] == n_n
+    n_s = len(default_config["sweep"]["seeds"])
+    assert n_b >= 2 and n_n >= 2 and n_s >= 3  # enough training seeds to decide a difference
+    assert jobs["train"] == n_b * n_n * n_s and jobs["evaluate"] == n_b * n_n * n_s and jobs["subset"] == n_n
     assert jobs["gallery"] == n_n
     for rule in ("simulate_survey", "simulate_volunteers", "simulate_pretraining_population", "simulate_morphology",
                  "pretrain_morphology", "consensus", "split", "truth_labels", "summary", "plot_pr", "plot_flux",
-                 "plot_consensus", "partnership_replay", "plot_partnership", "all"):
+                 "plot_consensus", "all"):
         assert jobs[rule] == 1
+    # the partnership replay is a target of its own
+    assert "partnership_replay" not in jobs
+    replay = job_counts(smk("-n", "--cores", "2", "partnership", cwd=tmp_path).stdout)
+    assert replay["partnership_replay"] == 1 and replay["plot_partnership"] == 1 and "train" not in replay
 
 
 @pytest.mark.parametrize(

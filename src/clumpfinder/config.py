@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 import sys
 from functools import cache
 from itertools import product
@@ -374,10 +375,16 @@ class Plan:
         return self.config["data"]["source"] != "catalogue"
 
     def partnership_reported(self) -> bool:
-        """summary.md shows the replay (and the default DAG runs it): asked for, and possible (the
-        replay retires subjects on the EM consensus, so another consensus method leaves it out)."""
-        return (self.partnership_available() and self.config["partnership"]["report"]
-                and self.config["consensus"]["method"] == "em")
+        """summary.md shows the replay (and the default DAG makes it): possible (the replay retires
+        subjects on the EM consensus, so another consensus method leaves it out), and asked for
+        (``partnership.report``) or already made (``snakemake partnership`` has run here)."""
+        return (self.partnership_available() and self.config["consensus"]["method"] == "em"
+                and (self.config["partnership"]["report"] or os.path.exists(self.partnership_summary)))
+
+    @property
+    def partnership_summary(self) -> str:
+        """The replay's summary file (what summary.md reads)."""
+        return f"{self.results}/partnership/summary.json"
 
     def partnership_backbone(self) -> str:
         """The backbone the machine agent trains: the configured one, or the report's baseline (else the

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
 
 
 def main() -> None:
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, required=True, help="results/ of a default run")
     ap.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--configfile", action="append", default=[], help="the configuration files the run was made with")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -53,7 +54,8 @@ def main() -> None:
     from clumpfinder.config import Plan
 
     torch.set_num_threads(args.threads)
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg = merged_config(args.configfile)
+    seeds = run_data_seeds(args.results, args.configfile)
     plan = Plan(cfg, str(args.results), yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
     res = args.results
     metrics = {tuple(c): json.loads((res / "eval" / c[0] / f"n{c[1]}" / f"seed{c[2]}" / "metrics.json").read_text())
@@ -76,8 +78,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
     n = len(manifest)
     out = {
-        "command": f"python benchmarks/catalogue.py --results {res} --split {args.split} --threads {args.threads}",
-        "date": dt.date.today().isoformat(), "commit": git_commit(), "cpus": os.cpu_count(),
+        "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(), "commit": git_commit(),
+        "data_seeds": seeds, "cpus": os.cpu_count(),
         "torch_threads": args.threads, "split": args.split, "galaxies": n,
         "detector": {"backbone": cell[0], "n_train": cell[1], "seed": cell[2], "score": m["score"],
                      "val_f1": round(m["threshold"]["val_at_score"]["f1"], 4),

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
 
 #: (aperture radius, [annulus inner, outer]) in PSF FWHM
 CANDIDATES = [(1.125, [1.5, 2.5]), (1.125, [1.25, 2.0]), (1.125, [1.125, 1.75]), (1.0, [1.25, 2.0]),
@@ -40,13 +39,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--split", choices=["train", "val"], default="val")
+    ap.add_argument("--configfile", action="append", default=[], help="the configuration files the run was made with")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     from clumpfinder.clumps.measure import MeasureSpec, footprint, photometry
     from clumpfinder.clumps.sources import FitsOptions, survey
     from clumpfinder.clumps.validate import robust_scatter
 
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg = merged_config(args.configfile)
+    seeds = run_data_seeds(args.results, args.configfile)
     res = args.results
     truth = pd.read_csv(res / "survey" / "truth.csv")
     splits = pd.read_csv(res / "labels" / "splits.csv")
@@ -74,12 +76,12 @@ def main() -> None:
                      "robust_scatter_mag": round(robust_scatter(d), 4)})
         print(rows[-1])
     out = {
-        "command": f"python benchmarks/catalogue_photometry.py --results {res} --split {args.split}",
-        "date": dt.date.today().isoformat(), "commit": git_commit(), "split": args.split,
+        "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(), "commit": git_commit(),
+        "data_seeds": seeds, "split": args.split,
         "galaxies": len(galaxies), "positions": "true (photometry alone)", "candidates": rows,
         "default": {"aperture_fwhm": base["aperture_fwhm"], "annulus_fwhm": base["annulus_fwhm"]},
     }
-    path = REPO / "benchmarks" / "results" / f"catalogue_photometry_{args.split}.json"
+    path = args.out or REPO / "benchmarks" / "results" / f"catalogue_photometry_{args.split}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
 
 

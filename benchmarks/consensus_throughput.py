@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit, run_data_seeds  # noqa: E402
 
 N_SUBJECTS, N_VOLUNTEERS = 85_286, 20_999
 
@@ -65,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--make", action="store_true", help="write the synthetic export and stop")
     ap.add_argument("--results", type=Path, default=REPO / "results")
+    ap.add_argument("--configfile", action="append", default=[], help="the configuration files that run was made with")
     ap.add_argument("--export", type=Path, default=REPO / "benchmarks" / "results" / "clumpscout_size_export.csv")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--method", default="em")
@@ -100,7 +101,10 @@ def main() -> None:
     n_clicks = parsed.report["clicks_used"]
     out = {
         "command": "python benchmarks/consensus_throughput.py " + " ".join(sys.argv[1:]),
-        "date": dt.date.today().isoformat(), "commit": git_commit(), "file_cache": "warmed" if a.warm_cache else "as found",
+        "date": dt.date.today().isoformat(), "commit": git_commit(),
+        # the survey whose subjects the export tiles (its volunteers are this script's own)
+        "data_seeds": {"simulate": run_data_seeds(a.results, a.configfile)["simulate"]},
+        "file_cache": "warmed" if a.warm_cache else "as found",
         "export": str(a.export), "export_gib": round(a.export.stat().st_size / 2**30, 3),
         "rows": parsed.report["rows_read"], "classifications": len(parsed.classifications), "clicks": n_clicks,
         "subjects": parsed.report["subjects"], "volunteers": parsed.report["volunteers"],

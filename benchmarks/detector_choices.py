@@ -30,7 +30,7 @@ from clumpfinder.config import deep_update  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
 from clumpfinder.detection.train import Selection, TrainSpec, train_detector, validation_score  # noqa: E402
 from clumpfinder.detection.detector import load_images  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,7 @@ def main() -> None:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg = deep_update(cfg, yaml.safe_load((REPO / "config" / "development.yaml").read_text()))
     res = a.workdir / "results"
+    seeds = run_data_seeds(res, [REPO / "config" / "development.yaml"])
     val_full = json.loads((res / "labels" / "val.json").read_text())
     image_dir = res / "survey" / "png"
     rows = json.loads(a.out.read_text())["runs"] if a.out.exists() else []
@@ -83,7 +84,7 @@ def main() -> None:
                     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
                     rows.append(row)
                     out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                           "commit": git_commit(), "workdir": str(a.workdir),
+                           "commit": git_commit(), "data_seeds": seeds, "workdir": str(a.workdir),
                            "simulate_seed": vcfg["simulate"]["seed"], "split": "val (consensus labels)",
                            "runs": rows}
                     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -276,6 +276,7 @@ def main() -> None:
         "command": "python " + " ".join([str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).is_absolute()
                                          else sys.argv[0]] + sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "commit": git_commit(),
+        "data_seeds": [{"simulate": 11}, {"simulate": 12}],  # the galaxies survey() simulates below
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "cuda": torch.version.cuda,
                     "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                     if device.type == "cuda" else [], "bf16": device.type == "cuda" and torch.cuda.is_bf16_supported(),

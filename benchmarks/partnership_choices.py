@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from clumpfinder.compute import ComputeSpec  # noqa: E402
 from clumpfinder.config import Plan, deep_update  # noqa: E402
 from clumpfinder.partnership.run import replay_files  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import data_seeds, git_commit  # noqa: E402
 
 #: (name, partnership overrides, with the machine)
 VARIANTS = [
@@ -64,7 +64,7 @@ def main() -> None:
     backbone = plan.partnership_backbone()
     survey = args.workdir / "results" / "survey"
     record = {"command": "python benchmarks/partnership_choices.py --workdir DIR --configfile ... [--only NAME ...]",
-              "seed_role": role, "simulate_seed": config["simulate"]["seed"],
+              "data_seeds": data_seeds(config), "seed_role": role, "simulate_seed": config["simulate"]["seed"],
               "volunteers_seed": config["volunteers"]["seed"], "machine_backbone": backbone, "variants": {}}
     if args.only and out.exists():  # a few variants again: the others' results stay
         record["variants"] = json.loads(out.read_text())["variants"]

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit  # noqa: E402
+from provenance import data_seeds, git_commit, merged_config  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -49,6 +49,7 @@ def main() -> None:
     record: dict = {"command": "python benchmarks/test_timing.py" + (" --ci" if args.ci else "")
                     + (" --install" if args.install else ""),
                     "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+                    "data_seeds": data_seeds(merged_config([REPO / "tests" / "config" / "config.yaml"])),
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,13 +41,13 @@ import yaml
 from clumpfinder.compute import ComputeSpec
 from clumpfinder.config import deep_update
 from clumpfinder.detection import train as train_module
-from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector, predict_images, set_precision
+from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector, predict_images
 from clumpfinder.detection.train import TrainSpec, load_targets, train_detector
 from clumpfinder.io import read_json
 from clumpfinder.labels.cache import ImageCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import git_commit, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,6 +230,7 @@ def main() -> None:
                                                "processor": platform.processor(),
                                                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                                "native_bf16": native_bf16()},
+           "data_seeds": run_data_seeds(res, [REPO / "config" / "development.yaml"]),
            "data": {"workdir": str(a.workdir), "train_images": len(coco["images"]), "val_images": len(val["images"])},
            "load_average_before": list(os.getloadavg()), "setups": summary, "speedup_vs_before": ratios,
            "skipped": skipped, "profile": profiles, "rounds": rounds}

@@ -30,7 +30,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit  # noqa: E402
+from provenance import data_seeds, git_commit, merged_config  # noqa: E402
 
 
 TIME = Path("/usr/bin/time")
@@ -83,6 +83,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/workflow_timing.py " + " ".join(sys.argv[1:]),
         "date": started.isoformat(timespec="seconds"), "commit": git_commit(),
+        "data_seeds": data_seeds(merged_config(a.configfile)),
         "load_average_before": [round(x, 2) for x in load_before],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "cores": a.cores, "configfiles": a.configfile, "workdir": str(work),

@@ -315,6 +315,30 @@ def test_validation_against_a_known_truth():
     assert f["purity_star_forming"] == pytest.approx(1 / 3, abs=1e-4) and f["purity_giant"] == pytest.approx(1 / 3, abs=1e-4)
 
 
+def test_validation_measures_the_rule_that_odd_class_detections_are_never_flagged():
+    """Galaxy 1: a giant clump detected as a clump (flagged) and a star detected as odd_clump above
+    the ratio; galaxy 2: a giant clump detected as odd_clump (so never flagged) and a faint odd
+    detection. Flagging odd-class detections too would add the star (a false flag) and galaxy 2's
+    clump (a true one)."""
+    from clumpfinder.clumps.validate import validate
+
+    truth = pd.DataFrame({
+        "subject_id": [1, 1, 2], "kind": ["clump", "odd", "clump"], "ra": [10.0, 10.002, 20.0], "dec": 0.0,
+        "flux_g": [100.0, 50.0, 80.0], "flux_fraction_g": [0.2, 0.1, 0.15], "contrast_g": [5.0, 9.0, 20.0],
+        "sigma_arcsec": [0.2, 0.0, 0.3]})
+    clumps = pd.DataFrame({
+        "subject_id": [1, 1, 2, 2], "clump_ra": [10.0, 10.002, 20.0, 20.004], "clump_dec": 0.0,
+        "mag_g": [17.5, 18.0, 17.7, 21.0], "flux_ratio": [0.2, 0.1, 0.15, 0.02],
+        "label": ["clump", "odd_clump", "odd_clump", "odd_clump"], "is_clump_8pct": [True, False, False, False]})
+    galaxies = pd.DataFrame({"subject_id": [1, 2], "psf_fwhm_arcsec": [1.4, 1.4]})
+    f = validate(clumps, galaxies, truth)["flag"]
+    assert (f["catalogue_flagged"], f["completeness_flagged"], f["purity_giant"]) == (1, 0.5, 1.0)
+    odd = f["if_odd_class_were_flagged"]
+    assert (odd["odd_class_above_ratio"], odd["matched_odd_truth"], odd["matched_star_forming"]) == (2, 1, 1)
+    assert odd["matched_giant"] == 1 and odd["catalogue_flagged"] == 3
+    assert odd["completeness_flagged"] == 1.0 and odd["purity_giant"] == pytest.approx(2 / 3, abs=1e-4)
+
+
 def test_the_command_is_installed():
     """`pip install -e .` puts `clumpfinder` beside the environment's python ([project.scripts])."""
     import subprocess

@@ -99,7 +99,28 @@ def validate(clumps: pd.DataFrame, galaxies: pd.DataFrame, truth: pd.DataFrame, 
                                        & (flagged_matched["flux_fraction_g_truth"] >= giant)).sum()), len(flagged)),
         },
     }
+    if "label" in clumps:  # the rule that odd-class detections are never flagged, measured
+        out["flag"]["if_odd_class_were_flagged"] = _odd_class_flags(clumps, m, flagged, giant_truth, giant)
     return out
+
+
+def _odd_class_flags(clumps: pd.DataFrame, m: pd.DataFrame, flagged: pd.DataFrame, giant_truth: pd.DataFrame,
+                     giant: float) -> dict[str, Any]:
+    """The giant-clump flag as it would be if detections of class odd_clump above the flux ratio
+    were flagged too: how many there are, what they match in the truth, and the flag's
+    completeness and purity then (beside the figures above, where they are never flagged)."""
+    odd = clumps[(clumps["label"] != "clump") & (clumps["flux_ratio"] > giant)]
+    odd_matched = m[m["clump"].isin(odd.index)]
+    both = flagged.index.union(odd.index)
+    both_matched = m[m["clump"].isin(both)]
+    is_giant = (m["kind_truth"] != "odd") & (m["flux_fraction_g_truth"] >= giant)
+    return {"odd_class_above_ratio": int(len(odd)),
+            "matched_odd_truth": int((odd_matched["kind_truth"] == "odd").sum()),
+            "matched_star_forming": int((odd_matched["kind_truth"] != "odd").sum()),
+            "matched_giant": int(is_giant[odd_matched.index].sum()),
+            "catalogue_flagged": int(len(both)),
+            "completeness_flagged": _frac(int(m.loc[is_giant, "clump"].isin(both).sum()), len(giant_truth)),
+            "purity_giant": _frac(int(is_giant[both_matched.index].sum()), len(both))}
 
 
 def _halves(dmag: pd.Series, key: pd.Series) -> dict[str, Any] | None:

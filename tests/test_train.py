@@ -54,7 +54,12 @@ def test_trainable_layers_freeze_resnet_stem():
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.conv1.parameters())
     assert not any(p.requires_grad for p in body.layer1.parameters())
-    assert all(p.requires_grad for p in body.layer4.parameters())
+    # trainable_layers counts from the top of the whole network (layer4, not built at max_stride 16)
+    assert all(p.requires_grad for p in body.layer3.parameters()) and not hasattr(body, "layer4")
+    full = build_detector(BackboneSpec(arch="resnet18", trainable_layers=3),
+                          DetectorSpec(max_stride=32, anchor_sizes=[8, 16, 32, 64, 128])).backbone.body
+    assert all(p.requires_grad for p in full.layer4.parameters())
+    assert not any(p.requires_grad for p in full.layer1.parameters())
 
 
 def test_bad_backbone_spec():

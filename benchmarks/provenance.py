@@ -5,6 +5,7 @@ script in benchmarks/): the commit of the code, and the simulation seeds of the 
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -15,9 +16,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def git_commit() -> str | None:
     """Short HEAD commit, with ``+uncommitted`` when tracked files (result files aside) differ from it;
-    None outside git."""
+    None outside git. Read once, when this module is imported (a benchmark's start): the code a
+    long benchmark runs is the code it began with, whatever is committed while it runs."""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -64,3 +67,6 @@ def run_data_seeds(results: str | Path, configfiles: Iterable[str | Path] = ()) 
                              f"({', '.join(map(str, configfiles)) or 'config/config.yaml alone'}) has seed "
                              f"{seeds['simulate']}: pass the run's --configfile (e.g. config/development.yaml)")
     return seeds
+
+
+git_commit()  # at import: the benchmark's start

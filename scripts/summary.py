@@ -39,8 +39,8 @@ write_text(table_html(table, "Every run (summary.csv)", "One row per (backbone, 
                       "then the reference points: every metric against each label set, the score threshold, "
                       "and the training record."), snakemake.output.table_html)
 write_text(table_html(comparison, "The backbone comparison (comparison.csv)",
-                      f"Per label set, training-set size and backbone: seed means with bootstrap intervals and "
-                      f"the paired difference to the baseline {p.baseline}, unrounded in the CSV."),
+                      f"Per label set, training-set size and backbone: seed means with intervals over training seeds and test galaxies, and "
+                      f"the difference to the baseline {p.baseline} with its verdict, unrounded in the CSV."),
            snakemake.output.comparison_html)
 plot_completeness_purity(table, snakemake.output.png, snakemake.output.pdf, comparison=comparison)
 log.info("\n%s", markdown)

@@ -78,12 +78,32 @@ def test_comparison_headline_and_documents():
     assert "ΔF1 = galaxy − scratch = +" in first and "(decided)" in first
     md = summary_markdown(comp, 0.5, "threshold text", 0.95, 200)
     assert "## Against the volunteer consensus labels" in md and "| baseline" in md and "**+0.400 [" in md
-    assert "draw each arm's training seeds and the test galaxies" in md and "†" not in md
+    assert "hold the scatter of each arm's training seeds and of the test galaxies" in md and "†" not in md
     page = summary_html(comp, 0.5, "threshold text", 0.95, 200)
     assert page.startswith("<!DOCTYPE html>") and "<b>galaxy</b>" in page and "<table" in page
     assert "**" not in page
     with pytest.raises(ValueError, match="baseline 'resnet' is not among the evaluated backbones"):
         compare(cells, "resnet", BOOT)
+
+
+def test_mixed_seed_counts_say_what_is_decided_and_what_cannot_be(tmp_path):
+    cells = [("scratch", n, s, _metrics(0.5, 0.7, found=8 + s, false=3)) for n in (30, 100) for s in SEEDS]
+    cells += [("galaxy", n, s, _metrics(0.8, 0.8, found=16 + s, false=3)) for n in (30, 100) for s in SEEDS]
+    cells += [("lonely", n, 0, _metrics(0.9, 0.9, found=19, false=0)) for n in (30, 100)]  # one seed
+    comp = compare(cells, "scratch", BOOT)
+    verdicts = comp.set_index(["n_train", "backbone"]).loc[30, "f1_verdict"]
+    assert verdicts["galaxy"] == "higher" and verdicts["lonely"] == "cannot decide"
+    first, more, larger = findings(comp, size_effect(cells, BOOT))
+    assert "ΔF1 = galaxy − scratch = +" in first and "(decided)" in first
+    assert "lonely − scratch" in first and "cannot be decided with fewer than 3 training seeds per arm" in first
+    assert "for lonely it cannot be decided (fewer than 3 training seeds per size)" in more
+    assert "decided: galaxy is ahead of scratch" in larger and "for lonely it cannot be decided" in larger
+    table = summary_table([summary_row(b, n, m, TRAIN, seed=s) for b, n, s, m in cells])
+    fig = plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf", comparison=comp)
+    assert len(fig.axes) == 4
+    only_base = plot_completeness_purity(table, tmp_path / "g.png", tmp_path / "g.pdf",
+                                         comparison=comp[comp["backbone"] == "scratch"])
+    assert len(only_base.axes) == 3  # nothing to compare: no difference panel
 
 
 def test_one_training_seed_runs_and_says_it_cannot_decide(tmp_path):
@@ -106,7 +126,7 @@ def test_one_training_seed_runs_and_says_it_cannot_decide(tmp_path):
     assert "**+0.400" not in md
     table = summary_table([summary_row(b, n, m, TRAIN, seed=s) for b, n, s, m in cells])
     fig = plot_completeness_purity(table, tmp_path / "f.png", tmp_path / "f.pdf", comparison=comp)
-    assert fig.axes[3].get_title() == "F1 difference to the baseline (hollow: cannot be decided)"
+    assert fig.axes[3].get_title() == "F1 difference to the baseline (thick: decided; hollow: cannot be decided)"
     hollow = [ln for ln in fig.axes[3].lines if ln.get_marker() == "o"]
     assert hollow and all(ln.get_markerfacecolor() == "white" for ln in hollow)
 
@@ -236,12 +256,19 @@ def test_reference_points_rows_and_comparison_with_the_classical_finder(tmp_path
     assert sorted(zip(points["reference"], points["arm"])) == [("consensus", "classical"), ("truth", "classical"),
                                                                ("truth", "consensus_ceiling")]
     a = refs[(refs["arm"] == "a") & (refs["n_train"] == 100) & (refs["reference"] == "truth")].iloc[0]
-    # 18 of 20 found against the classical finder's 10: +0.4 completeness, every resample agrees
-    assert a["completeness_diff_classical"] == pytest.approx(0.4) and a["completeness_diff_classical_low"] > 0
+    # 18 of 20 found against the classical finder's 10: +0.4 completeness, every resample agrees; one
+    # training seed: the per-model interval only, and no verdict
+    assert a["completeness_diff_classical"] == pytest.approx(0.4) and a["completeness_diff_classical_galaxy_low"] > 0
+    assert a["f1_diff_classical_verdict"] == "cannot decide" and pd.isna(a["f1_diff_classical_low"])
     md = summary_markdown(compare(cells, "a", BOOT), 0.5, "t", 0.95, 200, references=refs)
     assert "## Beside the detectors: the label ceiling and a classical finder" in md
     assert "consensus labels (the ceiling)" in md and "classical finder" in md
     assert "At n = 100, F1 minus the classical finder's against the truth" in md
+    assert "(per-model interval over test galaxies; cannot be decided with fewer than 3 training seeds)" in md
+    three = [(b, n, s, m) for b, n, _, m in cells for s in (0, 1, 2)]
+    decided = summary_markdown(compare(three, "a", BOOT), 0.5, "t", 0.95, 200,
+                               references=versus_references(three, {"classical": classical}, BOOT))
+    assert "a +0.256 [+0.028, +0.485] (decided); b +0.133 [" in decided
     page = summary_html(compare(cells, "a", BOOT), 0.5, "t", 0.95, 200, references=refs)
     assert "the label ceiling and a classical finder</h2>" in page
 

@@ -1,6 +1,6 @@
 """Completeness, purity, F1 and precision-recall from one pycocotools matching, with bootstrap
 confidence intervals over test images, and the comparison of training recipes whose intervals
-hold training-seed variance too (:func:`recipe_bootstrap`).
+hold training-seed variance too (:func:`recipe_intervals`).
 
 pycocotools matches detections to ground truths greedily in order of decreasing score, so the
 matches of the detections above any score threshold are the same whatever lies below it. One
@@ -234,7 +234,7 @@ def verdict(low: float, high: float, decidable: bool) -> str:
     return "higher" if round(low, 3) > 0 else "lower"
 
 
-def recipe_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n: int = 1000, seed: int = 0,
+def recipe_intervals(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n: int = 1000, seed: int = 0,
                      level: float = 0.95, fixed: Sequence[str] = (),
                      min_seeds: int = MIN_SEEDS) -> dict[str, dict[str, dict[str, Any]]]:
     """Compare training recipes (arms) scored on the same test images, with intervals that hold
@@ -242,22 +242,36 @@ def recipe_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n
 
     ``arms`` maps a name to one :func:`per_image_record` per training seed (one trained model
     each); ``fixed`` names arms that are not trained (a classical finder: one record, no seed
-    variance). Each resample draws the test images with replacement once, shared by every arm
-    (paired), and, independently for each arm, its training seeds with replacement; an arm's value
-    in the resample is the mean over its drawn seeds of each seed's completeness, purity or F1 on
-    the drawn images. Seeds and images are crossed factors (every model is scored on every image),
-    and resampling both independently is Owen's (2007) pigeonhole bootstrap, which is mildly
-    conservative. For each arm and measure:
+    variance). The value of an arm is the mean over its seeds of each seed model's completeness,
+    purity or F1. Its uncertainty has two parts, for the crossed design of models x test images:
 
-    * ``value``: the mean over its seeds; ``low``/``high``: percentile interval over the resamples;
-    * ``diff`` = value - baseline's value, ``diff_low``/``diff_high`` on the same resamples;
-    * ``galaxy_low``/``galaxy_high`` and ``diff_galaxy_low``/``diff_galaxy_high``: the intervals
-      from resampling the test images alone, seeds held fixed: they describe these trained models,
-      not the recipes (with one seed per arm, the only interval there is);
-    * ``n_seeds``, ``seed_sd`` (standard deviation over seeds, NaN for one);
-    * ``decidable``: this arm and the baseline each have ``min_seeds`` seeds or are fixed;
-      ``verdict``: :func:`verdict` of the difference (the baseline's own is None).
+    * the test galaxies: the variance of the value (or of a difference of two arms' values) over
+      ``n`` bootstrap resamples of the images, the same resamples for every arm (paired: the
+      galaxy-to-galaxy variance the arms share cancels in a difference);
+    * the training seeds: s^2 / S for an arm of S seeds whose values have sample variance s^2
+      (a trained arm; fixed arms have none).
+
+    The interval is value (or difference) +- t x sqrt(sum of the parts), with t Student's
+    quantile at Satterthwaite's (1946) effective degrees of freedom (the seed parts have S - 1
+    each, the galaxy part one less than the images): with 3 seeds per arm and seed scatter that
+    dominates, t is near that of 4 degrees of freedom (2.8 at 95 %), as a Welch t-test on the
+    seeds' values would use. The seed part counts the models' scatter on these very galaxies, so
+    the seed-by-galaxy interaction enters twice and the interval errs on the wide side. (A
+    bootstrap that also resamples the 3 seeds of each arm, Owen's 2007 pigeonhole bootstrap,
+    decided differences between identical recipes far more often than 5 % in simulations: with 3
+    values a resample of seeds understates their spread; ``tests/test_metrics.py``.)
+
+    Per arm and measure: ``value``, ``low``/``high``; ``diff`` (value - baseline's value),
+    ``diff_low``/``diff_high``; ``galaxy_low``/``galaxy_high`` and ``diff_galaxy_low``/
+    ``diff_galaxy_high``, the percentile intervals over test galaxies alone with the seeds' models
+    held fixed (they describe these trained models, not the recipes; with one seed per arm, the
+    only interval there is: then ``low``/``high`` are these too); ``n_seeds``; ``seed_sd``
+    (standard deviation over seeds, NaN for one); ``dof`` of the difference; ``decidable`` (this
+    arm and the baseline each have ``min_seeds`` seeds or are fixed, and the measure is defined
+    for every model); ``verdict`` (:func:`verdict`; None for the baseline).
     """
+    from scipy.stats import t as student
+
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the compared arms {sorted(arms)}")
     ref_ids = arms[baseline][0]["image_id"]
@@ -274,34 +288,60 @@ def recipe_bootstrap(arms: dict[str, Sequence[dict[str, Any]]], baseline: str, n
         tables[name] = np.stack([np.column_stack([r["tp"], r["fp"], r["n_gt"]]).astype(np.float64)
                                  for r in records])  # seeds x images x (tp, fp, n_gt)
     idx = np.random.default_rng(seed).integers(0, len(ref_ids), size=(n, len(ref_ids)))
-    per_seed = {name: _ratios_per_seed(t, idx) for name, t in tables.items()}  # measure -> seeds x resamples
-    galaxy = {name: {k: v.mean(axis=0) for k, v in r.items()} for name, r in per_seed.items()}
-    both: dict[str, dict[str, np.ndarray]] = {}
-    for j, name in enumerate(sorted(tables)):  # each arm's seed draws: its own stream, whatever the others
-        n_seeds = len(tables[name])
-        draws = np.random.default_rng([seed, 1, j]).integers(0, n_seeds, size=(n, n_seeds))
-        cols = np.arange(n)[:, None]
-        both[name] = {k: np.mean(v[draws, cols], axis=1) for k, v in per_seed[name].items()}
+    galaxy = {name: {k: v.mean(axis=0) for k, v in _ratios_per_seed(t, idx).items()}  # seed mean per resample
+              for name, t in tables.items()}
     full = {name: _ratios_per_seed(t, None) for name, t in tables.items()}  # measure -> seeds x 1
     enough = {name: name in fixed or len(t) >= min_seeds for name, t in tables.items()}
+    q = (1 + level) / 2
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, t in tables.items():
         out[name] = {}
         for k in ("completeness", "purity", "f1"):
-            value, base = float(np.mean(full[name][k])), float(np.mean(full[baseline][k]))
-            low, high = _interval(both[name][k], level)
-            d_low, d_high = _interval(both[name][k] - both[baseline][k], level)
+            seeds, base_seeds = full[name][k][:, 0], full[baseline][k][:, 0]
+            value, base = float(np.mean(seeds)), float(np.mean(base_seeds))
             g_low, g_high = _interval(galaxy[name][k], level)
             gd_low, gd_high = _interval(galaxy[name][k] - galaxy[baseline][k], level)
-            decidable = enough[name] and enough[baseline]
-            seeds = full[name][k][:, 0]
-            out[name][k] = {"value": value, "low": low, "high": high, "diff": value - base, "diff_low": d_low,
-                            "diff_high": d_high, "galaxy_low": g_low, "galaxy_high": g_high,
+            defined = all(np.isfinite(v).all() for v in (seeds, base_seeds, galaxy[name][k], galaxy[baseline][k]))
+            seed_part = [] if name in fixed else [(seeds, len(t))]
+            low, high, _ = _t_interval(value, galaxy[name][k], seed_part, len(ref_ids), q, student)
+            if name == baseline:
+                d_low = d_high = 0.0 if defined else math.nan
+                dof = math.nan
+            else:
+                parts = seed_part + ([] if baseline in fixed else [(base_seeds, len(tables[baseline]))])
+                d_low, d_high, dof = _t_interval(value - base, galaxy[name][k] - galaxy[baseline][k], parts,
+                                                 len(ref_ids), q, student)
+            no_seed_part = name in fixed or len(t) < 2  # its own interval: over galaxies alone
+            decidable = enough[name] and enough[baseline] and defined
+            out[name][k] = {"value": value, "low": g_low if no_seed_part else low,
+                            "high": g_high if no_seed_part else high,
+                            "diff": value - base, "diff_low": d_low, "diff_high": d_high,
+                            "galaxy_low": g_low, "galaxy_high": g_high,
                             "diff_galaxy_low": gd_low, "diff_galaxy_high": gd_high, "n_seeds": len(t),
-                            "seed_sd": float(np.std(seeds, ddof=1)) if len(t) > 1 else math.nan,
+                            "seed_sd": float(np.std(seeds, ddof=1)) if len(t) > 1 else math.nan, "dof": dof,
                             "decidable": decidable,
                             "verdict": None if name == baseline else verdict(d_low, d_high, decidable)}
     return out
+
+
+def _t_interval(estimate: float, galaxy_resamples: np.ndarray, seed_parts: list[tuple[np.ndarray, int]],
+                n_images: int, q: float, student) -> tuple[float, float, float]:
+    """estimate +- t_q(dof) sqrt(V): V = the variance of the galaxy resamples + s^2 / S of each
+    seed part (values of S seeds); dof by Satterthwaite. NaN where a part is undefined (an arm
+    with one seed has no seed variance: its interval is the galaxy one, and it is not decided)."""
+    if not np.isfinite(estimate) or not np.isfinite(galaxy_resamples).all():
+        return math.nan, math.nan, math.nan
+    parts = [(float(np.var(galaxy_resamples, ddof=1)), n_images - 1)]
+    for values, s in seed_parts:
+        if s < 2:
+            return math.nan, math.nan, math.nan
+        parts.append((float(np.var(values, ddof=1)) / s, s - 1))
+    total = sum(v for v, _ in parts)
+    if total == 0:
+        return estimate, estimate, math.inf
+    dof = total ** 2 / sum(v ** 2 / d for v, d in parts if v > 0)
+    half = float(student.ppf(q, dof)) * math.sqrt(total)
+    return estimate - half, estimate + half, dof
 
 
 def _ratios_per_seed(table: np.ndarray, idx: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -77,7 +77,7 @@ def plot_completeness_purity(table: pd.DataFrame, png: str | Path, pdf: str | Pa
     refs = [r for r in ("consensus", "truth") if f"{r}_completeness" in table]
     is_ref = table["backbone"].isin(list(_REFERENCE_STYLE))
     points, table = table[is_ref], table[~is_ref].astype({"n_train": int})
-    panels = 4 if comparison is not None and len(comparison) else 3
+    panels = 4 if comparison is not None and (comparison["backbone"] != comparison["baseline"]).any() else 3
     shape = (2, 2) if panels == 4 else (1, 3)
     fig, grid = plt.subplots(*shape, figsize=report_size(10, 7.5 if panels == 4 else 4.6), sharex=True,
                              constrained_layout=True)
@@ -131,8 +131,9 @@ def _cell_interval(g: pd.DataFrame, comparison: pd.DataFrame | None, backbone: s
     if comparison is not None and len(comparison):
         rows = comparison[(comparison["backbone"] == backbone) & (comparison["reference"] == ref)]
         if len(rows):
-            rows = rows.set_index("n_train").sort_index()
-            return rows[f"{measure}_low"], rows[f"{measure}_high"]
+            sizes = sorted(g["n_train"].unique())  # aligned with the table's sizes (NaN where comparison lacks one)
+            rows = rows.set_index("n_train")
+            return rows[f"{measure}_low"].reindex(sizes), rows[f"{measure}_high"].reindex(sizes)
     if f"{ref}_{measure}_low" in g:
         return g.groupby("n_train")[f"{ref}_{measure}_low"].mean(), g.groupby("n_train")[f"{ref}_{measure}_high"].mean()
     return None, None
@@ -140,8 +141,9 @@ def _cell_interval(g: pd.DataFrame, comparison: pd.DataFrame | None, backbone: s
 
 def _plot_differences(ax: plt.Axes, comparison: pd.DataFrame, colours: dict[str, str]) -> None:
     """Each backbone's F1 minus the baseline's against training-set size, per label set, with its
-    interval: over training seeds and test galaxies where it can be decided (filled markers), the
-    per-model one over test galaxies where it cannot (hollow markers, dotted bars)."""
+    interval: over training seeds and test galaxies where it can be decided (filled markers; thick
+    bars where it is decided), the per-model one over test galaxies where it cannot (hollow markers,
+    dotted bars)."""
     base = comparison["baseline"].iloc[0]
     ax.axhline(0.0, color="0.3", lw=1)
     for (backbone, ref), rows in comparison[comparison["backbone"] != base].groupby(["backbone", "reference"]):
@@ -155,12 +157,14 @@ def _plot_differences(ax: plt.Axes, comparison: pd.DataFrame, colours: dict[str,
         for xi, (_, r) in zip(x, rows.iterrows()):
             open_ = r["f1_verdict"] == "cannot decide"
             lo, hi = (r["f1_diff_galaxy_low"], r["f1_diff_galaxy_high"]) if open_ else (r["f1_diff_low"], r["f1_diff_high"])
+            decided = r["f1_verdict"] in ("higher", "lower")
             bars = ax.errorbar([xi], [r["f1_diff"]], yerr=[[max(0.0, r["f1_diff"] - lo)], [max(0.0, hi - r["f1_diff"])]],
-                               fmt=marker, color=colour, markerfacecolor="white" if open_ else colour, capsize=3)
+                               fmt=marker, color=colour, markerfacecolor="white" if open_ else colour, capsize=3,
+                               elinewidth=2.4 if decided else 1.0)
             if open_:
                 bars[2][0].set_linestyle(":")
     ax.set_ylabel(f"ΔF1 = backbone − {base}")
-    ax.set_title("F1 difference to the baseline (hollow: cannot be decided)")
+    ax.set_title("F1 difference to the baseline (thick: decided; hollow: cannot be decided)")
     ax.legend(fontsize=7, loc="best")
 
 

@@ -1,8 +1,8 @@
 """Summary over the sweep: one table row per (backbone, n_train, seed), and the headline
 comparison of every backbone with a baseline at each training-set size, written as a table and as
 Markdown / HTML with a one-line answer. Every comparison is of training recipes: its interval
-resamples the training seeds of each arm and the test galaxies the arms share
-(:func:`clumpfinder.metrics.recipe_bootstrap`), and a difference is decided only with
+holds the scatter of each arm's training seeds and of the test galaxies the arms share
+(:func:`clumpfinder.metrics.recipe_intervals`), and a difference is decided only with
 :data:`~clumpfinder.metrics.MIN_SEEDS` training seeds per arm and an interval that excludes zero."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import read_json
-from clumpfinder.metrics import MIN_SEEDS, recipe_bootstrap
+from clumpfinder.metrics import MIN_SEEDS, recipe_intervals
 
 MEASURES = ("completeness", "purity", "f1")
 
@@ -100,9 +100,9 @@ def versus_references(cells: Iterable[tuple[str, int, int, dict[str, Any]]], ref
                       bootstrap: dict[str, Any]) -> pd.DataFrame:
     """Each reference point's scores and every detector's F1 difference to the classical finder,
     per label set and training-set size: one row per (reference, n_train, arm), the reference
-    points with n_train None. Differences resample the detector's training seeds and the test
-    galaxies both are scored on (the classical finder is not trained: it has no seeds); the
-    ceiling gets no difference (it is not a competitor)."""
+    points with n_train None. Differences hold the scatter of the detector's training seeds and of
+    the test galaxies both are scored on (the classical finder is not trained: it has no seeds);
+    the ceiling gets no difference (it is not a competitor)."""
     by_cell: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for backbone, n_train, seed, m in cells:
         by_cell.setdefault((backbone, int(n_train)), {})[int(seed)] = m
@@ -125,7 +125,7 @@ def versus_references(cells: Iterable[tuple[str, int, int, dict[str, Any]]], ref
             seeds = sorted(runs)
             if ref not in runs[seeds[0]]["references"]:
                 continue
-            stats = recipe_bootstrap({"classical": [classical["per_image"]],
+            stats = recipe_intervals({"classical": [classical["per_image"]],
                                       backbone: [runs[s]["references"][ref]["per_image"] for s in seeds]},
                                      "classical", n=bootstrap["n"], seed=bootstrap["seed"], level=bootstrap["level"],
                                      fixed=("classical",))
@@ -135,6 +135,8 @@ def versus_references(cells: Iterable[tuple[str, int, int, dict[str, Any]]], ref
                 row.update({k: st["value"], f"{k}_low": st["low"], f"{k}_high": st["high"],
                             f"{k}_diff_classical": st["diff"], f"{k}_diff_classical_low": st["diff_low"],
                             f"{k}_diff_classical_high": st["diff_high"],
+                            f"{k}_diff_classical_galaxy_low": st["diff_galaxy_low"],
+                            f"{k}_diff_classical_galaxy_high": st["diff_galaxy_high"],
                             f"{k}_diff_classical_verdict": st["verdict"]})
             rows.append(row)
     return pd.DataFrame(rows)
@@ -155,7 +157,7 @@ def compare(cells: Iterable[tuple[str, int, int, dict[str, Any]]], baseline: str
     alone (``_galaxy_low``/``_galaxy_high``: these trained models); the difference to the
     baseline (``_diff``) with the same two intervals, the seed standard deviation and the verdict
     (:func:`clumpfinder.metrics.verdict`: ``cannot decide`` with fewer than MIN_SEEDS seeds in
-    either arm). See :func:`clumpfinder.metrics.recipe_bootstrap`.
+    either arm). See :func:`clumpfinder.metrics.recipe_intervals`.
     """
     by_cell: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for backbone, n_train, seed, m in cells:
@@ -176,7 +178,7 @@ def compare(cells: Iterable[tuple[str, int, int, dict[str, Any]]], baseline: str
                     continue
                 records[b] = [runs[s]["references"][ref]["per_image"] for s in seeds]
                 ap50[b] = sum(runs[s]["references"][ref]["AP50"] for s in seeds) / len(seeds)
-            stats = recipe_bootstrap(records, baseline, n=bootstrap["n"], seed=bootstrap["seed"],
+            stats = recipe_intervals(records, baseline, n=bootstrap["n"], seed=bootstrap["seed"],
                                      level=bootstrap["level"])
             for b in sorted(stats, key=lambda name: (name != baseline, name)):
                 row: dict[str, Any] = {"reference": ref, "n_train": n_train, "backbone": b, "baseline": baseline,
@@ -285,8 +287,8 @@ def _which_backbone(comparison: pd.DataFrame, refs: list[str]) -> str:
 def size_effect(cells: Iterable[tuple[str, int, int, dict[str, Any]]], bootstrap: dict[str, Any]) -> pd.DataFrame:
     """How much more data helps each backbone: per label set and backbone, completeness, purity
     and F1 at every training-set size (means over seeds) and the difference in F1 between the
-    largest and the smallest size, with the interval over the training seeds of each size and the
-    test galaxies both models are scored on, and its verdict (as :func:`compare`)."""
+    largest and the smallest size, with its interval over the training seeds of each size and the
+    test galaxies both are scored on, and its verdict (as :func:`compare`)."""
     by: dict[tuple[str, int], dict[int, dict[str, Any]]] = {}
     for backbone, n_train, seed, m in cells:
         by.setdefault((backbone, int(n_train)), {})[int(seed)] = m
@@ -302,7 +304,7 @@ def size_effect(cells: Iterable[tuple[str, int, int, dict[str, Any]]], bootstrap
                 continue
             ends = {str(n): [by[(backbone, n)][s]["references"][ref]["per_image"] for s in sorted(by[(backbone, n)])]
                     for n in (sizes[0], sizes[-1])}
-            stats = recipe_bootstrap(ends, str(sizes[0]), n=bootstrap["n"], seed=bootstrap["seed"],
+            stats = recipe_intervals(ends, str(sizes[0]), n=bootstrap["n"], seed=bootstrap["seed"],
                                      level=bootstrap["level"])
             st = stats[str(sizes[-1])]["f1"]
             row = {"reference": ref, "backbone": backbone, "n_from": sizes[0], "n_to": sizes[-1],
@@ -332,18 +334,25 @@ def _more_data(effect: pd.DataFrame | None, refs: list[str]) -> str:
     against = _short(order[0])
     rising = [b for b, v in zip(main["backbone"], verdicts) if v == "higher"]
     falling = [b for b, v in zip(main["backbone"], verdicts) if v == "lower"]
-    if "cannot decide" in verdicts:
+    undecidable = [b for b, v in zip(main["backbone"], verdicts) if v == "cannot decide"]
+    if len(undecidable) == len(verdicts):
         verdict = (f"It cannot be decided: fewer than {MIN_SEEDS} training seeds per size (the per-model "
                    f"intervals over test galaxies are given)")
-    elif len(rising) == len(verdicts):
-        verdict = f"Yes: against {against} F1 rises decidedly for every backbone"
-    elif rising:
-        verdict = f"For {len(rising)} of {len(verdicts)} backbones: against {against} F1 rises decidedly for " + ", ".join(
-            rising)
-    elif falling:
-        verdict = f"No: against {against} F1 falls decidedly for " + ", ".join(falling)
     else:
-        verdict = f"Not decidedly: against {against} no backbone's F1 changes decidedly"
+        if len(rising) == len(verdicts):
+            verdict = f"Yes: against {against} F1 rises decidedly for every backbone"
+        elif rising:
+            verdict = (f"For {len(rising)} of {len(verdicts)} backbones: against {against} F1 rises decidedly for "
+                       + ", ".join(rising))
+        elif falling:
+            verdict = f"No: against {against} F1 falls decidedly for " + ", ".join(falling)
+        else:
+            verdict = f"Not decidedly: against {against} no backbone's F1 changes decidedly"
+        if rising and falling:
+            verdict += ", and falls decidedly for " + ", ".join(falling)
+        if undecidable:
+            verdict += (f"; for {', '.join(undecidable)} it cannot be decided (fewer than {MIN_SEEDS} training "
+                        "seeds per size)")
     parts = []
     for _, r in main.iterrows():
         per_ref = [f"{_diff(o)} against {_short(o['reference'])} ({_decided(o)})"
@@ -375,12 +384,17 @@ def _larger_sizes(comparison: pd.DataFrame, refs: list[str]) -> str:
                 if group:
                     found.append(f"{b} is {word} {base} against "
                                  + " and ".join(f"{_short(r['reference'])} (ΔF1 = {_diff(r)})" for r in group))
-        if found:
-            decided = "; decided: " + "; ".join(found)
-        elif (at[at["backbone"] != base]["f1_verdict"] == "cannot decide").all():
+        others = at[at["backbone"] != base]
+        undecidable = list(dict.fromkeys(others.loc[others["f1_verdict"] == "cannot decide", "backbone"]))
+        if others.empty:
+            decided = ""
+        elif len(undecidable) == others["backbone"].nunique():
             decided = f"; no difference to the baseline can be decided (fewer than {MIN_SEEDS} training seeds per arm)"
         else:
-            decided = "; no difference to the baseline is decided"
+            decided = ("; decided: " + "; ".join(found)) if found else "; no difference to the baseline is decided"
+            if undecidable:
+                decided += (f"; for {', '.join(undecidable)} it cannot be decided (fewer than {MIN_SEEDS} training "
+                            "seeds per arm)")
         parts.append(f"at n = {int(n)} {_leader(at, refs)}{decided}")
     sizes = ", ".join(str(int(n)) for n in sorted(rest["n_train"].unique()))
     text = ". ".join(p_[0].upper() + p_[1:] for p_ in parts)
@@ -465,10 +479,10 @@ def _context(comparison: pd.DataFrame, iou: float, threshold: str, level: float,
     seed_text = (f"{seeds[0]} training seed{'s' if seeds[0] > 1 else ''} per model" if len(seeds) == 1
                  else f"{seeds[0]}–{seeds[-1]} training seeds per model")
     text = (f"How to read this: matches at IoU >= {iou:g}; {threshold}; classes merged; {n_images} test galaxies; "
-            f"{seed_text} (values are seed means). Intervals are {level * 100:g} % percentile intervals from "
-            f"{n_boot} bootstrap resamples that draw each arm's training seeds and the test galaxies (the same "
-            f"galaxies for every arm), so they hold the run-to-run scatter of training as well as the choice of "
-            f"galaxies (docs/report.md). Δ is always backbone minus the baseline **{base}**; a difference is "
+            f"{seed_text} (values are seed means). Intervals are {level * 100:g} % intervals that hold the "
+            f"scatter of each arm's training seeds and of the test galaxies ({n_boot} bootstrap resamples, the same "
+            f"galaxies for every arm; Student's t for the few seeds; docs/report.md), so they speak of the recipes, "
+            f"not of single trained models. Δ is always backbone minus the baseline **{base}**; a difference is "
             f"**decided** when each arm has at least {MIN_SEEDS} training seeds and its interval excludes zero "
             f"(bold in the tables), otherwise not decided.")
     if seeds[0] < MIN_SEEDS:
@@ -544,12 +558,17 @@ def versus_classical_text(refs: pd.DataFrame, reference: str) -> str:
     n_max = int(rows["n_train"].max())
     parts = []
     for _, r in rows[rows["n_train"] == n_max].sort_values("arm").iterrows():
-        verdict = r["f1_diff_classical_verdict"]
-        words = ("cannot be decided: fewer than {} training seeds".format(MIN_SEEDS) if verdict == "cannot decide"
-                 else "decided" if verdict in ("higher", "lower") else "not decided")
-        parts.append(f"{r['arm']} {_with_interval(r['f1_diff_classical'], r['f1_diff_classical_low'], r['f1_diff_classical_high'], signed=True)} ({words})")
-    return (f"At n = {n_max}, F1 minus the classical finder's against {_short(reference)} (intervals over the "
-            f"detector's training seeds and the test galaxies both are scored on): " + "; ".join(parts) + ".")
+        if r["f1_diff_classical_verdict"] == "cannot decide":
+            parts.append(f"{r['arm']} " + _with_interval(r["f1_diff_classical"], r["f1_diff_classical_galaxy_low"],
+                                                         r["f1_diff_classical_galaxy_high"], signed=True)
+                         + f" (per-model interval over test galaxies; cannot be decided with fewer than {MIN_SEEDS} "
+                           "training seeds)")
+        else:
+            parts.append(f"{r['arm']} " + _with_interval(r["f1_diff_classical"], r["f1_diff_classical_low"],
+                                                         r["f1_diff_classical_high"], signed=True)
+                         + (" (decided)" if r["f1_diff_classical_verdict"] in ("higher", "lower") else " (not decided)"))
+    return (f"At n = {n_max}, F1 minus the classical finder's against {_short(reference)} (over the detector's "
+            f"training seeds and the test galaxies both are scored on): " + "; ".join(parts) + ".")
 
 
 def _reference_parts(refs: pd.DataFrame | None) -> list[tuple[str, str, pd.DataFrame]]:

@@ -214,7 +214,5 @@ def partnership_inputs(wildcards):
 def partnership_report_inputs(wildcards):
     """The replay's summary, when summary.md shows it (partnership.report)."""
     return (
-        {"partnership": PLAN.partnership_summary}
-        if PLAN.partnership_reported()
-        else {}
+        {"partnership": PLAN.partnership_summary} if PLAN.partnership_reported() else {}
     )

@@ -51,7 +51,7 @@ class MeasureSpec:
     segmentation_npixels: int = 10
     segmentation_smooth_fwhm: float = 1.0
     aperture_fwhm: float = 1.125
-    annulus_fwhm: list[float] = field(default_factory=lambda: [1.25, 2.0])
+    annulus_fwhm: list[float] = field(default_factory=lambda: [1.125, 1.75])
     psf_beta: float | None = 3.0
     flag_ratios: list[float] = field(default_factory=lambda: [0.03, 0.08])
     min_annulus_pixels: int = 10

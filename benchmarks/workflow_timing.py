@@ -74,12 +74,22 @@ def main() -> None:
         jobs[name] = float(bench["s"].iloc[0])
         job_rss[name] = round(float(bench["max_rss"].iloc[0]) / 1024, 2)  # MiB -> GiB
     table = pd.read_csv(work / "results" / "summary.csv")
-    cols = [c for c in ("backbone", "n_train", "consensus_completeness", "consensus_purity", "consensus_f1",
+    cols = [c for c in ("backbone", "n_train", "seed", "consensus_completeness", "consensus_purity", "consensus_f1",
                         "truth_completeness", "truth_purity", "truth_f1", "consensus_AP50", "train_steps",
                         "train_best_step", "train_seconds") if c in table]
     comparison = pd.read_csv(work / "results" / "comparison.csv")
-    ccols = ["reference", "n_train", "backbone", "n_seeds", "n_test_images", "completeness", "purity", "f1", "f1_low",
-             "f1_high", "f1_diff", "f1_diff_low", "f1_diff_high"]
+    ccols = [c for c in ("reference", "n_train", "backbone", "n_seeds", "n_test_images", "completeness", "purity",
+                         "f1", "f1_low", "f1_high", "f1_galaxy_low", "f1_galaxy_high", "f1_seed_sd", "f1_diff",
+                         "f1_diff_low", "f1_diff_high", "f1_diff_galaxy_low", "f1_diff_galaxy_high", "f1_verdict",
+                         "completeness_diff", "completeness_verdict", "purity_diff", "purity_verdict")
+             if c in comparison]
+    pretraining = {}  # what each galaxy pretraining learned (its vote-fraction RMSE beside the mean vote's)
+    for metrics in sorted((work / "results" / "pretrain").glob("*/*/metrics.json")):
+        m = json.loads(metrics.read_text())
+        pretraining[str(metrics.parent.relative_to(work / "results" / "pretrain"))] = {
+            k: m.get(k) for k in ("n_train", "n_val", "steps", "seconds", "val_fraction_rmse",
+                                  "val_fraction_rmse_mean_baseline")} | {
+            "val_loss": [r.get("val_loss") for r in m.get("history", [])]}
     result = {
         "command": "python benchmarks/workflow_timing.py " + " ".join(sys.argv[1:]),
         "date": started.isoformat(timespec="seconds"), "commit": git_commit(),
@@ -91,7 +101,7 @@ def main() -> None:
         "peak_rss_gib_time_v": peak_gib, "peak_job_rss_gib": max(job_rss.values(), default=None),
         "noop_rerun_said_nothing_to_do": "Nothing to be done" in log,
         "job_seconds": jobs, "job_max_rss_gib": job_rss, "summary": table[cols].round(4).to_dict("records"),
-        "comparison": comparison[ccols].round(4).to_dict("records"),
+        "comparison": comparison[ccols].round(4).to_dict("records"), "pretraining": pretraining,
         # the answer in words a reader of this run got (its first lines, before the tables)
         "summary_md_answer": (work / "results" / "summary.md").read_text().split("\n## ")[0],
     }

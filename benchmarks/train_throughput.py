@@ -68,18 +68,15 @@ def _step(*overrides: dict) -> dict:
 
 _STRIDE16 = {"detector": {"max_stride": 16, "anchor_sizes": [8, 16, 32, 64]}}
 _SAMPLING1 = {"detector": {"roi_sampling_ratio": 1}}
-_FPN32 = {"backbones": {"resnet18_scratch": {"fpn_channels": 32}}}
-_ROIS16 = {"detector": {"box_batch_size_per_image": 16}}
-#: the steps from ``before`` to ``after`` (each adds one change to the one above it), and variants of ``after``
+#: the steps from ``before`` to ``after`` (each adds one change to the one above it; the last is the
+#: configuration as it is), and variants of ``after``
 SETUPS: dict[str, dict] = {
     "before": {"override": BEFORE},
     "stride16": {"override": _step(_STRIDE16)},
     "stride16_sampling1": {"override": _step(_STRIDE16, _SAMPLING1)},
-    "stride16_sampling1_fpn32": {"override": _step(_STRIDE16, _SAMPLING1, _FPN32)},
-    "stride16_sampling1_fpn32_rois16": {"override": _step(_STRIDE16, _SAMPLING1, _FPN32, _ROIS16)},
     "after": {"override": {}},
-    "after_batch8": {"override": {"training": {"batch_size": 8}}},
-    "after_stride8": {"override": {"detector": {"max_stride": 8, "anchor_sizes": [8, 16, 32]}}},
+    "after_rois16": {"override": {"detector": {"box_batch_size_per_image": 16}}},
+    "after_batch16": {"override": {"training": {"batch_size": 16}}},
     "after_compile": {"override": {}, "compile": True},
     "after_bf16": {"override": {}, "bf16": True},
 }

@@ -262,3 +262,39 @@ def test_a_model_file_from_before_the_level_settings_loads_as_it_was_built(tmp_p
     loaded, det = load_model(tmp_path / "old.pt")
     assert det.max_stride == 32 and det.roi_sampling_ratio == 2 and det.anchor_sizes == [8, 16, 32, 64, 128]
     assert torch.equal(loaded.backbone.body.layer4[0].conv1.weight, model.backbone.body.layer4[0].conv1.weight)
+
+
+def test_grid_roi_align_equals_torchvision_roi_align_with_one_sample_per_bin():
+    """The detector's RoIAlign (one sample per bin, computed with grid_sample) gives torchvision's
+    MultiScaleRoIAlign(sampling_ratio=1) values and gradients, over three levels, with RoIs that
+    fill the image, touch its edges, and are under a pixel wide at its corner."""
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from clumpfinder.detection.detector import GridRoIAlign
+
+    g = torch.Generator().manual_seed(0)
+    images, size = 3, 256
+    feats = {str(k): torch.randn(images, 8, size // 4 // 2**k, size // 4 // 2**k, generator=g).requires_grad_()
+             for k in range(3)}
+    boxes = []
+    for _ in range(images):
+        xy = torch.rand(30, 2, generator=g) * (size - 10)
+        box = torch.cat([xy, (xy + torch.rand(30, 2, generator=g) * size).clamp(max=size)], 1)
+        box[0] = torch.tensor([0.0, 0.0, size, size])
+        box[1] = torch.tensor([size - 3.0, size - 2.0, size, size])  # a fraction of a stride-4 pixel
+        boxes.append(box)
+    shapes = [(size, size)] * images
+    ours, theirs = GridRoIAlign(list(feats), 7), MultiScaleRoIAlign(list(feats), 7, sampling_ratio=1)
+    a, b = ours(feats, boxes, shapes), theirs(feats, boxes, shapes)
+    assert len(set(ours.map_levels(boxes).tolist())) == 3  # every level is used
+    assert a.shape == (90, 8, 7, 7) and torch.allclose(a, b, atol=1e-4)
+    ga = torch.autograd.grad((a * b.detach()).sum(), list(feats.values()))
+    gb = torch.autograd.grad((b * b.detach()).sum(), list(feats.values()))
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, atol=1e-3, rtol=1e-4)
+    empty = ours(feats, [torch.zeros(0, 4)] * images, shapes)
+    assert empty.shape == (0, 8, 7, 7)
+    # the detector uses it for one sample per bin, torchvision's op otherwise
+    assert isinstance(build_detector(BackboneSpec(arch="resnet18"), DET).roi_heads.box_roi_pool, GridRoIAlign)
+    two = DetectorSpec(image_size=64, roi_sampling_ratio=2)
+    assert type(build_detector(BackboneSpec(arch="resnet18"), two).roi_heads.box_roi_pool) is MultiScaleRoIAlign

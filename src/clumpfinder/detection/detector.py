@@ -12,6 +12,7 @@ anchors from 8 px, a few hundred proposals, RoIAlign with one sample per bin.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import urllib.error
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models import get_model_weights, get_weight
 from torchvision.models import mobilenet_v3_large, mobilenet_v3_small, resnet18, resnet34, resnet50
 from torchvision.models.detection import FasterRCNN
@@ -29,6 +31,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, nms
+from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -520,6 +523,58 @@ def _freeze(net: nn.Module, order: list[str], trainable: int) -> None:
             param.requires_grad_(False)
 
 
+class GridRoIAlign(MultiScaleRoIAlign):
+    """RoIAlign with one sample at the centre of each output bin: torchvision's
+    ``MultiScaleRoIAlign`` with ``sampling_ratio=1`` (not aligned), the same values and gradients
+    to float rounding (``tests/test_backbones.py``), computed with ``grid_sample``, whose CPU
+    backward is vectorised: torchvision's CPU ``roi_align`` backward visits the samples one by one,
+    and took ~2.5 times as long for a training batch's RoIs (a tenth of a step; docs/detector.md).
+    RoIs are pooled from the level their size maps to (torchvision's level mapper, canonical 224
+    px at level 4), the images of a level laid side by side so that one call samples them all;
+    sample points are clamped inside their own image as roi_align clamps them, and those beyond its
+    edge by more than a pixel (a RoI under one pixel wide at the border) count zero, as there."""
+
+    def __init__(self, featmap_names: list[str], output_size: int = 7):
+        super().__init__(featmap_names, output_size, sampling_ratio=1)
+
+    def _setup(self, features: list[torch.Tensor], image_shapes: list[tuple[int, int]]) -> None:
+        height = max(s[0] for s in image_shapes)
+        self.scales = [2.0 ** round(math.log2(f.shape[-2] / height)) for f in features]
+        self.map_levels = initLevelMapper(int(-math.log2(self.scales[0])), int(-math.log2(self.scales[-1])))
+
+    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        features = [x[k] for k in self.featmap_names]
+        if self.scales is None:
+            self._setup(features, image_shapes)
+        n = self.output_size[0]
+        image_of = torch.cat([torch.full((len(b),), i, dtype=torch.long, device=b.device) for i, b in enumerate(boxes)])
+        rois = torch.cat(boxes)
+        levels = (self.map_levels(boxes) if len(features) > 1
+                  else torch.zeros(len(rois), dtype=torch.long, device=rois.device))
+        out = features[0].new_zeros((len(rois), features[0].shape[1], n, n))
+        bins = torch.arange(n, device=rois.device, dtype=rois.dtype) + 0.5
+        for level, (feature, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.nonzero(levels == level).flatten()
+            if not len(idx):
+                continue
+            b, c, h, w = feature.shape
+            x1, y1, x2, y2 = (rois[idx, k] * scale for k in range(4))
+            xs = x1[:, None] + bins * ((x2 - x1).clamp(min=1.0) / n)[:, None]  # RoIs x bins, bin centres
+            ys = y1[:, None] + bins * ((y2 - y1).clamp(min=1.0) / n)[:, None]
+            inside = ((ys >= -1) & (ys <= h))[:, :, None] & ((xs >= -1) & (xs <= w))[:, None, :]  # RoIs x y x x
+            xs = xs.clamp(0, w - 1) + (image_of[idx] * w)[:, None]  # inside its own image, then side by side
+            ys = ys.clamp(0, h - 1)
+            grid = torch.stack(torch.broadcast_tensors(xs[:, None, :] / (b * w - 1) * 2 - 1,
+                                                       ys[:, :, None] / (h - 1) * 2 - 1), dim=-1)
+            wide = feature.permute(1, 2, 0, 3).reshape(1, c, h, b * w)  # the level's images side by side
+            sampled = F.grid_sample(wide, grid.reshape(1, len(idx) * n, n, 2).to(wide.dtype), mode="bilinear",
+                                    padding_mode="border", align_corners=True)
+            sampled = sampled.reshape(c, len(idx), n, n).permute(1, 0, 2, 3) * inside[:, None].to(sampled.dtype)
+            out[idx] = sampled.to(out.dtype)
+        return out
+
+
 def build_backbone(spec: BackboneSpec, strides: tuple[int, ...] = STRIDES, pretrained: bool = True) -> nn.Module:
     """Backbone + FPN on the backbone stages of ``strides`` (4 up to 8, 16 or 32), the stages
     above left out; ``pretrained=False`` skips loading the init's weights (when a trained
@@ -546,9 +601,11 @@ def build_detector(spec: BackboneSpec, det: DetectorSpec, num_classes: int = len
     anchors = AnchorGenerator(
         sizes=tuple((s,) for s in det.anchor_sizes), aspect_ratios=(tuple(det.anchor_ratios),) * det.n_levels
     )
-    # RoIs are pooled from the backbone stages' levels (each RoI from the level its size maps to)
-    roi_pool = MultiScaleRoIAlign(featmap_names=[str(k) for k in range(len(det.strides))], output_size=7,
-                                  sampling_ratio=det.roi_sampling_ratio)
+    # RoIs are pooled from the backbone stages' levels (each RoI from the level its size maps to);
+    # one sample per bin is computed with grid_sample (the same values, a faster CPU backward)
+    levels = [str(k) for k in range(len(det.strides))]
+    roi_pool = (GridRoIAlign(levels, output_size=7) if det.roi_sampling_ratio == 1
+                else MultiScaleRoIAlign(featmap_names=levels, output_size=7, sampling_ratio=det.roi_sampling_ratio))
     resolution = roi_pool.output_size[0]
     box_head = TwoMLPHead(backbone.out_channels * resolution**2, det.representation_size)
     predictor = FastRCNNPredictor(det.representation_size, num_classes)

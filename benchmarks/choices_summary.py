@@ -56,8 +56,11 @@ def main() -> None:
         variant, backbone, n = cell.split(":")
         runs += [dict(r, variant=other, counted_from=variant) for r in runs
                  if (r["variant"], r["backbone"], r["n_train"]) == (variant, backbone, int(n))]
-    if any(s != seeds[0] for s in seeds):
-        raise SystemExit(f"the inputs measured different data: {seeds}")
+    known = [s for s in seeds if s is not None]  # (files from before the script recorded its seeds)
+    if not known or any(s != known[0] for s in known):
+        raise SystemExit(f"the inputs measured different or unrecorded data: {seeds}")
+    for source, workdirs in zip(sources, [json.loads(p.read_text()).get("workdir") for p in a.inputs]):
+        source["workdir"] = workdirs
     cells: dict[tuple[str, str, int], dict[int, float]] = {}
     for r in runs:
         cells.setdefault((r["variant"], r["backbone"], r["n_train"]), {})[r["seed"]] = r["val_full"]["val_f1"]
@@ -80,7 +83,7 @@ def main() -> None:
                  for k in keys]
         pooled[variant] = {"cells": len(keys), "mean_minus_reference": round(statistics.fmean(diffs), 4)}
     out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
-           "data_seeds": seeds[0], "what": a.what, "split": "val (consensus labels), whole validation split",
+           "data_seeds": known[0], "what": a.what, "split": "val (consensus labels), whole validation split",
            "notes": a.note, "reference": a.reference, "sources": sources, "summary": summary,
            "pooled_over_cells": pooled, "runs": runs}
     a.out.parent.mkdir(parents=True, exist_ok=True)

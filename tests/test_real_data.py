@@ -50,7 +50,7 @@ def real_config(tmp_path, server_url: str, source: str = "catalogue", **data) ->
                                 "timeout": 20, "cache": str(tmp_path / "cutouts"),
                                 "fov": {"default_arcsec": 24.0, "factor": 4.0, "min_arcsec": 20.0,
                                         "max_arcsec": 40.0}}}
-    cfg["sweep"] = {"backbones": ["resnet18_scratch"]}
+    cfg["sweep"] = {**cfg["sweep"], "backbones": ["resnet18_scratch"]}  # one training seed, as the tiny run
     cfg["labels"] = {"n_train": [4, "full"]}
     cfg["detector"] = {"image_size": 64}
     cfg["consensus"] = {"swap": {"mode": "unsupervised"}}

@@ -44,7 +44,7 @@ def main() -> None:
     for path in a.inputs:
         d = json.loads(path.read_text())
         source = {"file": path.name, "command": d.get("command"), "date": d.get("date"),
-                  "recorded_commit": d.get("commit"), "data_seeds": d.get("data_seeds")}
+                  "recorded_commit": d.get("commit"), "data_seeds": d.get("data_seeds"), "workdir": d.get("workdir")}
         if str(path) in launched or path.name in launched:
             source["launched_at_commit"] = launched.get(str(path), launched.get(path.name))
         sources.append(source)
@@ -59,8 +59,6 @@ def main() -> None:
     known = [s for s in seeds if s is not None]  # (files from before the script recorded its seeds)
     if not known or any(s != known[0] for s in known):
         raise SystemExit(f"the inputs measured different or unrecorded data: {seeds}")
-    for source, workdirs in zip(sources, [json.loads(p.read_text()).get("workdir") for p in a.inputs]):
-        source["workdir"] = workdirs
     cells: dict[tuple[str, str, int], dict[int, float]] = {}
     for r in runs:
         cells.setdefault((r["variant"], r["backbone"], r["n_train"]), {})[r["seed"]] = r["val_full"]["val_f1"]

@@ -18,6 +18,12 @@ equal. Also recorded: how far the runs' trained models moved apart (the largest 
 model's test F1 between the runs, over every backbone, size, seed and label set), which shows
 that the floating-point paths really differ. Writes ``--out`` (JSON) with command, date, commit
 and the runs' data seeds.
+
+``--seeds-on-disk``: each cell takes every training seed evaluated in the run's directory, not only
+the configured ones: where the two runs disagree, more seeds can be trained for those cells alone
+(``snakemake ... --config`` with a longer ``sweep.seeds`` and the cells' evaluation files as
+targets) and the verdicts recomputed. The check against the run's comparison.csv is then skipped
+(that summary was made from the configured seeds); each verdict row gives its seed counts.
 """
 
 from __future__ import annotations
@@ -43,19 +49,32 @@ REPO = Path(__file__).resolve().parents[1]
 MEASURES = ("completeness", "purity", "f1")
 
 
-def run_verdicts(workdir: Path, configfiles: list[str]) -> tuple[list[dict], dict, pd.DataFrame]:
-    """(verdict rows, the run's settings that matter, per-model test scores) of one run."""
+def seeds_on_disk(res: Path, backbone: str, n_train: int) -> list[int]:
+    """The training seeds evaluated for one cell in a run's results directory."""
+    found = sorted(int(p.parent.name.removeprefix("seed"))
+                   for p in (res / "eval" / backbone / f"n{n_train}").glob("seed*/metrics.json"))
+    if not found:
+        raise SystemExit(f"no evaluation of {backbone} at n = {n_train} under {res}/eval")
+    return found
+
+
+def run_verdicts(workdir: Path, configfiles: list[str], all_seeds: bool = False) -> tuple[list[dict], dict, pd.DataFrame]:
+    """(verdict rows, the run's settings that matter, per-model test scores) of one run; with
+    ``all_seeds``, every seed evaluated on disk in each cell."""
     cfg = merged_config(configfiles)
     res = workdir / "results"
     plan = Plan(cfg, str(res), yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
     boot = cfg["evaluation"]["bootstrap"]
     runs = sweep_runs(plan.backbones, plan.n_train, plan.seeds, plan.sweep_files("metrics.json"),
                       full=pool_size(pd.read_csv(res / "labels" / "splits.csv")))
+    if all_seeds:
+        runs = [(b, n, s, read_json(res / "eval" / b / f"n{n}" / f"seed{s}" / "metrics.json"))
+                for b, n in dict.fromkeys((b, n) for b, n, _, _ in runs) for s in seeds_on_disk(res, b, n)]
     references = {name: read_json(res / "eval" / name / "metrics.json") for name in ("consensus_ceiling", "classical")
                   if (res / "eval" / name / "metrics.json").exists()}
     comparison = compare(runs, plan.baseline, boot)
     on_disk = pd.read_csv(res / "comparison.csv")
-    for k in MEASURES:  # the recomputation is the run's own summary
+    for k in MEASURES if not all_seeds else ():  # the recomputation is the run's own summary
         if list(on_disk[f"{k}_verdict"].fillna("")) != list(comparison[f"{k}_verdict"].fillna("")):
             raise SystemExit(f"{res}/comparison.csv has other {k} verdicts than the summary code gives now: "
                              "was it made by other code?")
@@ -64,21 +83,25 @@ def run_verdicts(workdir: Path, configfiles: list[str]) -> tuple[list[dict], dic
         for k in MEASURES:
             rows.append({"comparison": f"{r['backbone']} - {r['baseline']}", "reference": r["reference"],
                          "n_train": int(r["n_train"]), "measure": k, "diff": r[f"{k}_diff"],
-                         "low": r[f"{k}_diff_low"], "high": r[f"{k}_diff_high"], "verdict": r[f"{k}_verdict"]})
+                         "low": r[f"{k}_diff_low"], "high": r[f"{k}_diff_high"], "verdict": r[f"{k}_verdict"],
+                         "seeds": [int(r["n_seeds"]), int(r["baseline_n_seeds"])]})
     for _, r in size_effect(runs, boot).iterrows():
         rows.append({"comparison": f"{r['backbone']}: n = {r['n_to']} - n = {r['n_from']}", "reference": r["reference"],
                      "n_train": None, "measure": "f1", "diff": r["f1_diff"], "low": r["f1_diff_low"],
-                     "high": r["f1_diff_high"], "verdict": r["f1_verdict"]})
+                     "high": r["f1_diff_high"], "verdict": r["f1_verdict"], "seeds": [int(r["n_seeds"])]})
     versus = versus_references(runs, references, boot) if "classical" in references else pd.DataFrame()
     for _, r in versus[versus["n_train"].notna()].iterrows() if len(versus) else []:
         rows.append({"comparison": f"{r['arm']} - classical finder", "reference": r["reference"],
                      "n_train": int(r["n_train"]), "measure": "f1", "diff": r["f1_diff_classical"],
                      "low": r["f1_diff_classical_low"], "high": r["f1_diff_classical_high"],
-                     "verdict": r["f1_diff_classical_verdict"]})
+                     "verdict": r["f1_diff_classical_verdict"], "seeds": [int(r["n_seeds"])]})
     models = pd.DataFrame([{"backbone": b, "n_train": n, "seed": s, "reference": ref,
                             "f1": m["references"][ref]["merged"]["f1"]}
                            for b, n, s, m in runs for ref in m["references"]])
-    settings = {"threads": cfg["threads"], "compute": cfg["compute"], "seeds": plan.seeds,
+    cells: dict[str, list[int]] = {}
+    for b, n, s, _ in runs:
+        cells.setdefault(f"{b} n{n}", []).append(int(s))
+    settings = {"threads": cfg["threads"], "compute": cfg["compute"], "seeds": cells,
                 "bootstrap": boot, "data_seeds": run_data_seeds(res, configfiles)}
     return rows, settings, models
 
@@ -87,13 +110,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", nargs="+", action="append", required=True, metavar=("NAME DIR", "CONFIGFILE"),
                     help="a name, a workflow directory and the configuration files it was run with")
+    ap.add_argument("--seeds-on-disk", action="store_true",
+                    help="every training seed evaluated in each cell, not only the configured ones")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "verdict_agreement_development.json")
     a = ap.parse_args()
     if len(a.run) != 2 or any(len(r) < 2 for r in a.run):
         raise SystemExit("give two --run NAME DIR [CONFIGFILE ...]")
     results = {}
     for name, workdir, *configfiles in a.run:
-        rows, settings, models = run_verdicts(Path(workdir), configfiles)
+        rows, settings, models = run_verdicts(Path(workdir), configfiles, a.seeds_on_disk)
         results[name] = {"workdir": workdir, "configfiles": configfiles, "settings": settings, "rows": rows,
                          "models": models}
     (first, one), (second, two) = results.items()
@@ -105,8 +130,8 @@ def main() -> None:
     verdicts = []
     for k in sorted(a_rows, key=str):
         ra, rb = a_rows[k], b_rows[k]
-        verdicts.append({**dict(zip(key, k)), first: {f: ra[f] for f in ("diff", "low", "high", "verdict")},
-                         second: {f: rb[f] for f in ("diff", "low", "high", "verdict")},
+        verdicts.append({**dict(zip(key, k)), first: {f: ra[f] for f in ("diff", "low", "high", "verdict", "seeds")},
+                         second: {f: rb[f] for f in ("diff", "low", "high", "verdict", "seeds")},
                          "agree": ra["verdict"] == rb["verdict"]})
     models = one["models"].merge(two["models"], on=["backbone", "n_train", "seed", "reference"], suffixes=("_a", "_b"))
     moved = (models["f1_a"] - models["f1_b"]).abs()

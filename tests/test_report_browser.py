@@ -94,7 +94,9 @@ class Reader:
     def caption(self, k: int) -> str:
         """The menu's description of item k; then back to the category's list (its breadcrumb)."""
         self.page.locator("nav table tbody tr").nth(k).locator("a[iconname=information-circle]").click()
-        self.page.wait_for_timeout(200)
+        # wait for the description itself: a fixed pause raced the menu on a slow machine, and the
+        # breadcrumb below then led one level too far up (to the categories, which have no table)
+        self.page.wait_for_function("() => document.querySelector('nav').innerText.includes('DESCRIPTION')")
         text = self.page.inner_text("nav")
         self.page.locator("nav ol li a").nth(-2).click()  # home > Results > category > file
         self.page.wait_for_selector("nav table tbody tr")

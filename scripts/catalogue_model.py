@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflow's own package
 
+from clumpfinder.clumps.field import field_from_config  # noqa: E402
 from clumpfinder.clumps.model import best_cell, config_hash, export_detector, git_commit  # noqa: E402
 from clumpfinder.io import read_json, setup_logging  # noqa: E402
 
@@ -21,6 +22,8 @@ provenance = {
     "chosen_by": "configuration" if p.chosen else "highest F1 on the validation split",
     "config_hash": config_hash(p.config), "commit": git_commit(Path(snakemake.scriptdir).parent),
 }
-export_detector(models[cell], snakemake.output[0], p.preprocessing, provenance)
+# the sky the training images show, so that a catalogue of other images can cut the same field
+field = field_from_config(p.config, simulated=p.config["data"]["source"] == "simulate")
+export_detector(models[cell], snakemake.output[0], {**p.preprocessing, "field": field.to_dict()}, provenance)
 log.info("catalogue detector: %s n=%s seed %s (validation F1 %.3f at score %.2f; %s)", backbone, n_train, seed,
          provenance["val_f1"], m["score"], provenance["chosen_by"])

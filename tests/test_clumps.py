@@ -172,8 +172,8 @@ def test_preprocessing_is_the_training_one(tiny_survey):
     spec = tiny_survey["spec"]
     for r, tensor in zip(m.itertuples(), trained):
         g = read_fits_galaxy(str(r.subject_id), [tiny_survey["root"] / "fits" / r.fits], FitsOptions(png=spec.png))
-        window, cat = detector_window(g, 64)
-        assert window == (16, 16, 64, 64)
+        window, cat, how = detector_window(g, {"crop": 64})
+        assert window == (16, 16, 64, 64) and how == "crop"
         assert cat.dtype == torch.uint8 and torch.equal(cat, tensor)
 
 

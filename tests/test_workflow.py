@@ -166,6 +166,15 @@ def test_tiny_run_catalogue(tiny_run, tiny_config):
     best = max(metrics, key=lambda k: metrics[k]["threshold"]["val_at_score"]["f1"])
     assert (header["BACKBONE"], header["N_TRAIN"]) == best and header["SCORE"] == metrics[best]["score"]
     assert header["COMMIT"] and header["CONFIG_H"]
+    # the survey's own images are the detector's field: seen whole; the exported detector records
+    # that field (the simulation's), so that other images can be cut to it (clumpfinder detect)
+    assert set(galaxies["field"]) == {"whole image"}
+    from clumpfinder.clumps.model import load_detector
+
+    field = load_detector(cat / "detector.pt")[2]["field"]
+    assert field == {"radius": "half_light_radius", **{k: tiny_config["simulate"]["fov"][k]
+                                                       for k in ("factor", "min_arcsec", "max_arcsec")},
+                     "image_size": tiny_config["simulate"]["image_size"], "crop": tiny_config["labels"]["crop"]}
     report = json.loads((cat / "report.json").read_text())
     assert report["catalogued"] == len(test_ids) and report["source"] == "survey, test split"
     validation = json.loads((cat / "validation.json").read_text())

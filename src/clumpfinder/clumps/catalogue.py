@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clumpfinder.clumps.measure import MeasureSpec, footprint, photometry, post_process, world
+from clumpfinder.clumps.field import Field, cut_window, field_window
+from clumpfinder.clumps.measure import MeasureSpec, footprint, galaxy_centre, photometry, post_process, world
 from clumpfinder.clumps.sources import BadInput, Galaxy
 from clumpfinder.detection.detector import CLASSES, DetectorSpec, as_tensor, predict_images
 from clumpfinder.boxes import crop_window
-from clumpfinder.imaging import png_to_fits_pixel
+from clumpfinder.imaging import fits_pixel_to_png, png_to_fits_pixel
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ CLUMP_COLUMNS = ["galaxy", "subject_id", "clump_id", "clump_ra", "clump_dec", "x
                  "box_x1", "box_y1", "box_x2", "box_y2", "score", "label", "n_merged", "flux_ratio",
                  "flux_ratio_band", "is_clump_3pct", "is_clump_8pct", "flag_edge", "flag_background"]
 GALAXY_COLUMNS = ["galaxy", "subject_id", "file", "ra", "dec", "redshift", "width", "height", "pixel_scale_arcsec",
-                  "psf_fwhm_arcsec", "segment_found", "segment_pixels", "n_detections", "n_bulge", "n_outside",
+                  "psf_fwhm_arcsec", "field", "field_arcsec", "window_x0", "window_y0", "window_width",
+                  "window_height", "segment_found", "segment_pixels", "n_detections", "n_bulge", "n_outside",
                   "n_merged", "n_clumps"]
 
 
@@ -43,13 +45,25 @@ class Catalogue:
     seconds: float
 
 
-def detector_window(g: Galaxy, crop: int | None) -> tuple[tuple[int, int, int, int], torch.Tensor]:
-    """The detector's window on a galaxy's composite and its input tensor: the same crop and
-    conversion as in training (:func:`clumpfinder.imaging.crop_window`, ``as_tensor``)."""
+def detector_window(g: Galaxy, preprocessing: dict[str, Any]) -> tuple[tuple[int, int, int, int], torch.Tensor, str]:
+    """The detector's window on a galaxy's composite, its input tensor and how the window was
+    chosen: ``field`` (the sky the detector was trained on, :mod:`.field`, when the model records
+    its field and the galaxy's size and pixel scale are known), else ``crop`` or ``whole image``
+    (the training crop, :func:`clumpfinder.boxes.crop_window`). The detector resamples the window
+    to its input size itself, as in training."""
     h, w = g.shape
-    window = crop_window(w, h, crop)
-    x0, y0, cw, ch = window
-    return window, as_tensor(g.rgb[y0:y0 + ch, x0:x0 + cw])
+    field = Field.from_dict(preprocessing.get("field"))
+    radius = None
+    if field is not None:
+        radius = g.meta.get("r_half_arcsec" if field.radius == "half_light_radius" else "size_arcsec")
+    if field is not None and radius is not None and g.pixel_scale:
+        cx, cy = fits_pixel_to_png(*galaxy_centre(g), h)
+        window = field_window(w, h, (float(cx), float(cy)), field.side_arcsec(radius) / g.pixel_scale)
+        how = "field"
+    else:
+        window = crop_window(w, h, preprocessing["crop"])
+        how = "crop" if preprocessing["crop"] else "whole image"
+    return window, as_tensor(cut_window(g.rgb, window)), how
 
 
 def _detections(results: list[dict[str, Any]]) -> pd.DataFrame:
@@ -62,9 +76,10 @@ def _detections(results: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def measure_galaxy(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, int, int], spec: MeasureSpec,
-                   score: float) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The clump rows and the galaxy row of one galaxy from its detections (in window pixels)."""
-    fp = footprint(g, spec) if g.planes else None
+                   score: float, how: str = "whole image") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The clump rows and the galaxy row of one galaxy from its detections (in window pixels);
+    ``how``: how the window was chosen (:func:`detector_window`)."""
+    fp = footprint(g, spec)
     clumps, counts = post_process(g, detections, window, spec, score, fp)
     ref = "r" if "r" in g.psf_fwhm else next(iter(g.psf_fwhm), None)
     galaxy = {
@@ -72,6 +87,8 @@ def measure_galaxy(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, 
         "ra": g.meta.get("ra", np.nan), "dec": g.meta.get("dec", np.nan), "redshift": g.meta.get("redshift", np.nan),
         "width": g.shape[1], "height": g.shape[0], "pixel_scale_arcsec": g.pixel_scale,
         "psf_fwhm_arcsec": g.psf_fwhm.get(ref) if ref else None,
+        "field": how, "field_arcsec": window[2] * g.pixel_scale if how == "field" else np.nan,
+        "window_x0": window[0], "window_y0": window[1], "window_width": window[2], "window_height": window[3],
         "segment_found": bool(fp.found) if fp else None, "segment_pixels": int(fp.mask.sum()) if fp else None,
         **counts, "n_clumps": len(clumps),
     }
@@ -86,7 +103,7 @@ def measure_galaxy(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, 
     cols.update(score=clumps["score"].to_numpy(), label=clumps["label"].to_numpy(),
                 n_merged=clumps["n_merged"].to_numpy())
     flag_edge = clumps["edge"].to_numpy(bool)
-    if fp is not None:
+    if g.planes:
         phot, gal = photometry(g, clumps, fp, spec)
         flag_edge = flag_edge | phot.pop("flag_edge_aperture").to_numpy(bool)
         cols.update({k: phot[k].to_numpy() for k in phot.columns})
@@ -124,15 +141,14 @@ def run_catalogue(galaxies: Iterable[Galaxy | BadInput], model: torch.nn.Module,
     each galaxy measured (while its images are still in memory: overlays are drawn there)."""
     t0 = time.perf_counter()
     clump_parts, galaxy_rows, failures = [], [], []
-    crop = preprocessing["crop"]
     for batch in _batches(galaxies, batch_size):
-        ready, windows, tensors = [], [], []
+        ready, windows, tensors, hows = [], [], [], []
         for g in batch:
             if isinstance(g, BadInput):
                 failures.append({"galaxy": g.name, "file": g.file, "reason": g.reason, "detail": g.detail})
                 continue
             try:
-                window, tensor = detector_window(g, crop)
+                window, tensor, how = detector_window(g, preprocessing)
             except ValueError as err:
                 failures.append({"galaxy": g.name, "file": g.meta.get("file"), "reason": "too_small",
                                  "detail": str(err)})
@@ -140,14 +156,15 @@ def run_catalogue(galaxies: Iterable[Galaxy | BadInput], model: torch.nn.Module,
             ready.append(g)
             windows.append(window)
             tensors.append(tensor)
+            hows.append(how)
         results = predict_images(model, tensors, list(range(len(tensors))), detector.class_agnostic_nms,
                                  batch_size=batch_size) if tensors else []
         by_image: dict[int, list[dict[str, Any]]] = {}
         for r in results:
             by_image.setdefault(r["image_id"], []).append(r)
-        for i, (g, window) in enumerate(zip(ready, windows)):
+        for i, (g, window, how) in enumerate(zip(ready, windows, hows)):
             try:
-                rows, galaxy = measure_galaxy(g, _detections(by_image.get(i, [])), window, spec, score)
+                rows, galaxy = measure_galaxy(g, _detections(by_image.get(i, [])), window, spec, score, how)
             except Exception as err:  # noqa: BLE001 - one galaxy's failure must not lose the others
                 log.exception("galaxy %s could not be measured", g.name)
                 failures.append({"galaxy": g.name, "file": g.meta.get("file"), "reason": "measurement_error",

@@ -1,11 +1,14 @@
 """``clumpfinder``: the command-line tool installed with the package (no Snakemake needed).
 
-    clumpfinder detect --model results/clumps/detector.pt --images DIR --out catalogue.fits
+    clumpfinder detect --model results/clumps/detector.pt --images DIR [--galaxies TABLE] --out catalogue.fits
 
 writes ``catalogue.fits`` (CLUMPS, GALAXIES, FAILURES tables with units and provenance) and the
 same tables as CSV beside it, optionally an overlay PNG per galaxy (``--overlays DIR``). ``DIR``
 holds FITS cutouts (bands as image extensions of one file, or ``<galaxy>_<band>.fits`` files, with a
-celestial WCS) or PNG/JPEG images (pixel positions only). See docs/catalogue.md.
+celestial WCS) or PNG/JPEG images. ``TABLE`` gives each galaxy's size and pixel scale (and
+position, PSF): the detector then sees the field it was trained on, cut from each image around
+the galaxy; without it, the whole image (the GALAXIES table's ``field`` column says which). See
+docs/catalogue.md.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import clumpfinder
 from clumpfinder.clumps.catalogue import run_catalogue
 from clumpfinder.clumps.measure import MeasureSpec
 from clumpfinder.clumps.model import config_hash, load_detector
-from clumpfinder.clumps.sources import FitsOptions, count_galaxies, detect_kind, open_source
+from clumpfinder.clumps.sources import FitsOptions, count_galaxies, detect_kind, open_source, read_galaxy_table
 from clumpfinder.clumps.tables import overlay, write_catalogue
 from clumpfinder.io import atomic_dir
 
@@ -91,18 +94,26 @@ def _detect(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise SystemExit(f"clumpfinder detect: --images {folder} is not a folder")
     kind = args.kind if args.kind != "auto" else detect_kind(folder)
+    table = read_galaxy_table(args.galaxies) if args.galaxies else None
 
     def galaxies(prep):
         return open_source(kind, folder, FitsOptions(png=prep["png"], psf_fwhm_arcsec=args.psf_fwhm,
-                                                     zeropoint=args.zeropoint))
+                                                     zeropoint=args.zeropoint), table)
     measure = {} if args.merge_fwhm is None else {"merge_fwhm": args.merge_fwhm}
     cat = catalogue_files(galaxies, args.model, args.out, score=args.score, device=args.device,
                           precision=args.precision,
                           batch_size=args.batch_size, measure=measure, overlays=args.overlays,
                           total=count_galaxies(kind, folder),
-                          progress_bar=not args.quiet, extra_provenance={"images": str(folder)})
+                          progress_bar=not args.quiet,
+                          extra_provenance={"images": str(folder),
+                                            **({"galaxies": str(args.galaxies)} if args.galaxies else {})})
+    fields = cat.galaxies["field"].value_counts().to_dict() if len(cat.galaxies) else {}
     print(f"{args.out}: {len(cat.clumps)} clumps in {len(cat.galaxies)} galaxies; "
-          f"{len(cat.failures)} failed (see the FAILURES table)")
+          f"{len(cat.failures)} failed (see the FAILURES table); detector's window: "
+          + (", ".join(f"{n} {k}" for k, n in fields.items()) or "none"))
+    if fields.get("whole image"):
+        print(f"{fields['whole image']} galaxies were seen whole: without their size and pixel scale (--galaxies) "
+              "the detector cannot see them at the scale it was trained on (docs/catalogue.md)")
     return 0
 
 
@@ -114,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--model", required=True, help="exported detector (the workflow writes results/clumps/detector.pt)")
     d.add_argument("--images", required=True, help="folder of FITS cutouts or PNG/JPEG images")
     d.add_argument("--out", required=True, help="catalogue FITS file; CSV tables are written beside it")
+    d.add_argument("--galaxies", default=None,
+                   help="table (CSV) of the galaxies: galaxy or file, r_half_arcsec (or petror50_r) or size_arcsec, "
+                        "pixel_scale_arcsec, optionally ra, dec, psf_fwhm_arcsec")
     d.add_argument("--kind", choices=["auto", "fits", "images"], default="auto",
                    help="what the folder holds (auto: FITS if it has any FITS file)")
     d.add_argument("--score", type=float, default=None,

@@ -121,14 +121,23 @@ def galaxy_centre(g: Galaxy) -> tuple[float, float]:
     return (nx - 1) / 2.0, (ny - 1) / 2.0
 
 
+#: the smoothing of a plain image's segmentation where its PSF and pixel scale are unknown (px)
+PLAIN_IMAGE_FWHM_PX = 3.0
+
+
 def footprint(g: Galaxy, spec: MeasureSpec) -> Footprint:
     """The galaxy's footprint: a photutils segmentation of the (smoothed) segmentation band, the
-    segment under the galaxy centre (else the nearest one), holes filled."""
-    band = spec.segmentation_band if spec.segmentation_band in g.planes else _reddest(g)
-    plane = g.planes[band]
+    segment under the galaxy centre (else the nearest one), holes filled. A plain image (no
+    bands) is segmented on its colour composite's mean of R, G and B, above its own sky level."""
+    if g.planes:
+        band = spec.segmentation_band if spec.segmentation_band in g.planes else _reddest(g)
+        plane = g.planes[band]
+        fwhm_px = g.psf_fwhm[band] / g.pixel_scale
+    else:  # FITS orientation (row 0 at the bottom), as the planes
+        plane = g.rgb.astype(np.float32).mean(axis=2)[::-1]
+        fwhm_px = _fwhm_px(g, "r") or PLAIN_IMAGE_FWHM_PX
     finite = np.isfinite(plane)
     data = np.where(finite, plane, 0.0)
-    fwhm_px = g.psf_fwhm[band] / g.pixel_scale
     smoothed = ndimage.gaussian_filter(data, spec.segmentation_smooth_fwhm * fwhm_px / 2.3548)
     median, std = sky_stats(np.where(finite, smoothed, np.nan))
     cx, cy = galaxy_centre(g)
@@ -166,13 +175,15 @@ def post_process(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, in
         x1=d["x1"] + x0, x2=d["x2"] + x0, y1=d["y1"] + y0, y2=d["y2"] + y0,
     )
     d["x"], d["y"] = (d["x1"] + d["x2"]) / 2, (d["y1"] + d["y2"]) / 2
-    if not g.planes or d.empty:
+    if fp is None or d.empty:
         return d.assign(n_merged=0), counts
     ny = g.shape[0]
-    fwhm_px = _fwhm_px(g, "r")  # the r band's, else the first band's
+    # the r band's FWHM, else the first band's; a plain image without a PSF and a scale: no bulge
+    # cut (there is no scale for it) and merging within 1 px
+    fwhm_px = _fwhm_px(g, "r")
     px, py = png_to_fits_pixel(d["x"].to_numpy(), d["y"].to_numpy(), ny)
     cx, cy = fp.centre
-    bulge = np.hypot(px - cx, py - cy) < spec.bulge_radius_fwhm * fwhm_px
+    bulge = np.hypot(px - cx, py - cy) < spec.bulge_radius_fwhm * (fwhm_px or 0.0)
     counts["n_bulge"] = int(bulge.sum())
     ix = np.clip(np.round(px).astype(int), 0, g.shape[1] - 1)
     iy = np.clip(np.round(py).astype(int), 0, ny - 1)
@@ -181,7 +192,7 @@ def post_process(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, in
     d = d[~bulge & ~outside].reset_index(drop=True)
     # merge: each detection joins the highest-scored kept one within merge_fwhm x FWHM
     keep, merged = [], []
-    radius = spec.merge_fwhm * fwhm_px
+    radius = spec.merge_fwhm * fwhm_px if fwhm_px else 1.0
     for i, (x, y) in enumerate(zip(d["x"], d["y"])):
         near = [j for j in keep if np.hypot(d.at[j, "x"] - x, d.at[j, "y"] - y) < radius]
         if near:
@@ -193,7 +204,10 @@ def post_process(g: Galaxy, detections: pd.DataFrame, window: tuple[int, int, in
     return d.loc[keep].reset_index(drop=True).assign(n_merged=merged), counts
 
 
-def _fwhm_px(g: Galaxy, band: str) -> float:
+def _fwhm_px(g: Galaxy, band: str) -> float | None:
+    """The PSF FWHM in pixels (``band``'s, else the first band's); None where PSF or scale is unknown."""
+    if not g.psf_fwhm or not g.pixel_scale:
+        return None
     return g.psf_fwhm.get(band, next(iter(g.psf_fwhm.values()))) / g.pixel_scale
 
 

@@ -20,7 +20,8 @@ import torch
 from clumpfinder.detection.detector import DetectorSpec, load_model
 from clumpfinder.io import atomic_path
 
-#: what a catalogue needs from training besides the weights
+#: what a catalogue needs from training besides the weights (and, since detectors record it, the
+#: field of the training images: ``field``, :class:`clumpfinder.clumps.field.Field`)
 PREPROCESSING_KEYS = ("crop", "png")
 
 

@@ -27,7 +27,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 from PIL import Image
 
-from clumpfinder.data.cutouts import (Bands, CutoutError, band_planes, celestial_wcs, file_stem,
+from clumpfinder.data.cutouts import (FITS_SUFFIXES, Bands, CutoutError, band_planes, celestial_wcs, file_stem,
                                       fits_groups, is_fits, read_bands)
 from clumpfinder.imaging import lupton_png
 
@@ -162,13 +162,121 @@ def read_fits_galaxy(name: str, files: list[Path], opts: FitsOptions,
     return galaxy_from_hdus(name, ",".join(map(str, files)), hdus, opts, meta, primary)
 
 
-def fits_folder(folder: str | Path, opts: FitsOptions) -> Iterator[Galaxy | BadInput]:
+def fits_folder(folder: str | Path, opts: FitsOptions, table: pd.DataFrame | None = None) -> Iterator[Galaxy | BadInput]:
+    used = set()
     for name, files in fits_groups(folder).items():
-        yield read_fits_galaxy(name, files, opts)
+        g = read_fits_galaxy(name, files, opts)
+        row = _table_row(table, files[0]) if table is not None else None
+        if row is None and table is not None and (table["galaxy"] == name).any():
+            row = table[table["galaxy"] == name].iloc[0].to_dict()
+        if row is not None:
+            used.add(row["galaxy"])
+            if isinstance(g, Galaxy):
+                g = with_table_row(g, row)
+        yield g
+    if table is not None:
+        yield from _unmatched(table, used, folder)
+
+
+#: a galaxy table's columns (first name found wins) -> what the catalogue calls them
+TABLE_COLUMNS = {
+    "galaxy": ("galaxy", "name", "objid", "subject_id"),
+    "file": ("file", "jpeg", "image"),
+    "ra": ("ra",),
+    "dec": ("dec",),
+    "r_half_arcsec": ("r_half_arcsec", "petror50_r"),
+    "size_arcsec": ("size_arcsec",),
+    "pixel_scale_arcsec": ("pixel_scale_arcsec", "jpeg_scale_arcsec"),
+    "psf_fwhm_arcsec": ("psf_fwhm_arcsec",),
+}
+
+
+def read_galaxy_table(path: str | Path) -> pd.DataFrame:
+    """A table of the galaxies in a folder (CSV, or any table astropy reads): ``galaxy`` (matched
+    against each image's name, or ``file`` against its file name), the galaxy's size
+    (``r_half_arcsec`` or ``petror50_r``: its half-light radius; or ``size_arcsec``, the size a
+    real-data route cut its cutouts by), ``pixel_scale_arcsec``, optionally ``ra``, ``dec`` and
+    ``psf_fwhm_arcsec``. Returns those columns under the catalogue's names (missing ones as NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"galaxy table {path} does not exist")
+    if path.suffix.lower() in (".csv", ".txt"):
+        raw = pd.read_csv(path, dtype=str)  # ids as written (20-digit ids exceed a float)
+    else:
+        from astropy.table import Table
+        raw = Table.read(path).to_pandas()
+    lower = {c.lower(): c for c in raw.columns}
+    out = pd.DataFrame(index=raw.index)
+    for name, aliases in TABLE_COLUMNS.items():
+        col = next((lower[a] for a in aliases if a in lower), None)
+        if col is None:
+            out[name] = np.nan if name not in ("galaxy", "file") else None
+        elif name in ("galaxy", "file"):
+            out[name] = raw[col].map(lambda v: None if pd.isna(v) else str(v).strip())
+        else:
+            out[name] = pd.to_numeric(raw[col], errors="coerce")
+    if out["galaxy"].isna().all() and out["file"].isna().all():
+        raise ValueError(f"galaxy table {path} has neither a galaxy nor a file column "
+                         f"(one of {list(TABLE_COLUMNS['galaxy'] + TABLE_COLUMNS['file'])})")
+    out["galaxy"] = out["galaxy"].fillna(out["file"].map(lambda f: None if f is None else file_stem(Path(f), IMAGE_SUFFIXES)))
+    dup = out["galaxy"][out["galaxy"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"galaxy table {path}: galaxies listed twice: {dup[:5]}")
+    return out
+
+
+def _table_row(table: pd.DataFrame, path: Path) -> dict[str, Any] | None:
+    stem = file_stem(path, IMAGE_SUFFIXES + FITS_SUFFIXES)
+    hit = table[(table["file"].map(lambda f: f is not None and Path(f).name == path.name)) | (table["galaxy"] == stem)]
+    return hit.iloc[0].to_dict() if len(hit) else None
+
+
+def with_table_row(g: Galaxy, row: dict[str, Any]) -> Galaxy | BadInput:
+    """A galaxy with what its table row says: size, pixel scale, PSF, position (and for a plain
+    image with a position and a scale, a north-up, east-left TAN WCS, as the Galaxy Zoo and SDSS
+    cutouts are drawn). A size or pixel scale the row gives but cannot be used is a failure."""
+    file = g.meta.get("file", "")
+    for key in ("r_half_arcsec", "size_arcsec", "pixel_scale_arcsec", "psf_fwhm_arcsec"):
+        v = row.get(key)
+        if v is not None and np.isfinite(v) and v <= 0:
+            return BadInput(g.name, file, f"bad_{key}", f"{key} = {v} in the galaxy table (must be > 0)")
+    if not any(np.isfinite(row.get(k, np.nan)) for k in ("r_half_arcsec", "size_arcsec")):
+        return BadInput(g.name, file, "no_size", "the galaxy table gives no size (r_half_arcsec, petror50_r or "
+                        "size_arcsec) for this galaxy: the detector's field cannot be cut")
+    scale = row.get("pixel_scale_arcsec", np.nan)
+    if not np.isfinite(scale):
+        if g.pixel_scale is None:
+            return BadInput(g.name, file, "no_pixel_scale", "the galaxy table gives no pixel_scale_arcsec and the "
+                            "image has no WCS: the detector's field cannot be cut")
+        scale = g.pixel_scale
+    g.pixel_scale = float(scale)
+    for key in ("r_half_arcsec", "size_arcsec"):
+        if np.isfinite(row.get(key, np.nan)):
+            g.meta[key] = float(row[key])
+    if np.isfinite(row.get("psf_fwhm_arcsec", np.nan)):
+        for band in g.planes or ("r",):
+            g.psf_fwhm.setdefault(band, float(row["psf_fwhm_arcsec"]))
+    if np.isfinite(row.get("ra", np.nan)) and np.isfinite(row.get("dec", np.nan)):
+        g.meta.setdefault("ra", float(row["ra"]))
+        g.meta.setdefault("dec", float(row["dec"]))
+        if g.wcs is None:
+            g.wcs = _north_up_wcs(g.meta["ra"], g.meta["dec"], g.pixel_scale, g.shape)
+    return g
+
+
+def _north_up_wcs(ra: float, dec: float, scale: float, shape: tuple[int, int]) -> WCS:
+    """A TAN WCS centred on (ra, dec) at the image centre, north up, east left (FITS orientation)."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [(shape[1] + 1) / 2, (shape[0] + 1) / 2]
+    w.wcs.cdelt = [-scale / 3600.0, scale / 3600.0]
+    return w
 
 
 def read_plain_image(path: Path) -> Galaxy | BadInput:
-    """A PNG/JPEG colour image: pixel coordinates only (no flux calibration, no WCS)."""
+    """A PNG/JPEG colour image: pixel coordinates only (no flux calibration; a WCS only from a
+    galaxy table, :func:`with_table_row`)."""
     try:
         with Image.open(path) as pil:
             rgb = np.asarray(pil.convert("RGB"))
@@ -178,10 +286,31 @@ def read_plain_image(path: Path) -> Galaxy | BadInput:
     return Galaxy(name=file_stem(path, IMAGE_SUFFIXES), rgb=rgb, meta={"file": str(path)})
 
 
-def image_folder(folder: str | Path) -> Iterator[Galaxy | BadInput]:
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith("."):
-            yield read_plain_image(p)
+def image_files(folder: str | Path) -> list[Path]:
+    return [p for p in sorted(Path(folder).iterdir())
+            if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")]
+
+
+def image_folder(folder: str | Path, table: pd.DataFrame | None = None) -> Iterator[Galaxy | BadInput]:
+    """The images of a folder; with a galaxy ``table``, each matched row's size, scale, PSF and
+    position, and one failure per table row that matches no image."""
+    used = set()
+    for p in image_files(folder):
+        g = read_plain_image(p)
+        row = _table_row(table, p) if table is not None else None
+        if row is not None:
+            used.add(row["galaxy"])
+            if isinstance(g, Galaxy):
+                g = with_table_row(g, row)
+        yield g
+    if table is not None:
+        yield from _unmatched(table, used, folder)
+
+
+def _unmatched(table: pd.DataFrame, used: set[str], folder: str | Path) -> Iterator[BadInput]:
+    for name in table["galaxy"]:
+        if name not in used:
+            yield BadInput(str(name), "", "no_image", f"the galaxy table lists it but {folder} has no image of it")
 
 
 def survey(manifest: pd.DataFrame, opts: FitsOptions, fits_dir: str | Path | None = None) -> Iterator[Galaxy | BadInput]:
@@ -199,15 +328,17 @@ def survey(manifest: pd.DataFrame, opts: FitsOptions, fits_dir: str | Path | Non
         yield read_fits_galaxy(str(sid), paths, opts, meta)
 
 
-def open_source(kind: str, path: str | Path, opts: FitsOptions) -> Iterable[Galaxy | BadInput]:
-    """The galaxies of a folder: ``fits`` or ``images`` (PNG/JPEG)."""
+def open_source(kind: str, path: str | Path, opts: FitsOptions,
+                table: pd.DataFrame | None = None) -> Iterable[Galaxy | BadInput]:
+    """The galaxies of a folder: ``fits`` or ``images`` (PNG/JPEG); ``table``: a galaxy table
+    (:func:`read_galaxy_table`) giving their sizes, pixel scales and positions."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     if kind == "fits":
-        return fits_folder(folder, opts)
+        return fits_folder(folder, opts, table)
     if kind == "images":
-        return image_folder(folder)
+        return image_folder(folder, table)
     raise ValueError(f"unknown image kind {kind!r} (fits or images)")
 
 
@@ -215,8 +346,7 @@ def count_galaxies(kind: str, folder: str | Path) -> int:
     """How many galaxies a folder of ``kind`` holds (for a progress bar)."""
     if kind == "fits":
         return len(fits_groups(folder))
-    return sum(1 for p in Path(folder).iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-               and not p.name.startswith("."))
+    return len(image_files(folder))
 
 
 def detect_kind(folder: str | Path) -> str:

@@ -267,6 +267,40 @@ def test_batches_depend_only_on_seed_and_step():
     assert turns == {(k, f) for k in range(4) for f in (False, True)}  # every dihedral element occurs
 
 
+def test_survey_look_changes_the_look_not_the_clumps_and_is_drawn_from_seed_step_and_image(tiny_survey):
+    from clumpfinder.detection.train import _Plan, look_seed, survey_look
+
+    img = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    img[:, 30:34, 40:44] = 200  # a clump on an empty sky
+    a, b = survey_look(img, 7), survey_look(img, 7)
+    assert a.dtype == torch.uint8 and a.shape == img.shape and torch.equal(a, b)
+    assert not torch.equal(a, survey_look(img, 8)) and not torch.equal(a, img)
+    # the clump stays where it was: still the brightest patch, at its place
+    peak = divmod(int(a.float().mean(0).argmax()), 64)
+    assert 28 <= peak[0] <= 35 and 38 <= peak[1] <= 45
+    # the sky gets a pedestal (up to 60 levels), never a negative one
+    assert a.float().mean(0)[:10, :10].mean() >= 0
+    # which images get a look: a function of seed, step and image alone, at the configured share
+    assert look_seed(0, 3, 5, 0.0) == 0 and look_seed(0, 3, 5, 1.0) > 0
+    assert look_seed(0, 3, 5, 0.5) == look_seed(0, 3, 5, 0.5)
+    share = np.mean([look_seed(0, s, i, 0.3) > 0 for s in range(200) for i in range(5)])
+    assert 0.25 < share < 0.35
+    items = next(iter(_Plan(0, 1, 10, 4, 5, True, 1, 0, 1, look=1.0)))
+    assert len(items) == 4 and all(len(it) == 4 and it[3] > 0 for it in items)
+    assert all(it[3] == 0 for it in next(iter(_Plan(0, 1, 10, 4, 5, True, 1, 0, 1))))
+    with pytest.raises(ValueError, match="survey_look"):
+        TrainSpec(steps=2, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1, grad_clip=10.0,
+                  augment=True, seed=0, survey_look=1.5)
+    # a short training with every image given a look runs and learns from finite losses
+    coco = _coco_for(tiny_survey)
+    spec = TrainSpec(steps=2, eval_every=2, batch_size=3, lr=1e-3, weight_decay=1e-4, warmup_steps=1,
+                     grad_clip=10.0, augment=True, seed=0, survey_look=1.0)
+    _, m = train_detector(coco, tiny_survey["root"] / "png", BackboneSpec(arch="resnet18"),
+                          DetectorSpec(image_size=tiny_survey["spec"].image_size), spec, threads=1, device=DEVICE,
+                          compute=ComputeSpec(precision="fp32"))
+    assert np.isfinite(m["history"][0]["loss"])
+
+
 def test_validation_subset_is_fixed_and_keeps_its_boxes():
     from clumpfinder.detection.train import validation_subset
 

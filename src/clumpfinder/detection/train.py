@@ -9,6 +9,11 @@ split and its F1 against the validation labels (classes merged, best score thres
 the weights with the best validation F1 are the ones returned, and training stops early once
 ``patience`` evaluations in a row have not improved on it.
 
+``survey_look`` (a probability) gives that share of the training images another survey's look
+(:func:`survey_look`): what differs between surveys, stretches and renderers and carries no clump
+information (colour balance, stretch, sky pedestal, blur, noise, JPEG compression), so that the
+detector does not learn the simulation's renderer.
+
 Batches are a function of the seed and the step alone (which epoch's permutation, which slice,
 which dihedral element), so with a ``checkpoint`` path (saved atomically at every evaluation with
 the model, optimiser, best weights, history and torch's random state) a killed run resumes where it
@@ -65,12 +70,15 @@ class TrainSpec:
     patience: int = 0  # evaluations without a better validation F1 before stopping; 0 = never stop early
     val_images: int = 120
     micro_batches: int = 1  # parts of each batch whose gradients add up (the same optimisation)
+    survey_look: float = 0.0  # share of the training images given another survey's look (survey_look())
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.eval_every < 1:
             raise ValueError(f"training.steps ({self.steps}) and training.eval_every ({self.eval_every}) must be >= 1")
         if self.micro_batches < 1 or self.micro_batches > self.batch_size:
             raise ValueError(f"training.micro_batches ({self.micro_batches}) must be in 1..batch_size ({self.batch_size})")
+        if not 0.0 <= self.survey_look <= 1.0:
+            raise ValueError(f"training.survey_look ({self.survey_look}) is a probability: 0..1")
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "TrainSpec":
@@ -150,9 +158,50 @@ def batch_parts(items: list[Any], parts: int) -> list[list[Any]]:
     return [[items[i] for i in idx] for idx in np.array_split(np.arange(len(items)), parts)]
 
 
+#: the ranges :func:`survey_look` draws from (uniform): per-channel gain (colour balance), the
+#: stretch's power, a sky pedestal in 8-bit levels (Galaxy Zoo's SDSS JPEGs sit near 48 of 255,
+#: the simulation's composites near 0), Gaussian blur (px), Gaussian noise (8-bit levels), JPEG
+#: quality (applied to half the images)
+LOOK_GAIN, LOOK_GAMMA, LOOK_SKY = (0.85, 1.15), (0.7, 1.4), (0.0, 60.0)
+LOOK_BLUR, LOOK_NOISE, LOOK_JPEG_QUALITY, LOOK_JPEG_P = (0.0, 1.0), (0.0, 6.0), (40, 95), 0.5
+
+
+def survey_look(img: torch.Tensor, seed: int) -> torch.Tensor:
+    """A uint8 (3, H, W) image as another survey or renderer might show it, drawn from ``seed``:
+    per-channel gain, a power-law change of stretch, a sky pedestal (255 stays 255), blur, noise,
+    and for half the images a JPEG round trip. Positions do not move, so boxes stay as they are."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+    from torchvision.transforms.functional import gaussian_blur
+
+    rng = np.random.default_rng(seed)
+    x = img.to(torch.float32) * torch.tensor(rng.uniform(*LOOK_GAIN, 3), dtype=torch.float32)[:, None, None]
+    x = 255.0 * (x / 255.0).clamp(0.0, 1.0) ** float(rng.uniform(*LOOK_GAMMA))
+    sky = float(rng.uniform(*LOOK_SKY))
+    x = sky + x * (255.0 - sky) / 255.0
+    sigma = float(rng.uniform(*LOOK_BLUR))
+    if sigma > 0.25:
+        x = gaussian_blur(x[None], kernel_size=2 * math.ceil(3 * sigma) + 1, sigma=sigma)[0]
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    x = x + float(rng.uniform(*LOOK_NOISE)) * torch.randn(x.shape, generator=gen)
+    out = x.round().clamp(0, 255).to(torch.uint8)
+    if rng.random() < LOOK_JPEG_P:
+        out = decode_jpeg(encode_jpeg(out, quality=int(rng.integers(LOOK_JPEG_QUALITY[0], LOOK_JPEG_QUALITY[1] + 1))))
+    return out
+
+
+def look_seed(seed: int, step: int, index: int, p: float) -> int:
+    """The :func:`survey_look` seed of image ``index`` at ``step`` (0: its own look), a function of
+    the training seed, step and image alone (a resumed run draws the same looks, whatever the
+    micro-batches or processes)."""
+    if p <= 0:
+        return 0
+    r = np.random.default_rng([seed, 2_000_003, step, index])
+    return int(r.integers(1, 2**62)) if r.random() < p else 0
+
+
 class _Batches(Dataset):
-    """The images, boxes and labels of batch-plan items (image index, quarter turns, flip), turned
-    by the dihedral element: what the DataLoader's workers make."""
+    """The images, boxes and labels of batch-plan items (image index, quarter turns, flip, look
+    seed), turned by the dihedral element and given their look: what the DataLoader's workers make."""
 
     def __init__(self, images: list[torch.Tensor] | ImageCache, entries: list[dict[str, Any]],
                  targets: list[dict[str, torch.Tensor]]):
@@ -161,12 +210,14 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, item: tuple[int, int, bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        i, k, flip = item
+    def __getitem__(self, item: tuple[int, int, bool, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i, k, flip, look = item
         img = self.images.image(self.entries[i]) if isinstance(self.images, ImageCache) else self.images[i]
         boxes = self.targets[i]["boxes"]
         if k or flip:
             img, boxes = dihedral(img, boxes, k, flip)
+        if look:
+            img = survey_look(img, look)
         return img, boxes, self.targets[i]["labels"]
 
 
@@ -185,14 +236,15 @@ class _Plan:
     micro-batches, concatenated)."""
 
     def __init__(self, start: int, total: int, n: int, bs: int, seed: int, augment: bool, parts: int, rank: int,
-                 size: int):
+                 size: int, look: float = 0.0):
         self.start, self.total, self.n, self.bs, self.seed, self.augment = start, total, n, bs, seed, augment
-        self.parts, self.rank, self.size = parts, rank, size
+        self.parts, self.rank, self.size, self.look = parts, rank, size, look
 
     def __iter__(self):
         for step in range(self.start, self.total):
-            yield [item for part in my_parts(step, self.n, self.bs, self.seed, self.augment, self.parts, self.rank,
-                                             self.size) for item in part]
+            yield [(i, k, f, look_seed(self.seed, step, i, self.look))
+                   for part in my_parts(step, self.n, self.bs, self.seed, self.augment, self.parts, self.rank, self.size)
+                   for i, k, f in part]
 
     def __len__(self) -> int:
         return self.total - self.start
@@ -282,7 +334,8 @@ def train_detector(
 
     def loader(start: int):
         return iter(DataLoader(
-            dataset, batch_sampler=_Plan(start, total, n, bs, spec.seed, spec.augment, parts, rank, size),
+            dataset, batch_sampler=_Plan(start, total, n, bs, spec.seed, spec.augment, parts, rank, size,
+                                         spec.survey_look),
             num_workers=compute.loader_workers, collate_fn=_as_list, pin_memory=device.type == "cuda",
             persistent_workers=False, generator=torch.Generator(),  # (never draws from torch's global stream)
             prefetch_factor=4 if compute.loader_workers else None))

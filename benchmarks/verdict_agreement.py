@@ -16,13 +16,15 @@ each backbone's largest minus smallest size (F1), and each detector minus the cl
 decide`` (clumpfinder.metrics.verdict). Two runs agree on a comparison when their verdicts are
 equal. Also recorded: how far the runs' trained models moved apart (the largest difference in a
 model's test F1 between the runs, over every backbone, size, seed and label set), which shows
-that the floating-point paths really differ. Writes ``--out`` (JSON) with command, date, commit
-and the runs' data seeds.
+that the floating-point paths really differ; and each verdict with both runs' models pooled
+into one experiment (a floating-point path being one more source of training scatter; the second
+run's seeds renumbered), the best estimate the two runs give together. Writes ``--out`` (JSON)
+with command, date, commit and the runs' data seeds.
 
 ``--seeds-on-disk``: each cell takes every training seed evaluated in the run's directory, not only
 the configured ones: where the two runs disagree, more seeds can be trained for those cells alone
-(``snakemake ... --config`` with a longer ``sweep.seeds`` and the cells' evaluation files as
-targets) and the verdicts recomputed. The check against the run's comparison.csv is then skipped
+(``snakemake ... --configfile`` with a file giving a longer ``sweep.seeds``, and the cells'
+evaluation files as targets) and the verdicts recomputed. The check against the run's comparison.csv is then skipped
 (that summary was made from the configured seeds); each verdict row gives its seed counts.
 """
 
@@ -33,6 +35,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -58,8 +61,9 @@ def seeds_on_disk(res: Path, backbone: str, n_train: int) -> list[int]:
     return found
 
 
-def run_verdicts(workdir: Path, configfiles: list[str], all_seeds: bool = False) -> tuple[list[dict], dict, pd.DataFrame]:
-    """(verdict rows, the run's settings that matter, per-model test scores) of one run; with
+def load_run(workdir: Path, configfiles: list[str], all_seeds: bool = False) -> dict[str, Any]:
+    """One run's evaluations (``runs``: backbone, n_train, seed, metrics), reference points,
+    baseline, bootstrap settings, the settings that matter and per-model test scores; with
     ``all_seeds``, every seed evaluated on disk in each cell."""
     cfg = merged_config(configfiles)
     res = workdir / "results"
@@ -72,12 +76,28 @@ def run_verdicts(workdir: Path, configfiles: list[str], all_seeds: bool = False)
                 for b, n in dict.fromkeys((b, n) for b, n, _, _ in runs) for s in seeds_on_disk(res, b, n)]
     references = {name: read_json(res / "eval" / name / "metrics.json") for name in ("consensus_ceiling", "classical")
                   if (res / "eval" / name / "metrics.json").exists()}
-    comparison = compare(runs, plan.baseline, boot)
-    on_disk = pd.read_csv(res / "comparison.csv")
-    for k in MEASURES if not all_seeds else ():  # the recomputation is the run's own summary
-        if list(on_disk[f"{k}_verdict"].fillna("")) != list(comparison[f"{k}_verdict"].fillna("")):
-            raise SystemExit(f"{res}/comparison.csv has other {k} verdicts than the summary code gives now: "
-                             "was it made by other code?")
+    if not all_seeds:  # the recomputation is the run's own summary
+        comparison = compare(runs, plan.baseline, boot)
+        on_disk = pd.read_csv(res / "comparison.csv")
+        for k in MEASURES:
+            if list(on_disk[f"{k}_verdict"].fillna("")) != list(comparison[f"{k}_verdict"].fillna("")):
+                raise SystemExit(f"{res}/comparison.csv has other {k} verdicts than the summary code gives now: "
+                                 "was it made by other code?")
+    models = pd.DataFrame([{"backbone": b, "n_train": n, "seed": s, "reference": ref,
+                            "f1": m["references"][ref]["merged"]["f1"]}
+                           for b, n, s, m in runs for ref in m["references"]])
+    cells: dict[str, list[int]] = {}
+    for b, n, s, _ in runs:
+        cells.setdefault(f"{b} n{n}", []).append(int(s))
+    settings = {"threads": cfg["threads"], "compute": cfg["compute"], "seeds": cells,
+                "bootstrap": boot, "data_seeds": run_data_seeds(res, configfiles)}
+    return {"runs": runs, "references": references, "baseline": plan.baseline, "bootstrap": boot,
+            "settings": settings, "models": models}
+
+
+def verdict_rows(runs: list[tuple], references: dict[str, Any], baseline: str, boot: dict[str, Any]) -> list[dict]:
+    """Every verdict the summary makes, recomputed with the package's summary code."""
+    comparison = compare(runs, baseline, boot)
     rows = []
     for _, r in comparison[comparison["backbone"] != comparison["baseline"]].iterrows():
         for k in MEASURES:
@@ -95,15 +115,7 @@ def run_verdicts(workdir: Path, configfiles: list[str], all_seeds: bool = False)
                      "n_train": int(r["n_train"]), "measure": "f1", "diff": r["f1_diff_classical"],
                      "low": r["f1_diff_classical_low"], "high": r["f1_diff_classical_high"],
                      "verdict": r["f1_diff_classical_verdict"], "seeds": [int(r["n_seeds"])]})
-    models = pd.DataFrame([{"backbone": b, "n_train": n, "seed": s, "reference": ref,
-                            "f1": m["references"][ref]["merged"]["f1"]}
-                           for b, n, s, m in runs for ref in m["references"]])
-    cells: dict[str, list[int]] = {}
-    for b, n, s, _ in runs:
-        cells.setdefault(f"{b} n{n}", []).append(int(s))
-    settings = {"threads": cfg["threads"], "compute": cfg["compute"], "seeds": cells,
-                "bootstrap": boot, "data_seeds": run_data_seeds(res, configfiles)}
-    return rows, settings, models
+    return rows
 
 
 def main() -> None:
@@ -116,22 +128,33 @@ def main() -> None:
     a = ap.parse_args()
     if len(a.run) != 2 or any(len(r) < 2 for r in a.run):
         raise SystemExit("give two --run NAME DIR [CONFIGFILE ...]")
-    results = {}
+    results, loaded = {}, []
     for name, workdir, *configfiles in a.run:
-        rows, settings, models = run_verdicts(Path(workdir), configfiles, a.seeds_on_disk)
-        results[name] = {"workdir": workdir, "configfiles": configfiles, "settings": settings, "rows": rows,
-                         "models": models}
+        run = load_run(Path(workdir), configfiles, a.seeds_on_disk)
+        loaded.append(run)
+        results[name] = {"workdir": workdir, "configfiles": configfiles, "settings": run["settings"],
+                         "rows": verdict_rows(run["runs"], run["references"], run["baseline"], run["bootstrap"]),
+                         "models": run["models"]}
+    # both runs' models as one experiment (a floating-point path is one more source of training
+    # scatter): the second run's seeds renumbered, the reference points (no torch) the first run's
+    first_run, second_run = loaded
+    if first_run["settings"]["data_seeds"] != second_run["settings"]["data_seeds"]:
+        raise SystemExit("the runs measured different data: their verdicts cannot be compared")
+    pooled_rows = verdict_rows(first_run["runs"] + [(b, n, 1000 + s, m) for b, n, s, m in second_run["runs"]],
+                               first_run["references"], first_run["baseline"], first_run["bootstrap"])
     (first, one), (second, two) = results.items()
     key = ("comparison", "reference", "n_train", "measure")
     a_rows = {tuple(r[k] for k in key): r for r in one["rows"]}
     b_rows = {tuple(r[k] for k in key): r for r in two["rows"]}
     if set(a_rows) != set(b_rows):
         raise SystemExit(f"the runs make different comparisons: {sorted(set(a_rows) ^ set(b_rows), key=str)}")
+    pooled = {tuple(r[k] for k in key): r for r in pooled_rows}
     verdicts = []
     for k in sorted(a_rows, key=str):
         ra, rb = a_rows[k], b_rows[k]
         verdicts.append({**dict(zip(key, k)), first: {f: ra[f] for f in ("diff", "low", "high", "verdict", "seeds")},
                          second: {f: rb[f] for f in ("diff", "low", "high", "verdict", "seeds")},
+                         "both runs pooled": {f: pooled[k][f] for f in ("diff", "low", "high", "verdict", "seeds")},
                          "agree": ra["verdict"] == rb["verdict"]})
     models = one["models"].merge(two["models"], on=["backbone", "n_train", "seed", "reference"], suffixes=("_a", "_b"))
     moved = (models["f1_a"] - models["f1_b"]).abs()
@@ -141,6 +164,7 @@ def main() -> None:
            "comparisons": len(verdicts), "agree": sum(v["agree"] for v in verdicts),
            "disagree": [v for v in verdicts if not v["agree"]],
            "decided": {name: sum(v[name]["verdict"] in ("higher", "lower") for v in verdicts) for name in results},
+           "pooled_decided": sum(v["both runs pooled"]["verdict"] in ("higher", "lower") for v in verdicts),
            "models_compared": len(models),
            "model_f1_moved": {"max": round(float(moved.max()), 4), "median": round(float(moved.median()), 4),
                               "identical_models": int((moved == 0).sum())},

@@ -204,3 +204,17 @@ def test_the_benchmark_runs_the_commands_path_and_scores_by_the_sets_rules(tmp_p
     assert s["purity"] == 0.25 and s["purity_clump"] == pytest.approx(1 / 3, abs=1e-4)
     assert s["completeness_3pct"] == 1.0 and s["f1"] == pytest.approx(0.4)
     assert real_galaxies.scores(m, clumps, 0.92)["detections"] == 1
+
+
+def test_a_fits_images_own_scale_wins_over_the_tables(tmp_path):
+    from test_clumps import PNG, SCALE, SOURCES, _galaxy_planes, _write_fits
+
+    from clumpfinder.clumps.sources import FitsOptions, fits_folder
+
+    folder = tmp_path / "fits"
+    folder.mkdir()
+    _write_fits(folder / "g1.fits", _galaxy_planes(SOURCES, 1), 150.0, 2.0)
+    table = tmp_path / "t.csv"
+    pd.DataFrame([{"galaxy": "g1", "r_half_arcsec": 4.0, "pixel_scale_arcsec": 9.9}]).to_csv(table, index=False)
+    g = next(iter(fits_folder(folder, FitsOptions(png=PNG), read_galaxy_table(table))))
+    assert g.pixel_scale == pytest.approx(SCALE) and g.meta["r_half_arcsec"] == 4.0

@@ -244,12 +244,11 @@ def with_table_row(g: Galaxy, row: dict[str, Any]) -> Galaxy | BadInput:
         return BadInput(g.name, file, "no_size", "the galaxy table gives no size (r_half_arcsec, petror50_r or "
                         "size_arcsec) for this galaxy: the detector's field cannot be cut")
     scale = row.get("pixel_scale_arcsec", np.nan)
-    if not np.isfinite(scale):
-        if g.pixel_scale is None:
+    if g.pixel_scale is None:  # a FITS image's WCS gives its own scale, which the table does not override
+        if not np.isfinite(scale):
             return BadInput(g.name, file, "no_pixel_scale", "the galaxy table gives no pixel_scale_arcsec and the "
                             "image has no WCS: the detector's field cannot be cut")
-        scale = g.pixel_scale
-    g.pixel_scale = float(scale)
+        g.pixel_scale = float(scale)
     for key in ("r_half_arcsec", "size_arcsec"):
         if np.isfinite(row.get(key, np.nan)):
             g.meta[key] = float(row[key])

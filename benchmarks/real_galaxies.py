@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit, run_data_seeds  # noqa: E402
+from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
@@ -104,6 +104,21 @@ def run_detector(folder: Path, model: Path, whole_image: bool = False):
                                Path(tmp) / "catalogue.fits", score=min(THRESHOLDS), progress_bar=False)
 
 
+def read_set(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(galaxies, catalogued clumps) of a real-galaxies folder, the clumps' galaxies named by their
+    image's stem, as the catalogue names them."""
+    galaxies = pd.read_csv(folder / "galaxies.csv", dtype={"galaxy": str})
+    clumps = pd.read_csv(folder / "clumps.csv", dtype={"galaxy": str})
+    clumps["galaxy"] = clumps["galaxy"].map(dict(zip(galaxies["galaxy"], galaxies["jpeg"].map(lambda f: Path(f).stem))))
+    return galaxies, clumps
+
+
+def detections(cat) -> pd.DataFrame:
+    """A catalogue's clumps as the matching takes them (galaxy, x, y, score, label, box_side)."""
+    return cat.clumps.assign(box_side=cat.clumps["box_x2"] - cat.clumps["box_x1"])[
+        ["galaxy", "x", "y", "score", "label", "box_side"]]
+
+
 def classical_detections(galaxies: pd.DataFrame, folder: Path, windows: dict[str, tuple[int, int, int, int]],
                          classical: dict[str, Any], config: dict[str, Any]) -> pd.DataFrame:
     """The workflow's classical finder on each galaxy's detector window (its PSF from the table)."""
@@ -157,8 +172,7 @@ def gallery(path: Path, folder: Path, galaxies: pd.DataFrame, clumps: pd.DataFra
                                 color="cyan" if c.flux_fraction_g >= GIANT else "white"))
         d = matched[(matched["galaxy"] == name) & (matched["score"] >= threshold)]
         for r in d.itertuples():
-            side = r.box_side if hasattr(r, "box_side") else 10
-            ax.add_patch(Rectangle((r.x - side / 2, r.y - side / 2), side, side, fill=False, lw=0.8,
+            ax.add_patch(Rectangle((r.x - r.box_side / 2, r.y - r.box_side / 2), r.box_side, r.box_side, fill=False, lw=0.8,
                                    color="lime" if r.match >= 0 else "red", ls="-" if r.label == "clump" else "--"))
         ax.set_title(f"{name[-6:]}: {int((d['match'] >= 0).sum())}/{len(d)} det.", fontsize=7)
     fig.tight_layout()
@@ -181,15 +195,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from clumpfinder.clumps.model import load_detector
-    from clumpfinder.config import deep_update
-    import yaml
 
     t0 = time.time()
     results = a.model.resolve().parents[1]
-    galaxies = pd.read_csv(a.folder / "galaxies.csv", dtype={"galaxy": str})
-    clumps = pd.read_csv(a.folder / "clumps.csv", dtype={"galaxy": str})
-    jpeg_of = dict(zip(galaxies["galaxy"], galaxies["jpeg"].map(lambda f: Path(f).stem)))
-    clumps["galaxy"] = clumps["galaxy"].map(jpeg_of)  # galaxies by their image's name, as the catalogue names them
+    galaxies, clumps = read_set(a.folder)
     cat = run_detector(a.folder, a.model, a.whole_image)
     provenance = load_detector(a.model)[3]
     model_score = float(provenance["score"])
@@ -197,12 +206,8 @@ def main() -> None:
         raise SystemExit(f"{len(cat.failures)} galaxies failed: {cat.failures.to_dict('records')[:3]}")
     g = cat.galaxies.set_index("galaxy")
     windows = {name: tuple(int(r[f"window_{k}"]) for k in ("x0", "y0", "width", "height")) for name, r in g.iterrows()}
-    det = cat.clumps.assign(box_side=cat.clumps["box_x2"] - cat.clumps["box_x1"])[
-        ["galaxy", "x", "y", "score", "label", "box_side"]]
-    matched = match(det, clumps)
-    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    for f in a.configfile:
-        cfg = deep_update(cfg, yaml.safe_load(Path(f).read_text()) or {})
+    matched = match(detections(cat), clumps)
+    cfg = merged_config(a.configfile)
     classical_file = a.classical or results / "eval" / "classical" / "metrics.json"
     classical = json.loads(classical_file.read_text())["threshold"]
     cl = match(classical_detections(galaxies, a.folder, windows, classical, cfg), clumps)

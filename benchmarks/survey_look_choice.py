@@ -32,7 +32,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
-from real_galaxies import THRESHOLDS, match, run_detector, scores  # noqa: E402
+from real_galaxies import THRESHOLDS, detections, match, read_set, run_detector, scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURES = ("val_f1", "real_f1", "real_purity_clump", "real_giant_found", "real_best_f1")
@@ -40,16 +40,12 @@ MEASURES = ("val_f1", "real_f1", "real_purity_clump", "real_giant_found", "real_
 
 def seed_scores(folder: Path, workdir: Path, configfiles: list[str], backbone: str, n_train: str) -> dict[int, dict]:
     """The measures of every seed evaluated in one cell of a run."""
-    import pandas as pd
-
     from clumpfinder.clumps.field import field_from_config
     from clumpfinder.clumps.model import export_detector
 
     cfg = merged_config(configfiles)
     res = workdir / "results"
-    clumps = pd.read_csv(folder / "clumps.csv", dtype={"galaxy": str})
-    galaxies = pd.read_csv(folder / "galaxies.csv", dtype={"galaxy": str})
-    clumps["galaxy"] = clumps["galaxy"].map(dict(zip(galaxies["galaxy"], galaxies["jpeg"].map(lambda f: Path(f).stem))))
+    _, clumps = read_set(folder)
     out = {}
     for ev in sorted((res / "eval" / backbone / f"n{n_train}").glob("seed*/metrics.json")):
         seed = int(ev.parent.name.removeprefix("seed"))
@@ -61,9 +57,7 @@ def seed_scores(folder: Path, workdir: Path, configfiles: list[str], backbone: s
                              "field": field_from_config(cfg, simulated=True).to_dict()},
                             {"backbone": backbone, "n_train": n_train, "seed": seed, "score": m["score"]})
             cat = run_detector(folder, model)
-        det = cat.clumps.assign(box_side=cat.clumps["box_x2"] - cat.clumps["box_x1"])[
-            ["galaxy", "x", "y", "score", "label", "box_side"]]
-        matched = match(det, clumps)
+        matched = match(detections(cat), clumps)
         at = scores(matched, clumps, m["score"])
         best = max((scores(matched, clumps, t) for t in THRESHOLDS), key=lambda r: r["f1"] or 0)
         out[seed] = {"score": m["score"], "val_f1": round(m["threshold"]["val_at_score"]["f1"], 4),

@@ -177,16 +177,18 @@ def test_preprocessing_is_the_training_one(tiny_survey):
         assert cat.dtype == torch.uint8 and torch.equal(cat, tensor)
 
 
-def _detector_file(tmp_path, crop=64, **provenance):
-    """An (untrained) detector exported as the workflow exports one."""
+def _detector_file(tmp_path, crop=64, image_size=64, field=None, **provenance):
+    """An (untrained) detector exported as the workflow exports one (with ``field``, a
+    :class:`clumpfinder.clumps.field.Field`, recorded when given)."""
     torch.manual_seed(0)
-    det = DetectorSpec(image_size=64, box_score_thresh=0.0)
+    det = DetectorSpec(image_size=image_size, box_score_thresh=0.0)
     spec = BackboneSpec(arch="resnet18", init="scratch", trainable_layers=5, fpn_channels=32)
     raw = tmp_path / "model.pt"
     save_model(build_detector(spec, det), spec, det, raw)
     out = tmp_path / "detector.pt"
-    export_detector(raw, out, {"crop": crop, "png": PNG}, {"backbone": "resnet18_scratch", "n_train": "30",
-                                                          "seed": 0, "score": 0.0, **provenance})
+    prep = {"crop": crop, "png": PNG, **({"field": field.to_dict()} if field else {})}
+    export_detector(raw, out, prep, {"backbone": "resnet18_scratch", "n_train": "30", "seed": 0, "score": 0.0,
+                                     **provenance})
     return raw, out
 
 

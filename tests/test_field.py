@@ -5,13 +5,11 @@ failure row per galaxy; and the real-galaxies benchmark runs the command's own p
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -20,10 +18,9 @@ from clumpfinder.clumps import cli
 from clumpfinder.clumps.catalogue import detector_window
 from clumpfinder.clumps.field import Field, cut_window, field_from_config, field_window
 from clumpfinder.clumps.measure import MeasureSpec, footprint, post_process
-from clumpfinder.clumps.model import export_detector, load_detector
+from clumpfinder.clumps.model import load_detector
 from clumpfinder.clumps.sources import image_folder, read_galaxy_table
 from clumpfinder.clumps.tables import read_catalogue
-from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector, save_model
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import real_galaxies  # noqa: E402
@@ -64,16 +61,10 @@ def _folder(tmp_path, rows: list[dict] | None = None):
 
 
 def _detector(tmp_path, field: Field | None = FIELD):
-    """An untrained detector exported as the workflow exports one (every box it proposes kept)."""
-    torch.manual_seed(0)
-    det = DetectorSpec(image_size=96, box_score_thresh=0.0)
-    spec = BackboneSpec(arch="resnet18", init="scratch", trainable_layers=5, fpn_channels=32)
-    raw = tmp_path / "model.pt"
-    save_model(build_detector(spec, det), spec, det, raw)
-    out = tmp_path / "detector.pt"
-    prep = {"crop": None, "png": {"stretch": 3.0}, **({"field": field.to_dict()} if field else {})}
-    export_detector(raw, out, prep, {"backbone": "resnet18_scratch", "n_train": "30", "seed": 0, "score": 0.0})
-    return out
+    """An untrained detector at 96 px exported as the workflow exports one (every box it proposes kept)."""
+    from test_clumps import _detector_file
+
+    return _detector_file(tmp_path, crop=None, image_size=96, field=field)[1]
 
 
 def test_the_field_is_the_simulations_clipped_side():

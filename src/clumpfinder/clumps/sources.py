@@ -163,19 +163,8 @@ def read_fits_galaxy(name: str, files: list[Path], opts: FitsOptions,
 
 
 def fits_folder(folder: str | Path, opts: FitsOptions, table: pd.DataFrame | None = None) -> Iterator[Galaxy | BadInput]:
-    used = set()
-    for name, files in fits_groups(folder).items():
-        g = read_fits_galaxy(name, files, opts)
-        row = _table_row(table, files[0]) if table is not None else None
-        if row is None and table is not None and (table["galaxy"] == name).any():
-            row = table[table["galaxy"] == name].iloc[0].to_dict()
-        if row is not None:
-            used.add(row["galaxy"])
-            if isinstance(g, Galaxy):
-                g = with_table_row(g, row)
-        yield g
-    if table is not None:
-        yield from _unmatched(table, used, folder)
+    groups = fits_groups(folder).items()
+    return _with_table(((read_fits_galaxy(name, files, opts), files[0], name) for name, files in groups), table, folder)
 
 
 #: a galaxy table's columns (first name found wins) -> what the catalogue calls them
@@ -225,10 +214,31 @@ def read_galaxy_table(path: str | Path) -> pd.DataFrame:
     return out
 
 
-def _table_row(table: pd.DataFrame, path: Path) -> dict[str, Any] | None:
+def _table_row(table: pd.DataFrame, path: Path, name: str) -> dict[str, Any] | None:
+    """The table's row of a galaxy read from ``path`` under ``name``: by file name, else by name
+    (the file's stem, or the galaxy a group of FITS files makes)."""
     stem = file_stem(path, IMAGE_SUFFIXES + FITS_SUFFIXES)
-    hit = table[(table["file"].map(lambda f: f is not None and Path(f).name == path.name)) | (table["galaxy"] == stem)]
+    by_file = table["file"].map(lambda f: f is not None and Path(f).name == path.name)
+    hit = table[by_file | table["galaxy"].isin([stem, name])]
     return hit.iloc[0].to_dict() if len(hit) else None
+
+
+def _with_table(items: Iterable[tuple[Galaxy | BadInput, Path, str]], table: pd.DataFrame | None,
+                folder: str | Path) -> Iterator[Galaxy | BadInput]:
+    """The galaxies of (galaxy, file, name) ``items``, each with its table row's size, scale, PSF
+    and position (:func:`with_table_row`); then one failure per table row that matched no file."""
+    used = set()
+    for g, path, name in items:
+        row = _table_row(table, path, name) if table is not None else None
+        if row is not None:
+            used.add(row["galaxy"])
+            if isinstance(g, Galaxy):
+                g = with_table_row(g, row)
+        yield g
+    if table is not None:
+        for galaxy in table["galaxy"]:
+            if galaxy not in used:
+                yield BadInput(str(galaxy), "", "no_image", f"the galaxy table lists it but {folder} has no image of it")
 
 
 def with_table_row(g: Galaxy, row: dict[str, Any]) -> Galaxy | BadInput:
@@ -293,23 +303,8 @@ def image_files(folder: str | Path) -> list[Path]:
 def image_folder(folder: str | Path, table: pd.DataFrame | None = None) -> Iterator[Galaxy | BadInput]:
     """The images of a folder; with a galaxy ``table``, each matched row's size, scale, PSF and
     position, and one failure per table row that matches no image."""
-    used = set()
-    for p in image_files(folder):
-        g = read_plain_image(p)
-        row = _table_row(table, p) if table is not None else None
-        if row is not None:
-            used.add(row["galaxy"])
-            if isinstance(g, Galaxy):
-                g = with_table_row(g, row)
-        yield g
-    if table is not None:
-        yield from _unmatched(table, used, folder)
-
-
-def _unmatched(table: pd.DataFrame, used: set[str], folder: str | Path) -> Iterator[BadInput]:
-    for name in table["galaxy"]:
-        if name not in used:
-            yield BadInput(str(name), "", "no_image", f"the galaxy table lists it but {folder} has no image of it")
+    return _with_table(((read_plain_image(p), p, file_stem(p, IMAGE_SUFFIXES)) for p in image_files(folder)),
+                       table, folder)
 
 
 def survey(manifest: pd.DataFrame, opts: FitsOptions, fits_dir: str | Path | None = None) -> Iterator[Galaxy | BadInput]:

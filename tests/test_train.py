@@ -278,8 +278,6 @@ def test_survey_look_changes_the_look_not_the_clumps_and_is_drawn_from_seed_step
     # the clump stays where it was: still the brightest patch, at its place
     peak = divmod(int(a.float().mean(0).argmax()), 64)
     assert 28 <= peak[0] <= 35 and 38 <= peak[1] <= 45
-    # the sky gets a pedestal (up to 60 levels), never a negative one
-    assert a.float().mean(0)[:10, :10].mean() >= 0
     # which images get a look: a function of seed, step and image alone, at the configured share
     assert look_seed(0, 3, 5, 0.0) == 0 and look_seed(0, 3, 5, 1.0) > 0
     assert look_seed(0, 3, 5, 0.5) == look_seed(0, 3, 5, 0.5)

@@ -7,7 +7,9 @@ Physical model (all distributions are set in the configuration, defaults in conf
   size-luminosity relation (log R_d = log R_0 - 0.1 (M_r + 21) +- 0.15 dex), angular sizes from the
   Planck18 cosmology; only resolved galaxies (half-light radius above a limit) enter, as Clump Scout
   selected galaxies large enough to see structure.
-* Host = inclined exponential disc + de Vaucouleurs bulge (B/T 0-0.4), discs bluer than bulges.
+* Host = inclined exponential disc + de Vaucouleurs bulge (B/T uniform in a range), discs bluer
+  than bulges; a share of hosts has no bulge (``bulge.fraction``), and a share is irregular: part
+  of the disc's light in a second exponential disc off the centre (``irregular``).
 * Spiral arms in a share of the discs: 2-4 logarithmic arms (pitch 12-30 degrees) carrying part
   of the disc's light, bluer than the disc, drawn as a surface-brightness map on the pixel grid
   (``arm_surface_brightness``) that GalSim convolves with the PSF like every other component.
@@ -20,8 +22,12 @@ Physical model (all distributions are set in the configuration, defaults in conf
   fraction (``kind`` clump or knot), so the evaluation decides what counts as a clump.
 * "Odd" objects: red foreground stars and small red background galaxies seen through the disc
   (a Poisson number per galaxy).
+* Field sources (``field_sources``): foreground stars and background galaxies beside the galaxy,
+  beyond a radius in half-light radii, with star and galaxy number counts per arcmin^2 of sky (truth
+  kind ``field``: not part of the galaxy, so not an object to label or find).
 * PSF: Moffat (beta 3) with per-galaxy seeing drawn around SDSS's median r-band FWHM; sky noise per
-  band from SDSS 5-sigma point-source depths at the median seeing (sky-dominated Gaussian noise).
+  band from SDSS 5-sigma point-source depths at the median seeing, scattered by 0.1 mag per band and
+  by ``depth_field_scatter_mag`` per field (sky-dominated Gaussian noise).
 * Images in nanomaggies on a per-galaxy pixel scale (field of view scales with the galaxy, as in
   Clump Scout); FITS per subject with a celestial TAN WCS; colour PNG with ``make_lupton_rgb``.
 
@@ -67,7 +73,17 @@ COLOURS = {
     "clump": {"g-r": (0.10, 0.15), "r-i": (0.00, 0.10)},
     "star": {"g-r": (1.00, 0.30), "r-i": (0.50, 0.25)},
     "background": {"g-r": (1.20, 0.20), "r-i": (0.50, 0.10)},
+    "field_star": {"g-r": (0.90, 0.35), "r-i": (0.40, 0.30)},
+    "field_galaxy": {"g-r": (0.90, 0.30), "r-i": (0.40, 0.12)},
 }
+#: truth kinds of the objects of a galaxy (what volunteers label and a detector should find:
+#: giant clumps, knots, odd objects); field sources (kind ``field``) beside the galaxy are not
+OBJECT_KINDS = ("clump", "knot", "odd")
+#: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
+STAR_FORMING = ("clump", "knot")
+#: slope of the flux distribution dN/df ~ f^slope of field stars and galaxies (from number counts
+#: dN/dm ~ 10^(a m): slope -(1 + 2.5 a); a ~ 0.2 for high-latitude stars, ~0.45 for galaxies)
+FIELD_FLUX_SLOPE = {"star": -1.5, "galaxy": -2.1}
 NANOMAGGY_ZP = 22.5
 #: subject ids of the detection survey count up from here (other populations start elsewhere)
 FIRST_SUBJECT_ID = 100_000
@@ -98,10 +114,14 @@ class SurveySpec:
     max_inclination_deg: float
     psf: dict[str, float]
     depth_5sigma: dict[str, float]
+    depth_field_scatter_mag: float
+    bulge: dict[str, Any]
+    irregular: dict[str, Any]
     arms: dict[str, Any]
     clumps: dict[str, Any]
     knots: dict[str, Any]
     odd: dict[str, Any]
+    field_sources: dict[str, Any]
     png: dict[str, Any]
 
     @classmethod
@@ -124,7 +144,9 @@ def _mag_to_nmgy(mag: np.ndarray | float) -> np.ndarray | float:
     return 10.0 ** (-0.4 * (np.asarray(mag) - NANOMAGGY_ZP))
 
 
-def _draw_hosts(spec: SurveySpec, rng: np.random.Generator) -> pd.DataFrame:
+def _draw_hosts(spec: SurveySpec, rng: np.random.Generator, rng_more: np.random.Generator) -> pd.DataFrame:
+    """The host galaxies. ``rng_more`` draws what later additions to the model need (bulge presence,
+    irregular components), so that surveys without them stay identical to earlier ones."""
     n = spec.n_galaxies
     zr, mr, dr = spec.redshift, spec.abs_mag_r, spec.disc_scale_kpc
     accepted: list[pd.DataFrame] = []
@@ -168,7 +190,8 @@ def _draw_hosts(spec: SurveySpec, rng: np.random.Generator) -> pd.DataFrame:
     cos_i = rng.uniform(np.cos(np.radians(spec.max_inclination_deg)), 1.0, n)
     hosts["inclination_deg"] = np.degrees(np.arccos(cos_i))
     hosts["position_angle_deg"] = rng.uniform(0, 180, n)
-    hosts["bulge_to_total"] = rng.uniform(0.0, 0.4, n)
+    bt = spec.bulge["to_total"]
+    hosts["bulge_to_total"] = rng.uniform(bt["min"], bt["max"], n)
     hosts["bulge_half_light_arcsec"] = np.maximum(
         0.3, hosts["disc_scale_arcsec"] * rng.uniform(0.15, 0.35, n)
     )
@@ -197,22 +220,41 @@ def _draw_hosts(spec: SurveySpec, rng: np.random.Generator) -> pd.DataFrame:
     hosts["ra"] = rng.uniform(120.0, 250.0, n)
     hosts["dec"] = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-2.0)), np.sin(np.radians(62.0)), n)))
     # sky noise per pixel from the 5-sigma point-source depth at the median seeing; the pixel
-    # noise scales with the pixel side, and the depth of each field scatters by 0.1 mag
+    # noise scales with the pixel side; each band's depth scatters by 0.1 mag, and each field's by
+    # depth_field_scatter_mag in all bands alike (sky brightness, transparency)
     nea_ref = _moffat_nea_arcsec2(psf["fwhm_median_arcsec"], psf["beta"])
+    field_depth = rng_more.normal(0.0, spec.depth_field_scatter_mag, n)  # the field's, shared by the bands
     for band in BANDS:
-        depth = spec.depth_5sigma[band] + rng.normal(0.0, 0.1, n)
+        depth = spec.depth_5sigma[band] + rng.normal(0.0, 0.1, n) + field_depth
         sigma_arcsec = _mag_to_nmgy(depth) / (5.0 * np.sqrt(nea_ref))
         hosts[f"sky_sigma_{band}"] = sigma_arcsec * hosts["pixel_scale_arcsec"]
+    # bulgeless hosts, and irregular ones: part of the disc's light in an exponential disc of its
+    # own (same inclination and position angle, scale a share of the disc's) off the centre
+    has_bulge = rng_more.uniform(size=n) < spec.bulge["fraction"]
+    hosts["bulge_to_total"] = np.where(has_bulge, hosts["bulge_to_total"], 0.0)
+    irr = spec.irregular
+    is_irr = rng_more.uniform(size=n) < irr["fraction"]
+    hosts["irregular_fraction"] = np.where(
+        is_irr, rng_more.uniform(irr["light_fraction"]["min"], irr["light_fraction"]["max"], n), 0.0)
+    hosts["irregular_scale_arcsec"] = hosts["disc_scale_arcsec"] * rng_more.uniform(
+        irr["scale"]["min"], irr["scale"]["max"], n)
+    off = hosts["disc_scale_arcsec"] * rng_more.uniform(irr["offset_scale"]["min"], irr["offset_scale"]["max"], n)
+    off_angle = rng_more.uniform(0, 2 * np.pi, n)
+    hosts["irregular_dx_arcsec"] = off * np.cos(off_angle)
+    hosts["irregular_dy_arcsec"] = off * np.sin(off_angle)
     # total host fluxes per band (nanomaggies), split bulge/disc with their own colours
     flux_r = _mag_to_nmgy(hosts["mag_r"])
-    bt, arm = hosts["bulge_to_total"], hosts["arm_light_fraction"]
-    for comp, share in (("disc", (1 - bt) * (1 - arm)), ("arm", (1 - bt) * arm), ("bulge", bt)):
+    bt, arm, irf = hosts["bulge_to_total"], hosts["arm_light_fraction"], hosts["irregular_fraction"]
+    hosts["irregular_g-r"], hosts["irregular_r-i"] = hosts["disc_g-r"], hosts["disc_r-i"]
+    for comp, share in (("disc", (1 - bt) * (1 - arm) * (1 - irf)), ("irregular", (1 - bt) * (1 - arm) * irf),
+                        ("arm", (1 - bt) * arm), ("bulge", bt)):
         fr = flux_r * share
         hosts[f"{comp}_flux_r"] = fr
         hosts[f"{comp}_flux_g"] = fr * 10 ** (0.4 * -hosts[f"{comp}_g-r"])
         hosts[f"{comp}_flux_i"] = fr * 10 ** (0.4 * hosts[f"{comp}_r-i"])
     for band in BANDS:
-        hosts[f"host_flux_{band}"] = hosts[f"disc_flux_{band}"] + hosts[f"arm_flux_{band}"] + hosts[f"bulge_flux_{band}"]
+        hosts[f"host_flux_{band}"] = (hosts[f"disc_flux_{band}"] + hosts[f"irregular_flux_{band}"]
+                                      + hosts[f"arm_flux_{band}"] + hosts[f"bulge_flux_{band}"])
     return hosts
 
 
@@ -255,12 +297,15 @@ def _draw_objects(spec: SurveySpec, hosts: pd.DataFrame, seeds: list[np.random.S
     cl, kn, odd = spec.clumps, spec.knots, spec.odd
     on_arm_share = spec.arms["star_forming_share"]
     for gi, host in hosts.iterrows():
-        rng = np.random.default_rng(seeds[gi].spawn(1)[0])
+        # the second generator draws the field sources (an addition that leaves the rest unchanged)
+        rng, rng_field = (np.random.default_rng(s) for s in seeds[gi].spawn(2))
         fwhm = host["psf_fwhm_arcsec"]
         half_fov = host["arcsec_per_side"] / 2
         rd = host["disc_scale_arcsec"]
-        # keep objects clear of the bulge (indistinguishable from it there) and of the border
+        # keep objects clear of the bulge (indistinguishable from it there) and of the border;
+        # star-forming regions of a host without a bulge may sit anywhere, the centre included
         r_min = max(cl["min_radius_scale"] * rd, cl["min_radius_fwhm"] * fwhm)
+        r_min_sf = r_min if host["bulge_to_total"] > 0 else 0.0
         r_max = min(cl["max_radius_scale"] * rd, half_fov - 2 * fwhm)
         half_odd = max(odd["field_fraction"] * half_fov - fwhm, r_min * 1.5)
         placed: list[tuple[float, float]] = []
@@ -269,7 +314,7 @@ def _draw_objects(spec: SurveySpec, hosts: pd.DataFrame, seeds: list[np.random.S
             on_arm = star_forming and host["n_arms"] > 0 and rng.uniform() < on_arm_share
             for _ in range(50):
                 if star_forming:
-                    x, y = _disc_position(rng, host, r_min, r_max, cl["radial_scale"], on_arm)
+                    x, y = _disc_position(rng, host, r_min_sf, r_max, cl["radial_scale"], on_arm)
                 else:  # foreground stars and background galaxies fall anywhere on the field
                     x, y = rng.uniform(-half_odd, half_odd, 2)
                     if math.hypot(x, y) < r_min:
@@ -317,9 +362,40 @@ def _draw_objects(spec: SurveySpec, hosts: pd.DataFrame, seeds: list[np.random.S
                 "sigma_arcsec": 0.0 if is_star else rng.uniform(0.3, 0.7),
                 "flux_g": flux_r * 10 ** (-0.4 * gr), "flux_r": flux_r, "flux_i": flux_r * 10 ** (0.4 * ri),
             })
+        rows.extend(_field_sources(spec.field_sources, host, gi, rng_field))
     cols = ["galaxy_index", "kind", "subclass", "dx_arcsec", "dy_arcsec", "sigma_arcsec",
             "flux_g", "flux_r", "flux_i"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _field_sources(fs: dict[str, Any], host: pd.Series, gi: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Stars and galaxies of the sky around one host: Poisson numbers from the densities per
+    arcmin^2 over the field of view, placed uniformly on it (a PSF FWHM clear of the edges) but
+    beyond ``min_radius_half_light`` half-light radii of the centre, r magnitudes from the number
+    counts' slopes between ``mag_r`` limits; galaxies are small Gaussians."""
+    half_fov = host["arcsec_per_side"] / 2
+    fwhm = host["psf_fwhm_arcsec"]
+    r_out = fs["min_radius_half_light"] * 1.678 * host["disc_scale_arcsec"]
+    area_arcmin2 = (2 * half_fov / 60.0) ** 2
+    lo, hi = _mag_to_nmgy(fs["mag_r"]["max"]), _mag_to_nmgy(fs["mag_r"]["min"])
+    rows = []
+    for sub, density in (("star", fs["stars_per_arcmin2"]), ("galaxy", fs["galaxies_per_arcmin2"])):
+        for _ in range(rng.poisson(density * area_arcmin2)):
+            for _ in range(50):  # outside the galaxy; a field the galaxy fills has no room for one
+                x, y = rng.uniform(-(half_fov - fwhm), half_fov - fwhm, 2)
+                if math.hypot(x, y) >= r_out:
+                    break
+            else:
+                continue
+            flux_r = _power_law(rng, lo, hi, FIELD_FLUX_SLOPE[sub], 1)[0]
+            gr = rng.normal(*COLOURS[f"field_{sub}"]["g-r"])
+            ri = rng.normal(*COLOURS[f"field_{sub}"]["r-i"])
+            rows.append({
+                "galaxy_index": gi, "kind": "field", "subclass": sub, "dx_arcsec": x, "dy_arcsec": y,
+                "sigma_arcsec": 0.0 if sub == "star" else rng.uniform(0.3, 1.2),
+                "flux_g": flux_r * 10 ** (-0.4 * gr), "flux_r": flux_r, "flux_i": flux_r * 10 ** (0.4 * ri),
+            })
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,6 +446,11 @@ def _render_one(task: dict[str, Any]) -> None:
                 half_light_radius=host["bulge_half_light_arcsec"], flux=host[f"bulge_flux_{band}"]
             ).shear(q=host["bulge_axis_ratio"], beta=pa),
         ]
+        if host["irregular_fraction"] > 0:
+            comps.append(galsim.InclinedExponential(
+                incl, scale_radius=host["irregular_scale_arcsec"], scale_h_over_r=0.1,
+                flux=host[f"irregular_flux_{band}"],
+            ).rotate(pa).shift(host["irregular_dx_arcsec"], host["irregular_dy_arcsec"]))
         if arm_map is not None:
             comps.append(galsim.InterpolatedImage(
                 galsim.Image(arm_map * host[f"arm_flux_{band}"], scale=scale), normalization="sb",
@@ -413,7 +494,8 @@ def _catalogue(spec: SurveySpec, first_subject_id: int):
     """Hosts and their objects (with image positions) and each galaxy's random seed."""
     root = np.random.SeedSequence(spec.seed)
     cat_seed, *galaxy_seeds = root.spawn(spec.n_galaxies + 1)
-    hosts = _draw_hosts(spec, np.random.default_rng(cat_seed))
+    more_seed, = root.spawn(1)  # after the galaxies' seeds: they do not depend on it
+    hosts = _draw_hosts(spec, np.random.default_rng(cat_seed), np.random.default_rng(more_seed))
     hosts.insert(0, "subject_id", np.arange(spec.n_galaxies, dtype=np.int64) + first_subject_id)
     objects = _draw_objects(spec, hosts, galaxy_seeds)
     n = spec.image_size
@@ -494,6 +576,8 @@ def _manifest(hosts: pd.DataFrame, objects: pd.DataFrame, n: int) -> pd.DataFram
             "n_clumps": counts.get("clump", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
             "n_knots": counts.get("knot", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
             "n_odd": counts.get("odd", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
+            "n_field": counts.get("field", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
+            "irregular_fraction": hosts["irregular_fraction"],
             "png": hosts["subject_id"].astype(str) + ".png",
             "fits": hosts["subject_id"].astype(str) + ".fits",
         }
@@ -530,7 +614,8 @@ def arm_surface_brightness(h, dx: np.ndarray, dy: np.ndarray, band: str) -> np.n
 
 def host_surface_brightness(h: pd.DataFrame, dx: np.ndarray, dy: np.ndarray, band: str) -> np.ndarray:
     """Host surface brightness (nanomaggy / arcsec^2, before the PSF) at offsets (dx, dy) arcsec:
-    thin inclined exponential disc, spiral arms and elliptical de Vaucouleurs bulge, as rendered."""
+    thin inclined exponential disc (and an irregular host's off-centre one), spiral arms and
+    elliptical de Vaucouleurs bulge, as rendered."""
     pa = np.radians(h["position_angle_deg"].to_numpy())
     # rotate into the frame of the major axis
     u = dx * np.cos(pa) + dy * np.sin(pa)
@@ -539,6 +624,12 @@ def host_surface_brightness(h: pd.DataFrame, dx: np.ndarray, dy: np.ndarray, ban
     rd = h["disc_scale_arcsec"].to_numpy()
     r_disc = np.hypot(u, v / cos_i)
     disc = h[f"disc_flux_{band}"].to_numpy() / (2 * np.pi * rd**2 * cos_i) * np.exp(-r_disc / rd)
+    if "irregular_fraction" in h:  # the off-centre disc of an irregular host
+        ox = dx - h["irregular_dx_arcsec"].to_numpy()
+        oy = dy - h["irregular_dy_arcsec"].to_numpy()
+        ri = np.hypot(ox * np.cos(pa) + oy * np.sin(pa), (-ox * np.sin(pa) + oy * np.cos(pa)) / cos_i)
+        rs = h["irregular_scale_arcsec"].to_numpy()
+        disc = disc + h[f"irregular_flux_{band}"].to_numpy() / (2 * np.pi * rs**2 * cos_i) * np.exp(-ri / rs)
     q = h["bulge_axis_ratio"].to_numpy()
     re = h["bulge_half_light_arcsec"].to_numpy()
     r_bulge = np.hypot(u * np.sqrt(q), v / np.sqrt(q))  # GalSim's area-preserving shear

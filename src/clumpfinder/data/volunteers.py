@@ -42,10 +42,9 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
+from clumpfinder.data.simulate import STAR_FORMING
 from clumpfinder.data.zooniverse import classification_row, write_export
 
-#: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
-STAR_FORMING = ("clump", "knot")
 
 EPOCH = dt.datetime(2019, 6, 1, tzinfo=dt.timezone.utc)
 
@@ -74,6 +73,7 @@ class CrowdSpec:
     corrupt_fraction: float
     workflow: dict[str, Any]
     gold: dict[str, float]
+    max_radius_half_light: float | None
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "CrowdSpec":
@@ -177,6 +177,9 @@ def volunteer_marks(
     if objects is not None:
         n = len(objects["x"])
         p = (1.0 - vol["miss"]) * visibility(objects["contrast"], objects["snr_g"], vol["c50"], spec.snr50)
+        if spec.max_radius_half_light is not None:  # what lies beyond is beside the galaxy, not in it
+            r_max = spec.max_radius_half_light * subj["half_light_arcsec"] / subj["pixel_scale_arcsec"]
+            p = np.where(np.hypot(objects["x"] - w / 2, objects["y"] - h / 2) <= r_max, p, 0.0)
         seen = np.flatnonzero(rng.uniform(size=n) < p)
         sigma = vol["scatter"] * fwhm
         tools = (rng.uniform(size=seen.size) < odd_look(objects["colour_gr"][seen], spec.odd_look)).astype(int)

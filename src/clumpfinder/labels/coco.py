@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.boxes import crop_window, square_boxes
+from clumpfinder.data.simulate import OBJECT_KINDS
 
 CATEGORIES = [
     {"id": 1, "name": "clump", "supercategory": "clump"},
@@ -123,11 +124,13 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
     clump to find; one between ``ignore_min_flux_fraction`` and that is marked ``iscrowd=1``, so
     COCO evaluation ignores it (a detection on it is neither a hit nor a false positive: near the
     threshold the definition is uncertain); fainter knots are not clumps and get no box (a
-    detection on one is a false positive). Odd objects always count.
+    detection on one is a false positive). Odd objects always count. Field sources (stars and
+    galaxies beside the galaxy) get no box: a detection on one is a false positive.
     """
     if not 0 <= ignore_min_flux_fraction <= min_flux_fraction:
         raise ValueError(f"evaluation: truth_ignore_min_flux_fraction ({ignore_min_flux_fraction}) must lie in "
                          f"[0, truth_min_flux_fraction ({min_flux_fraction})]")
+    truth = truth[truth["kind"].isin(OBJECT_KINDS)]  # field sources beside the galaxy are none of its objects
     star_forming = truth["kind"] != "odd"  # giant clumps and knots alike
     truth = truth[~star_forming | (truth["flux_fraction_g"] >= ignore_min_flux_fraction)]
     m = manifest.set_index("subject_id")

@@ -317,6 +317,23 @@ def test_validation_against_a_known_truth():
     assert f["purity_star_forming"] == pytest.approx(1 / 3, abs=1e-4) and f["purity_giant"] == pytest.approx(1 / 3, abs=1e-4)
 
 
+def test_a_detection_on_a_field_source_is_no_clump():
+    """A field star beside the galaxy (truth kind 'field') takes the detection on it, which then
+    counts as neither a star-forming match nor a giant clump: a flagged field star lowers purity."""
+    from clumpfinder.clumps.validate import validate
+
+    truth = pd.DataFrame({
+        "subject_id": [1, 1], "kind": ["clump", "field"], "ra": [10.0, 10.004], "dec": 0.0,
+        "flux_g": [100.0, 300.0], "flux_fraction_g": [0.2, 0.6], "contrast_g": [5.0, 500.0],
+        "sigma_arcsec": [0.2, 0.0]})
+    clumps = pd.DataFrame({
+        "subject_id": [1, 1], "clump_ra": [10.0, 10.004], "clump_dec": 0.0, "mag_g": [17.5, 16.3],
+        "flux_ratio": [0.2, 0.6], "is_clump_8pct": [True, True]})
+    v = validate(clumps, pd.DataFrame({"subject_id": [1], "psf_fwhm_arcsec": [1.4]}), truth)
+    assert v["matched"] == 2 and v["matched_star_forming"] == 1 and v["truth_star_forming"] == 1
+    assert v["flag"]["truth_giant"] == 1 and v["flag"]["purity_giant"] == 0.5
+
+
 def test_validation_measures_the_rule_that_odd_class_detections_are_never_flagged():
     """Galaxy 1: a giant clump detected as a clump (flagged) and a star detected as odd_clump above
     the ratio; galaxy 2: a giant clump detected as odd_clump (so never flagged) and a faint odd

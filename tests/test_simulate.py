@@ -240,3 +240,103 @@ def test_host_surface_brightness_matches_galsim():
             expected = host_surface_brightness(host, np.array([(ix - 100.5) * scale]), np.array([(iy - 100.5) * scale]),
                                                "g")[0]
             assert rendered == pytest.approx(expected, rel=0.12), (angle, r)
+
+
+REALISM = {"bulge": {"fraction": 0.5, "to_total": {"min": 0.0, "max": 0.4}},
+           "irregular": {"fraction": 0.5, "light_fraction": {"min": 0.1, "max": 0.3},
+                         "scale": {"min": 0.4, "max": 0.8}, "offset_scale": {"min": 0.5, "max": 1.5}},
+           "field_sources": {"stars_per_arcmin2": 3.0, "galaxies_per_arcmin2": 3.0,
+                             "mag_r": {"min": 15.0, "max": 22.0}, "min_radius_half_light": 2.0},
+           "depth_field_scatter_mag": 0.4}
+
+
+def test_realism_additions_leave_the_rest_of_the_survey_unchanged(tiny_config):
+    """Field sources, bulgeless and irregular hosts and the field depth draw from generators of
+    their own: the clumps, knots and odd objects, where the hosts keep their bulge, do not move."""
+    from clumpfinder.data.simulate import SurveySpec, simulate_catalogue
+
+    base = dict(tiny_config["simulate"], n_galaxies=80)
+    m0, t0 = simulate_catalogue(SurveySpec.from_config(base))
+    assert (m0["n_field"] == 0).all() and (m0["irregular_fraction"] == 0).all()
+    cfg = {**base, **REALISM, "bulge": dict(REALISM["bulge"], fraction=1.0)}
+    m1, t1 = simulate_catalogue(SurveySpec.from_config(cfg))
+    assert (m1["n_field"] > 0).any() and (m1["irregular_fraction"] > 0).any()
+    pd.testing.assert_series_equal(m0["redshift"], m1["redshift"])
+    cols = ["subject_id", "kind", "subclass", "x", "y", "flux_g", "flux_r", "flux_i", "flux_fraction_g"]
+    pd.testing.assert_frame_equal(t0[cols].reset_index(drop=True),
+                                  t1.loc[t1["kind"] != "field", cols].reset_index(drop=True))
+
+
+def test_field_sources_lie_beside_the_galaxy(tiny_config):
+    """Field stars and galaxies: kind 'field', beyond min_radius_half_light half-light radii of the
+    centre, inside the image, their number growing with the density asked for."""
+    from clumpfinder.data.simulate import SurveySpec, simulate_catalogue
+
+    cfg = dict(tiny_config["simulate"], n_galaxies=80, **REALISM)
+    man, truth = simulate_catalogue(SurveySpec.from_config(cfg))
+    field = truth[truth["kind"] == "field"].merge(man, on="subject_id")
+    assert set(field["subclass"]) == {"star", "galaxy"}
+    size = man["width"].iloc[0]
+    r = np.hypot(field["x"] - size / 2, field["y"] - size / 2) * field["pixel_scale_arcsec"]
+    assert (r >= 2.0 * field["half_light_arcsec"] * (1 - 1e-9)).all()
+    assert field["x"].between(0, size).all() and field["y"].between(0, size).all()
+    assert (man.set_index("subject_id")["n_field"].loc[field["subject_id"].unique()]
+            == field.groupby("subject_id").size()).all()
+    mag = 22.5 - 2.5 * np.log10(field["flux_r"])
+    assert mag.between(15.0, 22.0).all()
+    fewer = dict(cfg, field_sources=dict(REALISM["field_sources"], stars_per_arcmin2=0.3, galaxies_per_arcmin2=0.3))
+    _, t2 = simulate_catalogue(SurveySpec.from_config(fewer))
+    assert (t2["kind"] == "field").sum() < len(field) / 3
+
+
+def test_bulgeless_hosts_may_have_central_clumps(tiny_config):
+    """Without a bulge a host's star-forming regions may sit at its centre; hosts with one keep
+    them clear of it (min_radius_scale disc scale lengths and min_radius_fwhm PSF FWHM)."""
+    from clumpfinder.data.simulate import SurveySpec, _disc_frame, simulate_catalogue
+
+    cfg = dict(tiny_config["simulate"], n_galaxies=150, **REALISM)
+    cl = cfg["clumps"]
+    man, truth = simulate_catalogue(SurveySpec.from_config(cfg))
+    assert 0.3 < (man["bulge_to_total"] == 0).mean() < 0.7
+    sf = truth[truth["kind"].isin(["clump", "knot"])].merge(man, on="subject_id")
+    size = man["width"].iloc[0]
+    dx = (sf["x"] - size / 2) * sf["pixel_scale_arcsec"]
+    dy = -(sf["y"] - size / 2) * sf["pixel_scale_arcsec"]
+    r, _ = _disc_frame(sf, dx.to_numpy(), dy.to_numpy())  # radius in the plane of the disc
+    r_min = np.maximum(cl["min_radius_scale"] * sf["half_light_arcsec"] / 1.678,
+                       cl["min_radius_fwhm"] * sf["psf_fwhm_arcsec"])
+    bulged = sf["bulge_to_total"] > 0
+    assert (r[bulged] >= r_min[bulged] * (1 - 1e-9)).all()
+    assert (r[~bulged] < r_min[~bulged]).any()
+
+
+def test_irregular_host_surface_brightness_matches_galsim():
+    """The off-centre disc of an irregular host sits where GalSim draws it (same shift and
+    orientation conventions as the analytic profile used for contrast)."""
+    import galsim
+
+    from clumpfinder.data.simulate import host_surface_brightness
+
+    host = pd.DataFrame([{
+        "position_angle_deg": 30.0, "inclination_deg": 50.0, "disc_scale_arcsec": 3.0, "disc_flux_g": 1e-9,
+        "bulge_flux_g": 0.0, "bulge_half_light_arcsec": 0.8, "bulge_axis_ratio": 0.8,
+        "irregular_fraction": 0.3, "irregular_scale_arcsec": 1.5, "irregular_flux_g": 50.0,
+        "irregular_dx_arcsec": 2.5, "irregular_dy_arcsec": -1.5,
+    }])
+    h = host.iloc[0]
+    pa = h["position_angle_deg"] * galsim.degrees
+    prof = galsim.InclinedExponential(h["inclination_deg"] * galsim.degrees, scale_radius=h["irregular_scale_arcsec"],
+                                      scale_h_over_r=0.1, flux=h["irregular_flux_g"]).rotate(pa).shift(
+        h["irregular_dx_arcsec"], h["irregular_dy_arcsec"])
+    scale = 0.1
+    img = prof.drawImage(nx=200, ny=200, scale=scale, method="no_pixel")
+    peak = np.unravel_index(np.argmax(img.array), img.array.shape)
+    assert (peak[1] - 99.5) * scale == pytest.approx(2.5, abs=0.1)  # array column = x, row = y
+    assert (peak[0] - 99.5) * scale == pytest.approx(-1.5, abs=0.1)
+    for angle in (0, 90, 200):
+        for r in (1.0, 2.5):
+            dx, dy = 2.5 + r * np.cos(np.radians(angle)), -1.5 + r * np.sin(np.radians(angle))
+            ix, iy = int(round(100.5 + dx / scale)), int(round(100.5 + dy / scale))
+            expected = host_surface_brightness(host, np.array([(ix - 100.5) * scale]),
+                                               np.array([(iy - 100.5) * scale]), "g")[0]
+            assert img(ix, iy) / scale**2 == pytest.approx(expected, rel=0.12), (angle, r)

@@ -158,6 +158,20 @@ def _disc_points(rng, subj: dict[str, Any], k: int) -> np.ndarray:
     return np.column_stack([subj["width"] / 2 + dx, subj["height"] / 2 - dy])
 
 
+#: the subject columns :func:`on_galaxy` reads
+GEOMETRY_COLUMNS = ["width", "height", "half_light_arcsec", "pixel_scale_arcsec"]
+
+
+def on_galaxy(objects: dict[str, np.ndarray], subj: dict[str, Any], spec: "CrowdSpec") -> np.ndarray:
+    """Which objects lie on the galaxy: within ``max_radius_half_light`` half-light radii of the
+    image centre (all of them when it is None). Volunteers mark only those: Clump Scout asks for
+    the galaxy's clumps, and a star beside the galaxy is none."""
+    if spec.max_radius_half_light is None:
+        return np.ones(len(objects["x"]), bool)
+    r_max = spec.max_radius_half_light * subj["half_light_arcsec"] / subj["pixel_scale_arcsec"]
+    return np.hypot(objects["x"] - subj["width"] / 2, objects["y"] - subj["height"] / 2) <= r_max
+
+
 def volunteer_marks(
     rng: np.random.Generator, vol: dict[str, Any], subj: dict[str, Any],
     objects: dict[str, np.ndarray] | None, spec: "CrowdSpec",
@@ -177,9 +191,7 @@ def volunteer_marks(
     if objects is not None:
         n = len(objects["x"])
         p = (1.0 - vol["miss"]) * visibility(objects["contrast"], objects["snr_g"], vol["c50"], spec.snr50)
-        if spec.max_radius_half_light is not None:  # what lies beyond is beside the galaxy, not in it
-            r_max = spec.max_radius_half_light * subj["half_light_arcsec"] / subj["pixel_scale_arcsec"]
-            p = np.where(np.hypot(objects["x"] - w / 2, objects["y"] - h / 2) <= r_max, p, 0.0)
+        p = np.where(on_galaxy(objects, subj, spec), p, 0.0)
         seen = np.flatnonzero(rng.uniform(size=n) < p)
         sigma = vol["scatter"] * fwhm
         tools = (rng.uniform(size=seen.size) < odd_look(objects["colour_gr"][seen], spec.odd_look)).astype(int)

@@ -12,7 +12,8 @@ every seed evaluated in the cell: the validation F1 the evaluation chose its thr
 simulation's validation split; the test split is never read), and on the real galaxies
 (:mod:`real_galaxies`: the model exported with its field, as the workflow exports it, through
 ``clumpfinder detect``'s path) the scores at the model's own threshold and the best F1 over
-thresholds. Per arm the seed mean and standard deviation; per measure the difference of the arms'
+thresholds; per arm, the label ceiling of its validation galaxies (their consensus labels against
+the simulated truth: arms may differ in their simulation). Per arm the seed mean and standard deviation; per measure the difference of the arms'
 means with a Welch t interval over seeds (the galaxies are the same for every model, so this holds
 the seed scatter, not the sampling of galaxies: 30 galaxies and 16 giant clumps make every real-galaxy
 figure coarse). Writes ``--out`` (JSON, with command, date, commit and data seeds).
@@ -70,6 +71,32 @@ def seed_scores(folder: Path, workdir: Path, configfiles: list[str], backbone: s
     return out
 
 
+def val_label_ceiling(workdir: Path, configfiles: list[str]) -> dict | None:
+    """The consensus labels of the run's validation galaxies scored against its simulated truth
+    (classes merged, every box at score 1), as the workflow's label ceiling scores the test split:
+    how good the labels a detector of this arm learns from are. None for a run without a truth."""
+    import pandas as pd
+
+    from clumpfinder.labels.coco import coco_dataset, truth_boxes
+    from clumpfinder.scoring.evaluate import EvalSpec, evaluate_reference, labels_as_results
+
+    cfg = merged_config(configfiles)
+    res = workdir / "results"
+    if not (res / "survey" / "truth.csv").exists():
+        return None
+    val = json.loads((res / "labels" / "val.json").read_text())
+    manifest = pd.read_csv(res / "survey" / "manifest.csv")
+    ev = cfg["evaluation"]
+    boxes = truth_boxes(manifest, pd.read_csv(res / "survey" / "truth.csv"), cfg["consensus"]["box_scale"],
+                        ev["truth_min_flux_fraction"], ev["truth_ignore_min_flux_fraction"])
+    ids = {im["id"] for im in val["images"]}
+    images = manifest[manifest["subject_id"].isin(ids)].rename(columns={"png": "file_name"})
+    gt = coco_dataset(images, boxes, "simulated truth, validation split", extra_fields=("flux_fraction_g",),
+                      crop=cfg["labels"]["crop"])
+    m = evaluate_reference(gt, labels_as_results(val), EvalSpec.from_config(ev), 1.0)["merged"]
+    return {k: round(float(m[k]), 4) for k in ("completeness", "purity", "f1")} | {"n_images": len(ids)}
+
+
 def _summary(values: list[float]) -> dict:
     v = np.asarray([np.nan if x is None else x for x in values], float)
     return {"mean": round(float(np.nanmean(v)), 4), "sd": round(float(np.nanstd(v, ddof=1)), 4) if len(v) > 1 else None,
@@ -103,6 +130,7 @@ def main() -> None:
         per_seed = seed_scores(a.folder, Path(workdir), configfiles, a.backbone, a.n_train)
         arms[name] = {"workdir": workdir, "configfiles": configfiles,
                       "data_seeds": run_data_seeds(Path(workdir) / "results", configfiles),
+                      "val_label_ceiling": val_label_ceiling(Path(workdir), configfiles),
                       "training": merged_config(configfiles)["training"], "seeds": per_seed,
                       "summary": {k: _summary([s[k] for s in per_seed.values()]) for k in MEASURES}}
     (first, one), (second, two) = arms.items()
@@ -114,6 +142,7 @@ def main() -> None:
     a.out.write_text(json.dumps(out, indent=1, default=float) + "\n")
     for k in MEASURES:
         print(f"{k}: {first} {one['summary'][k]} | {second} {two['summary'][k]} | diff {diffs[k]}")
+    print(f"validation labels against the truth: {first} {one['val_label_ceiling']} | {second} {two['val_label_ceiling']}")
 
 
 if __name__ == "__main__":

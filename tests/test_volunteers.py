@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from clumpfinder.data.volunteers import CrowdSpec, volunteer_marks
 
@@ -38,3 +39,29 @@ def test_volunteers_mark_only_what_lies_on_the_galaxy(tiny_config):
     assert near > 0.9 and far == 0.0
     near, far = _marked(dataclasses.replace(spec, max_radius_half_light=3.0))
     assert near > 0.9 and far > 0.9
+
+
+def test_morphology_voters_see_only_what_lies_on_the_galaxy(tiny_config):
+    """The same rule for Galaxy Zoo's votes: a red star beside a featureless galaxy makes voters
+    call it odd only while they look beyond the galaxy."""
+    import pandas as pd
+
+    from clumpfinder.data.morphology import VoteSpec, simulate_votes
+
+    crowd = CrowdSpec.from_config(tiny_config["volunteers"])
+    votes = VoteSpec.from_config(tiny_config["morphology"])
+    votes = dataclasses.replace(votes, random_answer_fraction=0.0, votes_per_galaxy=200, min_votes=200)
+    n = 20
+    manifest = pd.DataFrame({
+        "subject_id": np.arange(n), "bulge_to_total": 0.2, "inclination_deg": 30.0, "mag_r": 16.0, "n_arms": 0,
+        "arm_light_fraction": 0.0, **{k: SUBJECT[k] for k in ("width", "height", "half_light_arcsec", "pixel_scale_arcsec")}})
+    star = pd.DataFrame({"subject_id": np.arange(n), "x": 48.0, "y": 2.0, "contrast_g": 1e3, "contrast_r": 1e3,
+                         "snr_g": 300.0, "colour_gr": 1.4})  # 2.3 half-light radii out
+    odd_share = {}
+    for limit in (None, 2.0):
+        v = simulate_votes(manifest, star, votes, dataclasses.replace(crowd, max_radius_half_light=limit))
+        odd_share[limit] = (v["odd_feature_yes"] / (v["odd_feature_yes"] + v["odd_feature_no"])).mean()
+    assert odd_share[None] > 0.8 and odd_share[2.0] < 0.05
+    with pytest.raises(ValueError, match="half_light_arcsec"):
+        simulate_votes(manifest.drop(columns="half_light_arcsec"), star, votes,
+                       dataclasses.replace(crowd, max_radius_half_light=2.0))

@@ -19,7 +19,7 @@ from astropy.coordinates import SkyCoord
 import astropy.units as u
 
 from clumpfinder.clumps.sources import NANOMAGGY_ZP
-from clumpfinder.data.simulate import STAR_FORMING
+from clumpfinder.data.simulate import ODD_KINDS, STAR_FORMING
 
 
 def match(clumps: pd.DataFrame, truth: pd.DataFrame, galaxies: pd.DataFrame, match_fwhm: float = 1.0) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def _odd_class_flags(clumps: pd.DataFrame, m: pd.DataFrame, flagged: pd.DataFram
     both_matched = m[m["clump"].isin(both)]
     is_giant = (m["kind_truth"].isin(STAR_FORMING)) & (m["flux_fraction_g_truth"] >= giant)
     return {"odd_class_above_ratio": int(len(odd)),
-            "matched_odd_truth": int((odd_matched["kind_truth"] == "odd").sum()),
+            "matched_odd_truth": int(odd_matched["kind_truth"].isin(ODD_KINDS).sum()),
             "matched_star_forming": int(odd_matched["kind_truth"].isin(STAR_FORMING).sum()),
             "matched_giant": int(is_giant[odd_matched.index].sum()),
             "catalogue_flagged": int(len(both)),

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
-from clumpfinder.data.volunteers import GEOMETRY_COLUMNS, CrowdSpec, appearance, odd_look, on_galaxy, visibility
+from clumpfinder.data.volunteers import CrowdSpec, appearance, odd_look, visibility
 
 # question -> (answers, (parent question, parent answer) or None): a Galaxy Zoo DECaLS-like tree
 QUESTIONS: dict[str, tuple[tuple[str, ...], tuple[str, str] | None]] = {
@@ -108,15 +108,13 @@ def _noticed(rng: np.random.Generator, objects: dict[str, np.ndarray] | None, n_
 def simulate_votes(manifest: pd.DataFrame, objects: pd.DataFrame, spec: VoteSpec, crowd: CrowdSpec) -> pd.DataFrame:
     """Vote counts per galaxy: ``subject_id`` then one column per answer (see :data:`QUESTIONS`).
 
-    Reads only :data:`HOST_COLUMNS` of ``manifest`` (and the image geometry when the crowd marks
-    only what lies on the galaxy: :func:`~clumpfinder.data.volunteers.on_galaxy`) and the appearance columns of ``objects``
+    Reads only :data:`HOST_COLUMNS` of ``manifest`` and the appearance columns of ``objects``
     (:data:`clumpfinder.data.volunteers.APPEARANCE_COLUMNS`, via :func:`~clumpfinder.data.volunteers.appearance`); ``crowd`` gives the voters' perception
     skills (the ``volunteers`` section)."""
-    need = HOST_COLUMNS + (GEOMETRY_COLUMNS if crowd.max_radius_half_light is not None else [])
-    missing = [c for c in need if c not in manifest.columns]
+    missing = [c for c in HOST_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"subject table lacks column(s) {', '.join(missing)} that the votes need")
-    hosts = manifest[need]
+    hosts = manifest[HOST_COLUMNS]
     seen = appearance(objects)
     rng = np.random.default_rng(spec.seed)
     probs = host_answer_probabilities(hosts)
@@ -150,9 +148,6 @@ def simulate_votes(manifest: pd.DataFrame, objects: pd.DataFrame, spec: VoteSpec
     n_clumpy = asked[QUESTIONS["clumpy"][1]]
     for i, sid in enumerate(ids):
         objs = seen.get(int(sid))
-        if objs is not None and crowd.max_radius_half_light is not None:  # what they see of the galaxy
-            keep = on_galaxy(objs, hosts.iloc[i], crowd)
-            objs = {key: v[keep] for key, v in objs.items()}
         k = int(n_clumpy[i])
         clumps, _ = _noticed(rng, objs, k, crowd)
         guess = rng.uniform(size=k) < rand

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
-from clumpfinder.data.simulate import STAR_FORMING
+from clumpfinder.data.simulate import ODD_KINDS, STAR_FORMING
 from clumpfinder.data.zooniverse import classification_row, write_export
 
 
@@ -73,7 +73,6 @@ class CrowdSpec:
     corrupt_fraction: float
     workflow: dict[str, Any]
     gold: dict[str, float]
-    max_radius_half_light: float | None
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "CrowdSpec":
@@ -158,20 +157,6 @@ def _disc_points(rng, subj: dict[str, Any], k: int) -> np.ndarray:
     return np.column_stack([subj["width"] / 2 + dx, subj["height"] / 2 - dy])
 
 
-#: the subject columns :func:`on_galaxy` reads
-GEOMETRY_COLUMNS = ["width", "height", "half_light_arcsec", "pixel_scale_arcsec"]
-
-
-def on_galaxy(objects: dict[str, np.ndarray], subj: dict[str, Any], spec: "CrowdSpec") -> np.ndarray:
-    """Which objects lie on the galaxy: within ``max_radius_half_light`` half-light radii of the
-    image centre (all of them when it is None). Volunteers mark only those: Clump Scout asks for
-    the galaxy's clumps, and a star beside the galaxy is none."""
-    if spec.max_radius_half_light is None:
-        return np.ones(len(objects["x"]), bool)
-    r_max = spec.max_radius_half_light * subj["half_light_arcsec"] / subj["pixel_scale_arcsec"]
-    return np.hypot(objects["x"] - subj["width"] / 2, objects["y"] - subj["height"] / 2) <= r_max
-
-
 def volunteer_marks(
     rng: np.random.Generator, vol: dict[str, Any], subj: dict[str, Any],
     objects: dict[str, np.ndarray] | None, spec: "CrowdSpec",
@@ -191,7 +176,6 @@ def volunteer_marks(
     if objects is not None:
         n = len(objects["x"])
         p = (1.0 - vol["miss"]) * visibility(objects["contrast"], objects["snr_g"], vol["c50"], spec.snr50)
-        p = np.where(on_galaxy(objects, subj, spec), p, 0.0)
         seen = np.flatnonzero(rng.uniform(size=n) < p)
         sigma = vol["scatter"] * fwhm
         tools = (rng.uniform(size=seen.size) < odd_look(objects["colour_gr"][seen], spec.odd_look)).astype(int)
@@ -305,13 +289,13 @@ def simulate_export(spec: CrowdSpec, manifest: pd.DataFrame, truth: pd.DataFrame
 def gold_subjects(spec: CrowdSpec, manifest: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """A random share of subjects with their truth, as SWAP's gold (training) subjects.
 
-    A subject has clumps when it has an odd object or a star-forming region (clump or knot) of at
+    A subject has clumps when it has an odd object (or field source) or a star-forming region (clump or knot) of at
     least ``gold.min_flux_fraction`` of the galaxy's g flux (the giant-clump definition).
     """
     rng = np.random.default_rng([spec.seed, 2])
     ids = np.sort(manifest["subject_id"].to_numpy())
     chosen = np.sort(rng.choice(ids, size=int(round(spec.gold["fraction"] * len(ids))), replace=False))
-    target = (truth["kind"] == "odd") | (truth["kind"].isin(STAR_FORMING)
+    target = truth["kind"].isin(ODD_KINDS) | (truth["kind"].isin(STAR_FORMING)
                                          & (truth["flux_fraction_g"] >= spec.gold["min_flux_fraction"]))
     has = set(truth.loc[target, "subject_id"])
     return pd.DataFrame({"subject_id": chosen, "has_clumps": [int(i in has) for i in chosen]})

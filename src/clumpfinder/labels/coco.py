@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.boxes import crop_window, square_boxes
-from clumpfinder.data.simulate import OBJECT_KINDS
+from clumpfinder.data.simulate import STAR_FORMING
 
 CATEGORIES = [
     {"id": 1, "name": "clump", "supercategory": "clump"},
@@ -124,14 +124,13 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
     clump to find; one between ``ignore_min_flux_fraction`` and that is marked ``iscrowd=1``, so
     COCO evaluation ignores it (a detection on it is neither a hit nor a false positive: near the
     threshold the definition is uncertain); fainter knots are not clumps and get no box (a
-    detection on one is a false positive). Odd objects always count. Field sources (stars and
-    galaxies beside the galaxy) get no box: a detection on one is a false positive.
+    detection on one is a false positive). Odd objects always count, and so do field sources (stars
+    and galaxies beside the galaxy, which volunteers mark as odd as they mark the ones on it).
     """
     if not 0 <= ignore_min_flux_fraction <= min_flux_fraction:
         raise ValueError(f"evaluation: truth_ignore_min_flux_fraction ({ignore_min_flux_fraction}) must lie in "
                          f"[0, truth_min_flux_fraction ({min_flux_fraction})]")
-    truth = truth[truth["kind"].isin(OBJECT_KINDS)]  # field sources beside the galaxy are none of its objects
-    star_forming = truth["kind"] != "odd"  # giant clumps and knots alike
+    star_forming = truth["kind"].isin(STAR_FORMING)  # giant clumps and knots alike
     truth = truth[~star_forming | (truth["flux_fraction_g"] >= ignore_min_flux_fraction)]
     m = manifest.set_index("subject_id")
     side = truth["subject_id"].map(m["psf_fwhm_pixels"]) * box_scale
@@ -141,8 +140,8 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
         {
             "subject_id": truth["subject_id"],
             **square_boxes(truth["x"], truth["y"], side, w, h),
-            "category": np.where(truth["kind"] == "odd", "odd_clump", "clump"),
-            "iscrowd": ((truth["kind"] != "odd") & (truth["flux_fraction_g"] < min_flux_fraction)).astype(int),
+            "category": np.where(truth["kind"].isin(STAR_FORMING), "clump", "odd_clump"),
+            "iscrowd": (truth["kind"].isin(STAR_FORMING) & (truth["flux_fraction_g"] < min_flux_fraction)).astype(int),
             "flux_fraction_g": truth["flux_fraction_g"],
         }
     )

@@ -43,5 +43,6 @@ metrics["pool"] = pool
 save_encoder(encoder, snakemake.output.encoder)
 write_json(metrics, snakemake.output.metrics)
 Path(p.checkpoint).unlink(missing_ok=True)
-log.info("validation vote-fraction RMSE %s (pool-mean baseline %s)", metrics.get("val_fraction_rmse"),
-         metrics.get("val_fraction_rmse_mean_baseline"))
+log.info("validation vote-fraction RMSE %s (pool-mean baseline %s, the votes' own noise %s); agreement with "
+         "confident votes %s", metrics.get("val_fraction_rmse"), metrics.get("val_fraction_rmse_mean_baseline"),
+         metrics.get("val_fraction_rmse_vote_noise"), metrics.get("val_confident_agreement_all"))

@@ -212,8 +212,32 @@ def test_pretraining_runs_and_reports(train_pool):
     assert set(metrics["val_fraction_rmse"]) <= set(QUESTIONS)
     assert all(0 <= v <= 1 for v in metrics["val_fraction_rmse"].values())
     assert metrics["max_logit_change_under_d4"] < 1e-4
+    assert set(metrics["val_fraction_rmse_vote_noise"]) == set(metrics["val_fraction_rmse"])
+    assert all(0 <= v["agreement"] <= 1 and v["n"] > 0 for v in metrics["val_confident_agreement"].values())
+    assert 0 <= metrics["val_confident_agreement_all"] <= 1
     assert all(math.isfinite(h["loss"]) for h in metrics["history"])
     assert isinstance(encoder(torch.rand(1, 3, 64, 64)), torch.Tensor)
+
+
+def test_vote_noise_and_confident_agreement_by_hand():
+    """Two questions, three galaxies. Noise: fractions f of n votes scatter by f (1 - f) / (n - 1).
+    Agreement: only galaxies whose leading answer holds >= 80 % of the votes count."""
+    from clumpfinder.detection.pretrain import confident_agreement, vote_noise_rmse
+
+    slices = [("a", slice(0, 2)), ("b", slice(2, 5))]
+    counts = torch.tensor([[9.0, 1.0, 0.0, 0.0, 4.0],   # a: confident (0.9) yes; b: confident (1.0) third
+                           [5.0, 5.0, 1.0, 1.0, 2.0],   # a: split; b: not confident
+                           [0.0, 10.0, 0.0, 0.0, 0.0]])  # a: confident (1.0) second; b: nobody answered
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0, 1.0],   # a right, b right
+                           [0.0, 1.0, 5.0, 0.0, 0.0],
+                           [3.0, 0.0, 0.0, 0.0, 0.0]])  # a wrong
+    agree = confident_agreement(logits, counts, slices)
+    assert agree == {"a": {"agreement": 0.5, "n": 2}, "b": {"agreement": 1.0, "n": 1}}
+    noise = vote_noise_rmse(counts, slices)
+    expect_a = np.sqrt(np.mean([0.9 * 0.1 / 9] * 2 + [0.25 / 9] * 2 + [0.0] * 2))
+    assert noise["a"] == pytest.approx(expect_a, abs=1e-4)
+    f_b = np.array([[0, 0, 1.0], [0.25, 0.25, 0.5]])
+    assert noise["b"] == pytest.approx(np.sqrt(np.mean(f_b * (1 - f_b) / np.array([[3.0], [3.0]]))), abs=1e-4)
 
 
 def test_killed_pretraining_resumes_and_ends_as_an_uninterrupted_run(train_pool, tmp_path, monkeypatch):

@@ -143,6 +143,43 @@ def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple
     return out
 
 
+def vote_noise_rmse(counts: torch.Tensor, slices: list[tuple[str, slice]]) -> dict[str, float]:
+    """Per question, the RMSE a perfect predictor would still have: vote fractions are finite draws
+    of n votes, each fraction f scattering by f (1 - f) / n around its probability; estimated
+    without bias as f (1 - f) / (n - 1) (galaxies with two or more answers)."""
+    out = {}
+    for q, s in slices:
+        c = counts[:, s]
+        n = c.sum(1, keepdim=True)
+        ok = n[:, 0] > 1
+        if ok.any():
+            f = c[ok] / n[ok]
+            out[q] = round(float(torch.sqrt((f * (1 - f) / (n[ok] - 1)).mean())), 4)
+    return out
+
+
+#: a vote is confident when its leading answer holds at least this share (Dieleman et al. 2015)
+CONFIDENT = 0.8
+
+
+def confident_agreement(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple[str, slice]],
+                        level: float = CONFIDENT) -> dict[str, dict[str, float]]:
+    """Per question, over the galaxies whose votes are confident (leading answer >= ``level`` of
+    them), the share where the predicted leading answer is the voters' (as Dieleman et al. 2015
+    report their agreement), and how many such galaxies there were."""
+    out = {}
+    for q, s in slices:
+        c = counts[:, s]
+        n = c.sum(1)
+        ok = n > 0
+        f = c[ok] / n[ok, None]
+        sure = f.max(1).values >= level
+        if sure.any():
+            agree = logits[ok, s][sure].argmax(1) == f[sure].argmax(1)
+            out[q] = {"agreement": round(float(agree.float().mean()), 4), "n": int(sure.sum())}
+    return out
+
+
 def pretrain_encoder(
     images: list[torch.Tensor], counts: np.ndarray, questions: dict[str, tuple[tuple[str, ...], Any]],
     backbone: BackboneSpec, spec: PretrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
@@ -235,6 +272,11 @@ def pretrain_encoder(
         # baseline: every galaxy gets the training pool's mean vote fractions
         mean_logits = torch.log(targets[train_idx].sum(0, keepdim=True).clamp_min(1e-6)).expand(len(val_idx), -1)
         metrics["val_fraction_rmse_mean_baseline"] = fraction_rmse(mean_logits, targets[val_idx], slices)
+        metrics["val_fraction_rmse_vote_noise"] = vote_noise_rmse(targets[val_idx], slices)
+        metrics["val_confident_agreement"] = confident_agreement(val_logits, targets[val_idx], slices)
+        sure = [v for v in metrics["val_confident_agreement"].values()]
+        metrics["val_confident_agreement_all"] = round(
+            sum(v["agreement"] * v["n"] for v in sure) / max(1, sum(v["n"] for v in sure)), 4)
         # exact invariance of the group-pooled prediction: predict on rotated / flipped inputs
         rotated = [dihedral_view(im.unsqueeze(0), 5)[0] for im in val_images[:64]]
         diff = (_predict(model, rotated, device) - val_logits[:64]).abs().max()

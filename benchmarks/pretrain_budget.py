@@ -1,0 +1,129 @@
+"""How much galaxy pretraining does the morphology encoder need before it has learned its votes?
+
+    python benchmarks/pretrain_budget.py --configfile config/development.yaml \\
+        --arm "3 epochs" epochs=3 --arm "12 epochs, 1 view" epochs=12 views=1 \\
+        --n-galaxies 1000 --precision fp32 --threads 1
+
+The pretraining population is simulated as the workflow simulates it (the survey's physics with the
+population's own seed, ids apart from the survey's; here with ``--n-galaxies`` galaxies), with its
+simulated Galaxy Zoo votes, once for every arm (``--cache DIR`` keeps it for the next call). Each
+``--arm NAME KEY=VALUE ...`` overrides ``pretrain.morphology`` settings and pretrains the encoder of
+the configuration's ``resnet18_morphology`` backbone on that pool, as the ``pretrain_morphology``
+rule does. Per arm: the validation loss after every epoch (the learning curve), and of the final
+encoder, per question, the validation RMSE of the predicted vote fractions beside the mean-vote
+baseline and the votes' own sampling noise, the agreement with confident votes (leading answer
+>= 80 %, as Dieleman et al. 2015 report), wall time and galaxies per second. The targets: every
+question's RMSE <= 0.7 x its baseline; mean RMSE <= 0.12 or within 0.02 of the votes' noise.
+Development seeds only: the population's seed is the configuration's (``morphology.population``).
+Writes ``--out`` (JSON with command, date, commit and data seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from provenance import git_commit, merged_config  # noqa: E402
+
+from clumpfinder.compute import ComputeSpec  # noqa: E402
+from clumpfinder.config import Plan  # noqa: E402
+from clumpfinder.data.morphology import VoteSpec, simulate_votes, vote_columns, QUESTIONS  # noqa: E402
+from clumpfinder.data.simulate import SurveySpec, simulate_catalogue, simulate_survey  # noqa: E402
+from clumpfinder.data.volunteers import CrowdSpec  # noqa: E402
+from clumpfinder.detection.detector import BackboneSpec  # noqa: E402
+from clumpfinder.detection.pretrain import PretrainSpec, morphology_pool, pretrain_encoder  # noqa: E402
+
+#: subject ids of the population (the workflow's PRETRAINING_FIRST_SUBJECT_ID)
+FIRST_ID = 10_000_000
+
+
+def population(cfg: dict, n_galaxies: int | None, cache: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """(population manifest, its votes, its PNG folder), simulated into ``cache`` unless there."""
+    spec = _plan(cfg).pretraining_population_spec()
+    if n_galaxies:
+        spec = {**spec, "n_galaxies": n_galaxies}
+    key = f"seed{spec['seed']}_n{spec['n_galaxies']}"
+    folder = cache / key
+    if not (folder / "votes.csv").exists():
+        t0 = time.perf_counter()
+        manifest, truth = simulate_survey(SurveySpec.from_config(spec), folder / "png", None, workers=1,
+                                          first_subject_id=FIRST_ID)
+        votes = simulate_votes(manifest, truth, VoteSpec.from_config(cfg["morphology"]),
+                               CrowdSpec.from_config(cfg["volunteers"]))
+        manifest.to_csv(folder / "manifest.csv", index=False)
+        votes.to_csv(folder / "votes.csv", index=False)
+        print(f"simulated {len(manifest)} galaxies and their votes in {time.perf_counter() - t0:.0f} s", flush=True)
+    return pd.read_csv(folder / "manifest.csv"), pd.read_csv(folder / "votes.csv"), folder / "png"
+
+
+def _plan(cfg: dict) -> Plan:
+    return Plan(cfg, "results", yaml.safe_load((REPO / "config" / "schema.yaml").read_text()))
+
+
+def check(metrics: dict) -> dict:
+    """The issue's targets on one encoder's validation figures."""
+    rmse, base, noise = (metrics["val_fraction_rmse"], metrics["val_fraction_rmse_mean_baseline"],
+                         metrics["val_fraction_rmse_vote_noise"])
+    ratio = {q: round(rmse[q] / base[q], 3) for q in rmse}
+    mean_rmse, mean_noise = float(np.mean(list(rmse.values()))), float(np.mean(list(noise.values())))
+    return {"rmse_over_baseline": ratio, "every_question_at_most_0.7": all(r <= 0.7 for r in ratio.values()),
+            "mean_rmse": round(mean_rmse, 4), "mean_vote_noise": round(mean_noise, 4),
+            "mean_rmse_target_met": bool(mean_rmse <= max(0.12, mean_noise + 0.02)),
+            "confident_agreement_at_least_0.95": metrics["val_confident_agreement_all"] >= 0.95}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configfile", action="append", default=[])
+    ap.add_argument("--arm", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"))
+    ap.add_argument("--n-galaxies", type=int, default=None, help="population size (default: the configuration's)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/clumpfinder_pretrain_budget"))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_budget_development.json")
+    a = ap.parse_args()
+    cfg = merged_config(a.configfile)
+    if cfg["report"]["seed_role"] != "development":
+        raise SystemExit("pretrain_budget compares settings: run it on the development seeds (config/development.yaml)")
+    pop, votes, png = population(cfg, a.n_galaxies, a.cache)
+    survey, _ = simulate_catalogue(SurveySpec.from_config(cfg["simulate"]))
+    images, counts, pool = morphology_pool(pop, votes, vote_columns(), survey, png)
+    plan = _plan(cfg)
+    backbone = BackboneSpec(**plan.morphology_spec(next(iter(plan.morphology_keys()))))
+    arms = {}
+    for name, *settings in a.arm:
+        over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in settings)}
+        spec = PretrainSpec.from_config({**cfg["pretrain"]["morphology"], **over})
+        _, m = pretrain_encoder(images, counts, QUESTIONS, backbone, spec, threads=a.threads,
+                                compute=ComputeSpec(device="cpu", precision=a.precision))
+        arms[name] = {"settings": over, "steps": m["steps"], "seconds": m["seconds"],
+                      "galaxies_per_s": m["galaxies_per_s"], "precision": m["precision"],
+                      "learning_curve": [{"epoch": h["epoch"] + 1, "steps": h["steps"], "loss": h["loss"],
+                                          "val_loss": h.get("val_loss")} for h in m["history"]],
+                      **{k: m[k] for k in ("val_fraction_rmse", "val_fraction_rmse_mean_baseline",
+                                           "val_fraction_rmse_vote_noise", "val_confident_agreement",
+                                           "val_confident_agreement_all")},
+                      "targets": check(m)}
+        print(name, json.dumps({k: arms[name][k] for k in ("steps", "seconds", "targets")}), flush=True)
+        print("  val loss by epoch", [h["val_loss"] for h in arms[name]["learning_curve"]], flush=True)
+    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+           "data_seeds": {"population": cfg["morphology"]["population"]["seed"], "morphology": cfg["morphology"]["seed"],
+                          "volunteers": cfg["volunteers"]["seed"]},
+           "pool": pool, "n_val": int(round(cfg["pretrain"]["morphology"]["validation_fraction"] * len(images))),
+           "threads": a.threads, "arms": arms}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -132,13 +132,14 @@ def test_truth_boxes_count_by_flux_fraction(tiny_survey):
     assert none["iscrowd"].sum() == 0 and len(none) < len(tb)
     with pytest.raises(ValueError, match="truth_ignore_min_flux_fraction"):
         truth_boxes(man, truth, box_scale=2.0, min_flux_fraction=0.03, ignore_min_flux_fraction=0.05)
-    # field sources beside the galaxy (stars, galaxies) count as odd clumps, whatever their flux
+    # field sources beside the galaxy (stars, galaxies, however faint) are ignored: iscrowd
     field = truth[truth["kind"] == "odd"].assign(kind="field", flux_fraction_g=0.001)
     with_field = truth_boxes(man, pd.concat([truth, field]), box_scale=2.0, min_flux_fraction=0.03,
                              ignore_min_flux_fraction=0.015)
     assert len(with_field) == len(tb) + len(field) > len(tb)
     added = with_field.iloc[len(tb):]
-    assert (added["category"] == "odd_clump").all() and (added["iscrowd"] == 0).all()
+    assert (added["category"] == "odd_clump").all() and (added["iscrowd"] == 1).all()
+    pd.testing.assert_frame_equal(with_field.iloc[: len(tb)], tb)
 
 
 def test_central_crop_moves_clips_and_drops_boxes(tmp_path):

@@ -24,7 +24,7 @@ Physical model (all distributions are set in the configuration, defaults in conf
   (a Poisson number per galaxy).
 * Field sources (``field_sources``): foreground stars and background galaxies beside the galaxy,
   beyond a radius in half-light radii, with star and galaxy number counts per arcmin^2 of sky (truth
-  kind ``field``; volunteers see them as they see odd objects, and the truth counts them as odd).
+  kind ``field``; volunteers see them as they see odd objects; the evaluation ignores them).
 * PSF: Moffat (beta 3) with per-galaxy seeing drawn around SDSS's median r-band FWHM; sky noise per
   band from SDSS 5-sigma point-source depths at the median seeing, scattered by 0.1 mag per band and
   by ``depth_field_scatter_mag`` per field (sky-dominated Gaussian noise).
@@ -77,8 +77,8 @@ COLOURS = {
     "field_galaxy": {"g-r": (0.90, 0.30), "r-i": (0.40, 0.12)},
 }
 #: truth kinds that are no star-forming region: odd objects seen through the disc and field sources
-#: beside it; volunteers mark them as they look (mostly odd: they are red), the truth counts them
-#: as odd clumps (real Clump Scout labels hold boxes far out in the field: docs/simulation.md)
+#: beside it; volunteers mark both as they look (mostly odd: they are red; real Clump Scout labels
+#: hold boxes far out in the field: docs/simulation.md)
 ODD_KINDS = ("odd", "field")
 #: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
 STAR_FORMING = ("clump", "knot")

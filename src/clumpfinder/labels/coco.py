@@ -124,8 +124,9 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
     clump to find; one between ``ignore_min_flux_fraction`` and that is marked ``iscrowd=1``, so
     COCO evaluation ignores it (a detection on it is neither a hit nor a false positive: near the
     threshold the definition is uncertain); fainter knots are not clumps and get no box (a
-    detection on one is a false positive). Odd objects always count, and so do field sources (stars
-    and galaxies beside the galaxy, which volunteers mark as odd as they mark the ones on it).
+    detection on one is a false positive). Odd objects always count. Field sources (stars and
+    galaxies beside the galaxy, down to the sky's faintest) are marked ``iscrowd=1``: not the
+    galaxy's, so neither a clump to find nor a false positive when detected.
     """
     if not 0 <= ignore_min_flux_fraction <= min_flux_fraction:
         raise ValueError(f"evaluation: truth_ignore_min_flux_fraction ({ignore_min_flux_fraction}) must lie in "
@@ -141,7 +142,8 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
             "subject_id": truth["subject_id"],
             **square_boxes(truth["x"], truth["y"], side, w, h),
             "category": np.where(truth["kind"].isin(STAR_FORMING), "clump", "odd_clump"),
-            "iscrowd": (truth["kind"].isin(STAR_FORMING) & (truth["flux_fraction_g"] < min_flux_fraction)).astype(int),
+            "iscrowd": ((truth["kind"].isin(STAR_FORMING) & (truth["flux_fraction_g"] < min_flux_fraction))
+                        | (truth["kind"] == "field")).astype(int),
             "flux_fraction_g": truth["flux_fraction_g"],
         }
     )

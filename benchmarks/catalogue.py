@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
     n = len(manifest)
     out = {
-        "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(), "commit": git_commit(),
+        "command": command_line(), "date": dt.date.today().isoformat(), "commit": git_commit(),
         "data_seeds": seeds, "cpus": os.cpu_count(),
         "torch_threads": args.threads, "split": args.split, "galaxies": n,
         "detector": {"backbone": cell[0], "n_train": cell[1], "seed": cell[2], "score": m["score"],

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 
 #: (aperture radius, [annulus inner, outer]) in PSF FWHM
 CANDIDATES = [(1.125, [1.5, 2.5]), (1.125, [1.25, 2.0]), (1.125, [1.125, 1.75]), (1.0, [1.25, 2.0]),
@@ -76,7 +76,7 @@ def main() -> None:
                      "robust_scatter_mag": round(robust_scatter(d), 4)})
         print(rows[-1])
     out = {
-        "command": "python " + " ".join(sys.argv), "date": dt.date.today().isoformat(), "commit": git_commit(),
+        "command": command_line(), "date": dt.date.today().isoformat(), "commit": git_commit(),
         "data_seeds": seeds, "split": args.split,
         "galaxies": len(galaxies), "positions": "true (photometry alone)", "candidates": rows,
         "default": {"aperture_fwhm": base["aperture_fwhm"], "annulus_fwhm": base["annulus_fwhm"]},

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import command_line, git_commit  # noqa: E402
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def main() -> None:
         diffs = [statistics.fmean(cells[k].values()) - statistics.fmean(cells[(a.reference, k[1], k[2])].values())
                  for k in keys]
         pooled[variant] = {"cells": len(keys), "mean_minus_reference": round(statistics.fmean(diffs), 4)}
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": known[0], "what": a.what, "split": "val (consensus labels), whole validation split",
            "notes": a.note, "reference": a.reference, "sources": sources, "summary": summary,
            "pooled_over_cells": pooled, "runs": runs}

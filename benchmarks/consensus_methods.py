@@ -59,7 +59,7 @@ from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_expor
 from clumpfinder.data.zooniverse import read_export  # noqa: E402
 from consensus_vs_truth import match  # noqa: E402
 from label_realism import merge, setting  # noqa: E402
-from provenance import data_seeds, git_commit  # noqa: E402
+from provenance import command_line, data_seeds, git_commit  # noqa: E402
 
 #: (name, volunteers per subject, spammer share, colluder share)
 REGIMES = [(f"{k}/{int(s * 100)}%", k, s, 0.0) for k in (5, 10, 20) for s in (0.0, 0.1, 0.3)]
@@ -230,7 +230,7 @@ def main() -> None:
         variants[name] = over
     manifest, truth = simulate_catalogue(SurveySpec.from_config(cfg["simulate"]))
     regimes = [r for r in REGIMES if a.regimes is None or r[0] in a.regimes]
-    out = {"command": "python benchmarks/consensus_methods.py " + " ".join(sys.argv[1:]),
+    out = {"command": command_line(),
            "date": dt.date.today().isoformat(), "commit": git_commit(), "data_seeds": data_seeds(cfg), "seeds": a.seeds,
            "simulate_seed": cfg["simulate"]["seed"], "volunteers_seed": cfg["volunteers"]["seed"],
            "subjects": len(manifest), "em_variants": variants, "regimes": []}

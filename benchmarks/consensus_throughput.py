@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import git_commit, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, run_data_seeds  # noqa: E402
 
 N_SUBJECTS, N_VOLUNTEERS = 85_286, 20_999
 
@@ -100,7 +100,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     n_clicks = parsed.report["clicks_used"]
     out = {
-        "command": "python benchmarks/consensus_throughput.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "date": dt.date.today().isoformat(), "commit": git_commit(),
         # the survey whose subjects the export tiles (its volunteers are this script's own)
         "data_seeds": {"simulate": run_data_seeds(a.results, a.configfile)["simulate"]},

@@ -30,7 +30,7 @@ from clumpfinder.config import deep_update  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec  # noqa: E402
 from clumpfinder.detection.train import Selection, TrainSpec, train_detector, validation_score  # noqa: E402
 from clumpfinder.detection.detector import load_images  # noqa: E402
-from provenance import git_commit, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def main() -> None:
                            "curve": [{k: r.get(k) for k in ("step", "loss", "val_f1", "img_per_s")} for r in m["history"]]}
                     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
                     rows.append(row)
-                    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    out = {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "commit": git_commit(), "data_seeds": seeds, "workdir": str(a.workdir),
                            "simulate_seed": vcfg["simulate"]["seed"], "split": "val (consensus labels)",
                            "runs": rows}

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clumpfinder.data.download import DownloadSpec, download_cutouts  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import command_line, git_commit  # noqa: E402
 
 
 def free_port() -> int:
@@ -74,7 +74,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         subjects = pd.DataFrame({"subject_id": np.arange(1, args.n + 1), "ra": rng.uniform(120, 240, args.n),
                                  "dec": rng.uniform(-5, 60, args.n), "arcsec_per_side": rng.uniform(62, 106, args.n)})
-        result = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"),
+        result = {"command": command_line(), "date": time.strftime("%Y-%m-%d"),
                   "commit": git_commit(), "data_seeds": None, "n": args.n, "workers": args.workers, "processes": args.processes, "image_size": spec.image_size, "bands": spec.bands,
                   "cpu_count": os.cpu_count(), "python": platform.python_version()}
         for name in ("cold", "warm"):

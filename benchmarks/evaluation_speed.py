@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clumpfinder import metrics as M  # noqa: E402
 from clumpfinder.scoring.evaluate import EvalSpec, choose_score, evaluate_reference  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import command_line, git_commit  # noqa: E402
 
 
 def synthetic(n_images: int, n_dets: int, seed: int = 0) -> tuple[dict, list[dict]]:
@@ -84,7 +84,7 @@ def main() -> None:
     record = consensus["per_image"]
     M.recipe_intervals({"a": [record] * 3, "b": [record] * 3}, "a", n=1000)  # summary: 2 arms x 3 seeds
     times["summary_recipe_intervals_2_arms_3_seeds"] = time.perf_counter() - t
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": None, "images": args.images, "detections": len(results), "ground_truths": len(gt["annotations"]),
            "score": score, "seconds": {k: round(v, 2) for k, v in times.items()}}
     path = REPO / "benchmarks" / "results" / "evaluation_speed.json"

@@ -53,7 +53,7 @@ from clumpfinder.data.simulate import SurveySpec, simulate_catalogue  # noqa: E4
 from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
 from clumpfinder.data.zooniverse import read_export  # noqa: E402
 from consensus_vs_truth import match  # noqa: E402
-from provenance import data_seeds, git_commit  # noqa: E402
+from provenance import command_line, data_seeds, git_commit  # noqa: E402
 
 REAL_CLICKS_PER_CLASSIFICATION = 3_561_454 / 1_739_259
 POPP = {"image_size": 400, "fov": {"factor": 9.3, "min_arcsec": 62.0, "max_arcsec": 106.0}}
@@ -156,7 +156,7 @@ def main() -> None:
         base = merge(base, setting(s))
     development = yaml.safe_load((REPO / "config" / "development.yaml").read_text())
     out: dict[str, Any] = {
-        "command": "python benchmarks/label_realism.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "date": dt.date.today().isoformat(), "commit": git_commit(),
         "data_seeds": [data_seeds(merge(base, development) if s == "development" else base) for s in a.seeds],
         "reference": {"file": str(a.reference.relative_to(REPO)), "source": reference["source"]["repository"],

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from clumpfinder.compute import ComputeSpec  # noqa: E402
 from clumpfinder.config import Plan, deep_update  # noqa: E402
 from clumpfinder.partnership.run import replay_files  # noqa: E402
-from provenance import data_seeds, git_commit  # noqa: E402
+from provenance import command_line, data_seeds, git_commit  # noqa: E402
 
 #: (name, partnership overrides, with the machine)
 VARIANTS = [
@@ -82,7 +82,7 @@ def main() -> None:
         keep = ("human_classifications", "share_of_fixed", "subjects_decided", "f1", "f1_interval", "completeness",
                 "purity", "human_share", "human_share_interval", "reached_in_resamples", "retired_as")
         record["variants"][name] = {
-            "command": "python benchmarks/partnership_choices.py " + " ".join(sys.argv[1:]),
+            "command": command_line(),
             "date": dt.date.today().isoformat(), "commit": git_commit(),
             "override": override, "with_machine": machine, "seconds": round(time.perf_counter() - t0, 1),
             "target_f1": summary["target_f1"],

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "src"))
 
 from clumpfinder.config import deep_update  # noqa: E402
-from provenance import data_seeds, git_commit  # noqa: E402
+from provenance import command_line, data_seeds, git_commit  # noqa: E402
 from workflow_timing import run  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     job = pd.read_csv(res / "benchmarks" / "partnership.tsv", sep="\t").iloc[0]
     summary = json.loads((res / "partnership" / "summary.json").read_text())
     record = {
-        "command": "python benchmarks/partnership_run.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "date": dt.date.today().isoformat(), "commit": git_commit(), "data_seeds": data_seeds(config), "seed_role": role,
         "simulate_seed": config["simulate"]["seed"], "volunteers_seed": config["volunteers"]["seed"],
         "wall_seconds": round(seconds, 1), "peak_rss_gib": peak,

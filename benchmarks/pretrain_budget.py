@@ -33,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from provenance import git_commit, merged_config  # noqa: E402
+from provenance import command_line, git_commit, merged_config  # noqa: E402
 
 from clumpfinder.compute import ComputeSpec  # noqa: E402
 from clumpfinder.config import Plan  # noqa: E402
@@ -116,7 +116,7 @@ def main() -> None:
                       "targets": check(m)}
         print(name, json.dumps({k: arms[name][k] for k in ("steps", "seconds", "targets")}), flush=True)
         print("  val loss by epoch", [h["val_loss"] for h in arms[name]["learning_curve"]], flush=True)
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": {"population": cfg["morphology"]["population"]["seed"], "morphology": cfg["morphology"]["seed"],
                           "volunteers": cfg["volunteers"]["seed"]},
            "pool": pool, "n_val": int(round(cfg["pretrain"]["morphology"]["validation_fraction"] * len(images))),

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,6 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
+def command_line() -> str:
+    """The command that ran this benchmark, quoted so that it can be pasted back into a shell."""
+    return "python " + shlex.join(sys.argv)
+
+
 def git_commit() -> str | None:
     """Short HEAD commit, with ``+uncommitted`` when tracked files (result files aside) differ from it;
     None outside git. Read once, when this module is imported (a benchmark's start): the code a

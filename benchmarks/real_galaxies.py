@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
@@ -212,7 +212,7 @@ def main() -> None:
     classical = json.loads(classical_file.read_text())["threshold"]
     cl = match(classical_detections(galaxies, a.folder, windows, classical, cfg), clumps)
     out = {
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+        "command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
         "data_seeds": run_data_seeds(results, a.configfile),
         "model": {"path": str(a.model), **{k: provenance.get(k) for k in ("backbone", "n_train", "seed", "score",
                                                                           "val_f1", "commit")}},

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "src"))
-from provenance import data_seeds, git_commit, merged_config  # noqa: E402
+from provenance import command_line, data_seeds, git_commit, merged_config  # noqa: E402
 from slurm_cluster import LocalSlurm, install, unavailable_reason  # noqa: E402
 
 OVERRIDE = "sweep:\n  backbones: [resnet18_clumpy]\n"
@@ -90,7 +90,7 @@ def main() -> None:
     per_rule["local_job_s"] = pd.Series([round(local[r], 1) if r in local else None for r in per_rule.index],
                                         index=per_rule.index, dtype=object)
     result = {
-        "command": "python " + " ".join(map(str, sys.argv)), "date": datetime.now().strftime("%Y-%m-%d"),
+        "command": command_line(), "date": datetime.now().strftime("%Y-%m-%d"),
         "commit": git_commit(), "data_seeds": data_seeds(merged_config([REPO / "tests" / "config" / "config.yaml"])),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "dag": "tests/config/config.yaml with sweep.backbones [resnet18_clumpy]",

@@ -32,7 +32,7 @@ from clumpfinder.labels.coco import pool_size
 from clumpfinder.report.summary import compare, size_effect, sweep_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def main() -> None:
                "decided": sum(d["verdict"] in ("higher", "lower") for d in diffs), "comparisons": diffs}
         print(json.dumps({k: v for k, v in row.items() if k != "comparisons"}), flush=True)
         rows.append(row)
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": seeds, "workdir": str(a.workdir), "test_galaxies": len(ids),
            "training_seeds": plan.seeds, "split_fractions": cfg["labels"]["split_fractions"], "bootstrap": boot,
            "fractions": rows}

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 from real_galaxies import THRESHOLDS, detections, match, read_set, run_detector, scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def main() -> None:
                       "summary": {k: _summary([s[k] for s in per_seed.values()]) for k in MEASURES}}
     (first, one), (second, two) = arms.items()
     diffs = {k: welch([s[k] for s in one["seeds"].values()], [s[k] for s in two["seeds"].values()]) for k in MEASURES}
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": [arm["data_seeds"] for arm in arms.values()], "cell": [a.backbone, a.n_train],
            "folder": str(a.folder), "arms": arms, f"{second} - {first}": diffs}
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ from clumpfinder.io import read_json
 from clumpfinder.labels.cache import ImageCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +222,7 @@ def main() -> None:
                   for name, s in by.items()}
     profiles = {} if a.no_profile else {name: profile_steps(SETUPS[name], base, coco, cache)
                                         for name in ("before", "after") if name in by}
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "commit": git_commit(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                                "processor": platform.processor(),
                                                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -46,7 +46,7 @@ from clumpfinder.labels.coco import pool_size
 from clumpfinder.report.summary import compare, size_effect, sweep_runs, versus_references
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit, merged_config, run_data_seeds  # noqa: E402
+from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURES = ("completeness", "purity", "f1")
@@ -158,7 +158,7 @@ def main() -> None:
                          "agree": ra["verdict"] == rb["verdict"]})
     models = one["models"].merge(two["models"], on=["backbone", "n_train", "seed", "reference"], suffixes=("_a", "_b"))
     moved = (models["f1_a"] - models["f1_b"]).abs()
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": [r["settings"]["data_seeds"] for r in results.values()],
            "runs": {name: {k: r[k] for k in ("workdir", "configfiles", "settings")} for name, r in results.items()},
            "comparisons": len(verdicts), "agree": sum(v["agree"] for v in verdicts),

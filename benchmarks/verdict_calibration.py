@@ -31,7 +31,7 @@ import numpy as np
 from clumpfinder.metrics import recipe_intervals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import command_line, git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def main() -> None:
                          "pigeonhole_percentile": round(theirs / a.experiments, 3)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    out = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
+    out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": None, "experiments": a.experiments, "seeds_per_arm": a.seeds, "images": a.images,
            "effect": a.effect, "resamples": a.resamples, "level": 0.95,
            "what": "rate of decided differences: false ones under the null, true ones under the effect", "rows": rows}

@@ -30,7 +30,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from provenance import data_seeds, git_commit, merged_config  # noqa: E402
+from provenance import command_line, data_seeds, git_commit, merged_config  # noqa: E402
 
 
 TIME = Path("/usr/bin/time")
@@ -91,7 +91,7 @@ def main() -> None:
                                   "val_fraction_rmse_mean_baseline")} | {
             "val_loss": [r.get("val_loss") for r in m.get("history", [])]}
     result = {
-        "command": "python benchmarks/workflow_timing.py " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "date": started.isoformat(timespec="seconds"), "commit": git_commit(),
         "data_seeds": data_seeds(merged_config(a.configfile)),
         "load_average_before": [round(x, 2) for x in load_before],

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 import pandas as pd  # noqa: E402
 
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
-from clumpfinder.data.simulate import STAR_FORMING  # noqa: E402
+from clumpfinder.data.kinds import STAR_FORMING  # noqa: E402
 from clumpfinder.labels.coco import coco_dataset, truth_boxes  # noqa: E402
 
 log = setup_logging(snakemake.log[0])

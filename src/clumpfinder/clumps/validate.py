@@ -19,7 +19,7 @@ from astropy.coordinates import SkyCoord
 import astropy.units as u
 
 from clumpfinder.clumps.sources import NANOMAGGY_ZP
-from clumpfinder.data.simulate import ODD_KINDS, STAR_FORMING
+from clumpfinder.data.kinds import ODD_KINDS, STAR_FORMING
 
 
 def match(clumps: pd.DataFrame, truth: pd.DataFrame, galaxies: pd.DataFrame, match_fwhm: float = 1.0) -> pd.DataFrame:

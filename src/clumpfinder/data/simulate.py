@@ -76,19 +76,12 @@ COLOURS = {
     "field_star": {"g-r": (0.90, 0.35), "r-i": (0.40, 0.30)},
     "field_galaxy": {"g-r": (0.90, 0.30), "r-i": (0.40, 0.12)},
 }
-#: truth kinds that are no star-forming region: odd objects seen through the disc and field sources
-#: beside it; volunteers mark both as they look (mostly odd: they are red; real Clump Scout labels
-#: hold boxes far out in the field: docs/simulation.md)
-ODD_KINDS = ("odd", "field")
-#: truth kinds of star-forming objects: the clumps, and knots too faint to count as clumps
-STAR_FORMING = ("clump", "knot")
 #: slope of the flux distribution dN/df ~ f^slope of field stars and galaxies (from number counts
 #: dN/dm ~ 10^(a m): slope -(1 + 2.5 a); a ~ 0.2 for high-latitude stars, ~0.45 for galaxies)
 FIELD_FLUX_SLOPE = {"star": -1.5, "galaxy": -2.1}
 NANOMAGGY_ZP = 22.5
 #: subject ids of the detection survey count up from here (other populations start elsewhere)
 FIRST_SUBJECT_ID = 100_000
-#: star-forming regions: the kinds whose flux fraction decides whether they count as giant clumps
 #: shape of the spiral arms: phase profile ((1 + cos)/2)^ARM_SHARPNESS, light rising from the
 #: centre as 1 - exp(-(r / (ARM_INNER r_d))^2) (arms start outside the bulge)
 ARM_SHARPNESS = 4

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.io import known_fields
-from clumpfinder.data.simulate import ODD_KINDS, STAR_FORMING
+from clumpfinder.data.kinds import ODD_KINDS, STAR_FORMING
 from clumpfinder.data.zooniverse import classification_row, write_export
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.boxes import crop_window, square_boxes
-from clumpfinder.data.simulate import STAR_FORMING
+from clumpfinder.data.kinds import STAR_FORMING
 
 CATEGORIES = [
     {"id": 1, "name": "clump", "supercategory": "clump"},

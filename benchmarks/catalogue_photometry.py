@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from clumpfinder.data.kinds import STAR_FORMING  # noqa: E402
 from provenance import command_line, git_commit, merged_config, run_data_seeds  # noqa: E402
 
 #: (aperture radius, [annulus inner, outer]) in PSF FWHM
@@ -53,7 +54,7 @@ def main() -> None:
     truth = pd.read_csv(res / "survey" / "truth.csv")
     splits = pd.read_csv(res / "labels" / "splits.csv")
     ids = set(splits.loc[splits["split"] == args.split, "subject_id"])
-    star = truth[(truth["kind"] != "odd") & truth["subject_id"].isin(ids)]
+    star = truth[truth["kind"].isin(STAR_FORMING) & truth["subject_id"].isin(ids)]
     giant_ids = set(star.loc[star["flux_fraction_g"] >= 0.08, "subject_id"])
     manifest = pd.read_csv(res / "survey" / "manifest.csv")
     manifest = manifest[manifest["subject_id"].isin(giant_ids)]

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clumpfinder.crowd.consensus import ConsensusSpec, drop_duplicate_taps, run_consensus, subject_geometry  # noqa: E402
+from clumpfinder.data.kinds import FIELD, STAR_FORMING  # noqa: E402
 from clumpfinder.data.simulate import SurveySpec, simulate_catalogue  # noqa: E402
 from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
 from clumpfinder.data.zooniverse import read_export  # noqa: E402
@@ -97,11 +98,13 @@ def panoptes_like(parsed, spec: ConsensusSpec, kind: str) -> pd.DataFrame:
 
 
 def roles(truth: pd.DataFrame, evaluation: dict) -> pd.Series:
-    """What each true object is for the scores: 'target', 'ignored' or 'false' (a faint knot)."""
+    """What each true object is for the scores: 'target', 'ignored' (a near-threshold region or a
+    field source beside the galaxy) or 'false' (a faint knot), as the evaluation's truth boxes."""
     f = truth["flux_fraction_g"]
-    sf = truth["kind"] != "odd"
-    return pd.Series(np.select([~sf | (f >= evaluation["truth_min_flux_fraction"]),
-                                f >= evaluation["truth_ignore_min_flux_fraction"]], ["target", "ignored"], "false"),
+    sf = truth["kind"].isin(STAR_FORMING)
+    return pd.Series(np.select([truth["kind"] == FIELD, ~sf | (f >= evaluation["truth_min_flux_fraction"]),
+                                f >= evaluation["truth_ignore_min_flux_fraction"]], ["ignored", "target", "ignored"],
+                               "false"),
                      index=truth.index)
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from clumpfinder.crowd.consensus import ConsensusSpec, run_consensus  # noqa: E402
 from clumpfinder.data.realism import ks_to_reference, label_statistics, summarise  # noqa: E402
 from clumpfinder.data.simulate import SurveySpec, simulate_catalogue  # noqa: E402
+from clumpfinder.data.kinds import FIELD, STAR_FORMING  # noqa: E402
 from clumpfinder.data.volunteers import CrowdSpec, gold_subjects, simulate_export  # noqa: E402
 from clumpfinder.data.zooniverse import read_export  # noqa: E402
 from consensus_vs_truth import match  # noqa: E402
@@ -110,15 +111,16 @@ def measure(cfg: dict, geometry: str, workdir: Path) -> dict[str, Any]:
 def what_boxes_mark(boxes: pd.DataFrame, truth: pd.DataFrame, fwhm: pd.Series) -> dict[str, float]:
     """Share of consensus boxes on each kind of object (nearest within 0.5 PSF FWHM, one box per
     object): giant clumps (>= 3 % of the galaxy's g flux) and odd objects, star-forming regions of
-    1.5-3 % (neither right nor wrong in the evaluation), fainter knots, or nothing."""
-    sf = truth["kind"].isin(["clump", "knot"])
+    1.5-3 % (neither right nor wrong in the evaluation), fainter knots, field sources beside the
+    galaxy (ignored by the evaluation), or nothing."""
+    sf = truth["kind"].isin(STAR_FORMING)
     f = truth["flux_fraction_g"]
-    label = np.select([(truth["kind"] == "odd") | (sf & (f >= 0.03)), sf & (f >= 0.015)],
-                      ["clump_or_odd", "clump_1.5_to_3pct"], "knot_below_1.5pct")
+    label = np.select([(truth["kind"] == "odd") | (sf & (f >= 0.03)), sf & (f >= 0.015), truth["kind"] == FIELD],
+                      ["clump_or_odd", "clump_1.5_to_3pct", "field_source"], "knot_below_1.5pct")
     m = match(boxes, truth.assign(label=label), fwhm, 0.5)
     counts = m.loc[m["matched"], "label"].value_counts()
     out = {k: round(float(counts.get(k, 0)) / len(boxes), 4) for k in ("clump_or_odd", "clump_1.5_to_3pct",
-                                                                      "knot_below_1.5pct")}
+                                                                      "knot_below_1.5pct", "field_source")}
     out["nothing"] = round(1.0 - sum(out.values()), 4)
     return out
 

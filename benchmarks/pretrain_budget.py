@@ -21,6 +21,7 @@ Writes ``--out`` (JSON with command, date, commit and data seeds).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -52,7 +53,8 @@ def population(cfg: dict, n_galaxies: int | None, cache: Path) -> tuple[pd.DataF
     spec = _plan(cfg).pretraining_population_spec()
     if n_galaxies:
         spec = {**spec, "n_galaxies": n_galaxies}
-    key = f"seed{spec['seed']}_n{spec['n_galaxies']}"
+    digest = hashlib.sha256(json.dumps([spec, cfg["morphology"], cfg["volunteers"]], sort_keys=True).encode())
+    key = f"seed{spec['seed']}_n{spec['n_galaxies']}_{digest.hexdigest()[:12]}"  # a changed simulation: a new one
     folder = cache / key
     if not (folder / "votes.csv").exists():
         t0 = time.perf_counter()
@@ -79,7 +81,7 @@ def check(metrics: dict) -> dict:
     return {"rmse_over_baseline": ratio, "every_question_at_most_0.7": all(r <= 0.7 for r in ratio.values()),
             "mean_rmse": round(mean_rmse, 4), "mean_vote_noise": round(mean_noise, 4),
             "mean_rmse_target_met": bool(mean_rmse <= max(0.12, mean_noise + 0.02)),
-            "confident_agreement_at_least_0.95": metrics["val_confident_agreement_all"] >= 0.95}
+            "confident_agreement_at_least_0.95": (metrics["val_confident_agreement_all"] or 0.0) >= 0.95}
 
 
 def main() -> None:
@@ -106,7 +108,8 @@ def main() -> None:
         spec = PretrainSpec.from_config({**cfg["pretrain"]["morphology"], **over})
         _, m = pretrain_encoder(images, counts, QUESTIONS, backbone, spec, threads=a.threads,
                                 compute=ComputeSpec(device="cpu", precision=a.precision))
-        arms[name] = {"settings": over, "steps": m["steps"], "seconds": m["seconds"],
+        arms[name] = {"settings": over, "n_train": m["n_train"], "n_val": m["n_val"], "steps": m["steps"],
+                      "seconds": m["seconds"],
                       "galaxies_per_s": m["galaxies_per_s"], "precision": m["precision"],
                       "learning_curve": [{"epoch": h["epoch"] + 1, "steps": h["steps"], "loss": h["loss"],
                                           "val_loss": h.get("val_loss")} for h in m["history"]],
@@ -119,8 +122,7 @@ def main() -> None:
     out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),
            "data_seeds": {"population": cfg["morphology"]["population"]["seed"], "morphology": cfg["morphology"]["seed"],
                           "volunteers": cfg["volunteers"]["seed"]},
-           "pool": pool, "n_val": int(round(cfg["pretrain"]["morphology"]["validation_fraction"] * len(images))),
-           "threads": a.threads, "arms": arms}
+           "pool": pool, "threads": a.threads, "arms": arms}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1) + "\n")
 

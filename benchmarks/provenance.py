@@ -18,12 +18,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@functools.cache
 def command_line() -> str:
     """The command that ran this benchmark, quoted so that it can be pasted back into a shell."""
     return "python " + shlex.join(sys.argv)
 
 
+@functools.cache
 def git_commit() -> str | None:
     """Short HEAD commit, with ``+uncommitted`` when tracked files (result files aside) differ from it;
     None outside git. Read once, when this module is imported (a benchmark's start): the code a

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # the workflo
 import pandas as pd  # noqa: E402
 
 from clumpfinder.io import setup_logging, write_json  # noqa: E402
-from clumpfinder.data.kinds import STAR_FORMING  # noqa: E402
+from clumpfinder.data.kinds import FIELD, STAR_FORMING  # noqa: E402
 from clumpfinder.labels.coco import coco_dataset, truth_boxes  # noqa: E402
 
 log = setup_logging(snakemake.log[0])
@@ -22,7 +22,8 @@ coco = coco_dataset(images, boxes, "simulated truth, test split", extra_fields=(
                     crop=snakemake.params.crop)
 write_json(coco, snakemake.output[0])
 n_ignored = sum(a["iscrowd"] for a in coco["annotations"])
-log.info("%d images, %d truth boxes (%d near-threshold clumps ignored; %d fainter knots are not clumps)",
-         len(coco["images"]), len(coco["annotations"]), n_ignored,
+n_field = int(truth.loc[truth["subject_id"].isin(test_ids), "kind"].eq(FIELD).sum())
+log.info("%d images, %d truth boxes (%d ignored: near-threshold clumps and up to %d field sources; %d fainter "
+         "knots are not clumps)", len(coco["images"]), len(coco["annotations"]), n_ignored, n_field,
          int((truth["kind"].isin(STAR_FORMING) & (truth["flux_fraction_g"] < snakemake.params.ignore_min_flux_fraction)
               & truth["subject_id"].isin(test_ids)).sum()))

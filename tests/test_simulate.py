@@ -250,6 +250,18 @@ REALISM = {"bulge": {"fraction": 0.5, "to_total": {"min": 0.0, "max": 0.4}},
            "depth_field_scatter_mag": 0.4}
 
 
+def test_the_default_survey_is_the_one_earlier_code_drew(tiny_config):
+    """The test configuration's catalogue as the code before the realism additions drew it (sums
+    recorded from that code): a change that moves the default's random streams fails here."""
+    from clumpfinder.data.simulate import SurveySpec, simulate_catalogue
+
+    man, truth = simulate_catalogue(SurveySpec.from_config(tiny_config["simulate"]))
+    assert len(truth) == 223 and set(truth["kind"]) == {"clump", "knot", "odd"}
+    got = [truth["x"].sum(), truth["y"].sum(), truth["flux_g"].sum(), man["redshift"].sum(), truth["contrast_g"].sum()]
+    np.testing.assert_allclose(got, [10985.525854749203, 10827.943970113614, 1756.5260884079003, 4.59364613702509,
+                                     59058.272922063225], rtol=1e-12)
+
+
 def test_realism_additions_leave_the_rest_of_the_survey_unchanged(tiny_config):
     """Field sources, bulgeless and irregular hosts and the field depth draw from generators of
     their own: the clumps, knots and odd objects, where the hosts keep their bulge, do not move."""

@@ -56,6 +56,7 @@ from astropy.wcs import WCS
 from PIL import Image
 from scipy.integrate import quad
 
+from clumpfinder.data.kinds import FIELD
 from clumpfinder.imaging import lupton_png, png_to_fits_pixel
 from clumpfinder.io import atomic_dir, known_fields
 
@@ -385,7 +386,7 @@ def _field_sources(fs: dict[str, Any], host: pd.Series, gi: int, rng: np.random.
             gr = rng.normal(*COLOURS[f"field_{sub}"]["g-r"])
             ri = rng.normal(*COLOURS[f"field_{sub}"]["r-i"])
             rows.append({
-                "galaxy_index": gi, "kind": "field", "subclass": sub, "dx_arcsec": x, "dy_arcsec": y,
+                "galaxy_index": gi, "kind": FIELD, "subclass": sub, "dx_arcsec": x, "dy_arcsec": y,
                 "sigma_arcsec": 0.0 if sub == "star" else rng.uniform(0.3, 1.2),
                 "flux_g": flux_r * 10 ** (-0.4 * gr), "flux_r": flux_r, "flux_i": flux_r * 10 ** (0.4 * ri),
             })
@@ -570,7 +571,7 @@ def _manifest(hosts: pd.DataFrame, objects: pd.DataFrame, n: int) -> pd.DataFram
             "n_clumps": counts.get("clump", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
             "n_knots": counts.get("knot", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
             "n_odd": counts.get("odd", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
-            "n_field": counts.get("field", pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
+            "n_field": counts.get(FIELD, pd.Series(dtype=int)).reindex(hosts.index, fill_value=0),
             "irregular_fraction": hosts["irregular_fraction"],
             "png": hosts["subject_id"].astype(str) + ".png",
             "fits": hosts["subject_id"].astype(str) + ".fits",

@@ -145,8 +145,10 @@ def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple
 
 def vote_noise_rmse(counts: torch.Tensor, slices: list[tuple[str, slice]]) -> dict[str, float]:
     """Per question, the RMSE a perfect predictor would still have: vote fractions are finite draws
-    of n votes, each fraction f scattering by f (1 - f) / n around its probability; estimated
-    without bias as f (1 - f) / (n - 1) (galaxies with two or more answers)."""
+    of n votes, each fraction's variance around its probability p being p (1 - p) / n, estimated
+    without bias as f (1 - f) / (n - 1). Over the galaxies with two or more answers (one answer
+    gives no estimate), where :func:`fraction_rmse` counts every answered galaxy: with single-vote
+    galaxies in a pool the floor is underestimated."""
     out = {}
     for q, s in slices:
         c = counts[:, s]
@@ -274,9 +276,10 @@ def pretrain_encoder(
         metrics["val_fraction_rmse_mean_baseline"] = fraction_rmse(mean_logits, targets[val_idx], slices)
         metrics["val_fraction_rmse_vote_noise"] = vote_noise_rmse(targets[val_idx], slices)
         metrics["val_confident_agreement"] = confident_agreement(val_logits, targets[val_idx], slices)
-        sure = [v for v in metrics["val_confident_agreement"].values()]
-        metrics["val_confident_agreement_all"] = round(
-            sum(v["agreement"] * v["n"] for v in sure) / max(1, sum(v["n"] for v in sure)), 4)
+        sure = list(metrics["val_confident_agreement"].values())
+        n_sure = sum(v["n"] for v in sure)
+        metrics["val_confident_agreement_all"] = (
+            round(sum(v["agreement"] * v["n"] for v in sure) / n_sure, 4) if n_sure else None)
         # exact invariance of the group-pooled prediction: predict on rotated / flipped inputs
         rotated = [dihedral_view(im.unsqueeze(0), 5)[0] for im in val_images[:64]]
         diff = (_predict(model, rotated, device) - val_logits[:64]).abs().max()

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from clumpfinder.boxes import crop_window, square_boxes
-from clumpfinder.data.kinds import STAR_FORMING
+from clumpfinder.data.kinds import FIELD, STAR_FORMING
 
 CATEGORIES = [
     {"id": 1, "name": "clump", "supercategory": "clump"},
@@ -143,7 +143,7 @@ def truth_boxes(manifest: pd.DataFrame, truth: pd.DataFrame, box_scale: float, m
             **square_boxes(truth["x"], truth["y"], side, w, h),
             "category": np.where(truth["kind"].isin(STAR_FORMING), "clump", "odd_clump"),
             "iscrowd": ((truth["kind"].isin(STAR_FORMING) & (truth["flux_fraction_g"] < min_flux_fraction))
-                        | (truth["kind"] == "field")).astype(int),
+                        | (truth["kind"] == FIELD)).astype(int),
             "flux_fraction_g": truth["flux_fraction_g"],
         }
     )

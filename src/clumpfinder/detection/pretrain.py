@@ -129,18 +129,22 @@ def _predict(model: GroupPooledClassifier, images: list[torch.Tensor], device: t
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple[str, slice]]) -> dict[str, float]:
-    """Per question, RMSE between predicted answer probabilities and observed vote fractions
-    (galaxies where someone answered)."""
-    out = {}
+def _answered(counts: torch.Tensor, slices: list[tuple[str, slice]], min_votes: int = 1):
+    """Per question: its name, slice, which galaxies have at least ``min_votes`` answers, their
+    answer counts and their vote fractions (questions no galaxy qualifies for are skipped)."""
     for q, s in slices:
         c = counts[:, s]
         n = c.sum(1, keepdim=True)
-        ok = n[:, 0] > 0
+        ok = n[:, 0] >= min_votes
         if ok.any():
-            p = torch.softmax(logits[ok, s], dim=1)
-            out[q] = round(float(torch.sqrt(((p - c[ok] / n[ok]) ** 2).mean())), 4)
-    return out
+            yield q, s, ok, n[ok], c[ok] / n[ok]
+
+
+def fraction_rmse(logits: torch.Tensor, counts: torch.Tensor, slices: list[tuple[str, slice]]) -> dict[str, float]:
+    """Per question, RMSE between predicted answer probabilities and observed vote fractions
+    (galaxies where someone answered)."""
+    return {q: round(float(torch.sqrt(((torch.softmax(logits[ok, s], dim=1) - f) ** 2).mean())), 4)
+            for q, s, ok, _, f in _answered(counts, slices)}
 
 
 def vote_noise_rmse(counts: torch.Tensor, slices: list[tuple[str, slice]]) -> dict[str, float]:
@@ -149,15 +153,8 @@ def vote_noise_rmse(counts: torch.Tensor, slices: list[tuple[str, slice]]) -> di
     without bias as f (1 - f) / (n - 1). Over the galaxies with two or more answers (one answer
     gives no estimate), where :func:`fraction_rmse` counts every answered galaxy: with single-vote
     galaxies in a pool the floor is underestimated."""
-    out = {}
-    for q, s in slices:
-        c = counts[:, s]
-        n = c.sum(1, keepdim=True)
-        ok = n[:, 0] > 1
-        if ok.any():
-            f = c[ok] / n[ok]
-            out[q] = round(float(torch.sqrt((f * (1 - f) / (n[ok] - 1)).mean())), 4)
-    return out
+    return {q: round(float(torch.sqrt((f * (1 - f) / (n - 1)).mean())), 4)
+            for q, _, _, n, f in _answered(counts, slices, min_votes=2)}
 
 
 #: a vote is confident when its leading answer holds at least this share (Dieleman et al. 2015)
@@ -170,11 +167,7 @@ def confident_agreement(logits: torch.Tensor, counts: torch.Tensor, slices: list
     them), the share where the predicted leading answer is the voters' (as Dieleman et al. 2015
     report their agreement), and how many such galaxies there were."""
     out = {}
-    for q, s in slices:
-        c = counts[:, s]
-        n = c.sum(1)
-        ok = n > 0
-        f = c[ok] / n[ok, None]
+    for q, s, ok, _, f in _answered(counts, slices):
         sure = f.max(1).values >= level
         if sure.any():
             agree = logits[ok, s][sure].argmax(1) == f[sure].argmax(1)

@@ -219,6 +219,32 @@ def test_pretraining_runs_and_reports(train_pool):
     assert isinstance(encoder(torch.rand(1, 3, 64, 64)), torch.Tensor)
 
 
+def test_pretraining_at_a_coarser_pixel_scale_keeps_the_field(train_pool):
+    """``image_size`` resamples every galaxy (antialiased) before pretraining: the same field, its
+    light kept; ``on_epoch`` sees the encoder after every epoch, the last one the returned encoder."""
+    from clumpfinder.detection.pretrain import resized
+
+    images, counts = train_pool[0][:20], train_pool[1][:20]
+    side = images[0].shape[-1]
+    small = resized(images, side // 2)
+    assert all(im.shape == (3, side // 2, side // 2) and im.dtype == torch.uint8 for im in small)
+    assert resized(small, side // 2)[0] is small[0]  # already that size: untouched
+    for big, little in zip(images[:5], small[:5]):  # mean brightness kept (to the uint8 rounding)
+        assert float(little.float().mean()) == pytest.approx(float(big.float().mean()), abs=1.0)
+    spec = PretrainSpec(epochs=2, batch_size=8, lr=1e-3, weight_decay=1e-4, warmup_steps=1, views=1,
+                        validation_fraction=0.2, seed=0, image_size=side // 2)
+    snapshots = {}
+    encoder, metrics = pretrain_encoder(
+        images, counts, QUESTIONS, BackboneSpec("resnet18"), spec, threads=1, device=CPU,
+        on_epoch=lambda epoch, enc: snapshots.update({epoch: {k: v.clone() for k, v in enc.state_dict().items()}}))
+    assert metrics["image_size"] == side // 2 and sorted(snapshots) == [1, 2]
+    assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in snapshots[2].items())
+    assert not all(torch.equal(v, snapshots[2][k]) for k, v in snapshots[1].items())
+    with pytest.raises(ValueError, match="image_size must be at least 16"):
+        PretrainSpec(epochs=1, batch_size=1, lr=1e-3, weight_decay=0, warmup_steps=0, views=1,
+                     validation_fraction=0, seed=0, image_size=8)
+
+
 def test_vote_noise_and_confident_agreement_by_hand():
     """Two questions, three galaxies. Noise: fractions f of n votes scatter by f (1 - f) / (n - 1).
     Agreement: only galaxies whose leading answer holds >= 80 % of the votes count."""

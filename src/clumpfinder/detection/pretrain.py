@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -53,10 +53,13 @@ class PretrainSpec:
     views: int
     validation_fraction: float
     seed: int
+    image_size: int | None = None  # None: the images as they are
 
     def __post_init__(self) -> None:
         if not 1 <= self.views <= 8:
             raise ValueError(f"pretrain views must be 1..8 (elements of the dihedral group), got {self.views}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"pretrain image_size must be at least 16 pixels (or null), got {self.image_size}")
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "PretrainSpec":
@@ -94,6 +97,19 @@ class GroupPooledClassifier(nn.Module):
             features = self.encoder(views)
         features = features.float().view(len(elements), x.shape[0], -1).mean(0)
         return self.head(features)
+
+
+def resized(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """The uint8 images (3, H, W) resampled to ``size`` x ``size`` pixels (antialiased bilinear:
+    the whole field, at a coarser pixel scale); images of that size already are passed through."""
+    out = []
+    for im in images:
+        if tuple(im.shape[-2:]) != (size, size):
+            x = torch.nn.functional.interpolate(im[None].float(), size=(size, size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+            im = x[0].round().clamp(0, 255).to(torch.uint8)
+        out.append(im)
+    return out
 
 
 def question_slices(questions: dict[str, tuple[tuple[str, ...], Any]]) -> list[tuple[str, slice]]:
@@ -179,6 +195,7 @@ def pretrain_encoder(
     images: list[torch.Tensor], counts: np.ndarray, questions: dict[str, tuple[tuple[str, ...], Any]],
     backbone: BackboneSpec, spec: PretrainSpec, threads: int | None = None, checkpoint: str | Path | None = None,
     compute: ComputeSpec = ComputeSpec(), device: torch.device | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``backbone``'s network (from its own init) to predict the vote ``counts`` (one row
     per image, one column per answer in ``questions`` order). Returns (encoder, metrics). The
@@ -189,6 +206,9 @@ def pretrain_encoder(
         torch.set_num_threads(threads)
     if len(images) != len(counts):
         raise ValueError(f"{len(images)} images but {len(counts)} rows of votes")
+    fingerprint_images = hashlib.sha256(b"".join(im.numpy().tobytes() for im in images)).hexdigest()
+    if spec.image_size:
+        images = resized(images, spec.image_size)
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
     device = device or pick_device(compute.device)
@@ -231,6 +251,8 @@ def pretrain_encoder(
         if n_val:
             row["val_loss"] = round(float(vote_loss(_predict(model, [images[i] for i in val_idx], device),
                                                     targets[val_idx], slices)), 5)
+        if on_epoch is not None:
+            on_epoch(row["epoch"] + 1, model.encoder)
         return row
 
     def describe(step: int, row: dict[str, Any], best: dict[str, Any]) -> str:
@@ -245,7 +267,7 @@ def pretrain_encoder(
         "checkpoint_format": 1, "backbone": asdict(backbone), "spec": asdict(spec),
         "questions": {q: list(a) for q, (a, _) in questions.items()}, "n_images": len(images),
         "counts": hashlib.sha256(np.ascontiguousarray(counts)).hexdigest(),
-        "images": hashlib.sha256(b"".join(im.numpy().tobytes() for im in images)).hexdigest(),
+        "images": fingerprint_images,
         "init_weights": init_digest(backbone)})
     run = loop.run(model, opt, params, step_fn, evaluate, loop.Loop(
         total=total, lr=spec.lr, warmup_steps=spec.warmup_steps, eval_every=steps_per_epoch, what="pretraining",
@@ -255,7 +277,8 @@ def pretrain_encoder(
     step, history, seconds = run["steps"], run["history"], run["seconds"]
     metrics: dict[str, Any] = {
         "arch": backbone.arch, "init": backbone.init, "n_pool": len(images), "n_train": len(train_idx),
-        "n_val": n_val, "questions": {q: list(a) for q, (a, _) in questions.items()}, "steps": step,
+        "n_val": n_val, "image_size": int(images[0].shape[-1]),
+        "questions": {q: list(a) for q, (a, _) in questions.items()}, "steps": step,
         "seconds": round(seconds, 2), "galaxies_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",
         "resumed_at_step": run["resumed_at_step"], "history": history,

@@ -15,7 +15,10 @@ baseline and the votes' own sampling noise, the agreement with confident votes (
 >= 80 %, as Dieleman et al. 2015 report), wall time and galaxies per second. The targets: every
 question's RMSE <= 0.7 x its baseline; mean RMSE <= 0.12 or within 0.02 of the votes' noise.
 Development seeds only: the population's seed is the configuration's (``morphology.population``).
-Writes ``--out`` (JSON with command, date, commit and data seeds).
+``--snapshot-dir DIR --snapshot-epochs 2 6 20`` keeps the encoder after those epochs
+(``DIR/<arm>/epoch<N>.pt``, a state dict as the workflow saves it, loadable by a ``file:`` init): the
+starting points of ``benchmarks/pretrain_dose.py``. Writes ``--out`` (JSON with command, date,
+commit and data seeds).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from clumpfinder.data.morphology import VoteSpec, simulate_votes, vote_columns, 
 from clumpfinder.data.simulate import SurveySpec, simulate_catalogue, simulate_survey  # noqa: E402
 from clumpfinder.data.volunteers import CrowdSpec  # noqa: E402
 from clumpfinder.detection.detector import BackboneSpec  # noqa: E402
-from clumpfinder.detection.pretrain import PretrainSpec, morphology_pool, pretrain_encoder  # noqa: E402
+from clumpfinder.detection.pretrain import PretrainSpec, morphology_pool, pretrain_encoder, save_encoder  # noqa: E402
 
 #: subject ids of the population (the workflow's PRETRAINING_FIRST_SUBJECT_ID)
 FIRST_ID = 10_000_000
@@ -92,6 +95,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/clumpfinder_pretrain_budget"))
+    ap.add_argument("--snapshot-dir", type=Path, default=None, help="keep encoder snapshots here")
+    ap.add_argument("--snapshot-epochs", type=int, nargs="+", default=[], help="after these epochs (from 1)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_budget_development.json")
     a = ap.parse_args()
     cfg = merged_config(a.configfile)
@@ -106,8 +111,16 @@ def main() -> None:
     for name, *settings in a.arm:
         over = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in settings)}
         spec = PretrainSpec.from_config({**cfg["pretrain"]["morphology"], **over})
+        kept = {}
+
+        def snapshot(epoch, encoder, arm=name):
+            if a.snapshot_dir and epoch in a.snapshot_epochs:
+                path = a.snapshot_dir / "".join(c if c.isalnum() else "_" for c in arm) / f"epoch{epoch}.pt"
+                save_encoder(encoder, path)
+                kept[epoch] = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
         _, m = pretrain_encoder(images, counts, QUESTIONS, backbone, spec, threads=a.threads,
-                                compute=ComputeSpec(device="cpu", precision=a.precision))
+                                compute=ComputeSpec(device="cpu", precision=a.precision), on_epoch=snapshot)
         arms[name] = {"settings": over, "n_train": m["n_train"], "n_val": m["n_val"], "steps": m["steps"],
                       "seconds": m["seconds"],
                       "galaxies_per_s": m["galaxies_per_s"], "precision": m["precision"],
@@ -116,7 +129,7 @@ def main() -> None:
                       **{k: m[k] for k in ("val_fraction_rmse", "val_fraction_rmse_mean_baseline",
                                            "val_fraction_rmse_vote_noise", "val_confident_agreement",
                                            "val_confident_agreement_all")},
-                      "targets": check(m)}
+                      "targets": check(m), "snapshots": kept}
         print(name, json.dumps({k: arms[name][k] for k in ("steps", "seconds", "targets")}), flush=True)
         print("  val loss by epoch", [h["val_loss"] for h in arms[name]["learning_curve"]], flush=True)
     out = {"command": command_line(), "date": time.strftime("%Y-%m-%d"), "commit": git_commit(),

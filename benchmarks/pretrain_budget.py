@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--snapshot-epochs", type=int, nargs="+", default=[], help="after these epochs (from 1)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretrain_budget_development.json")
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the epochs as they end
     cfg = merged_config(a.configfile)
     if cfg["report"]["seed_role"] != "development":
         raise SystemExit("pretrain_budget compares settings: run it on the development seeds (config/development.yaml)")

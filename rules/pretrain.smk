@@ -47,6 +47,7 @@ rule pretrain_morphology:
     params:
         backbone=lambda wildcards: PLAN.morphology_spec(wildcards.morphology),
         spec=config["pretrain"]["morphology"],
+        questions=config["pretrain"]["questions"],
         compute=COMPUTE_PARAMS,
         checkpoint=f"{RESULTS}/checkpoints/pretrain/morphology/{{morphology}}/last.pt",
     script:

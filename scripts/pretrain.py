@@ -29,7 +29,7 @@ if snakemake.rule == "pretrain_clumpy":
     images, counts, pool = pretraining_pool(pd.read_csv(inp.manifest), pd.read_csv(inp.splits), ["train"], labels,
                                             vote_columns(questions), inp.images)
 else:
-    labels, questions = read_vote_catalogue(inp.votes)
+    labels, questions = read_vote_catalogue(inp.votes, required=p.questions)
     images, counts, pool = morphology_pool(pd.read_csv(inp.population), labels, vote_columns(questions),
                                            pd.read_csv(inp.survey), inp.images)
 log.info("pretraining pool: %s", pool)

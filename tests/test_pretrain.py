@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -150,6 +151,25 @@ def test_vote_catalogue_round_trip_and_errors(votes, tmp_path):
     votes[["subject_id"]].to_csv(path, index=False)
     with pytest.raises(ValueError, match="none of the columns"):
         read_vote_catalogue(path)
+
+
+def test_a_configured_question_without_votes_stops_the_pretraining(votes, tmp_path, default_config):
+    """pretrain.questions (default: the whole tree) are the questions the encoder learns; a vote
+    table that lacks one, or where nobody answered it, is an error naming the question and file."""
+    assert default_config["pretrain"]["questions"] == list(QUESTIONS)
+    path = tmp_path / "votes.csv"
+    votes.to_csv(path, index=False)
+    table, questions = read_vote_catalogue(path, required=["smooth_or_featured", "bulge_size"])
+    assert list(questions) == ["smooth_or_featured", "bulge_size"] and questions["bulge_size"][1] is None
+    assert list(table.columns) == ["subject_id"] + vote_columns(questions)
+    votes.drop(columns=["edge_on_yes", "edge_on_no"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: no votes for question 'edge_on'"):
+        read_vote_catalogue(path, required=QUESTIONS)
+    votes.assign(odd_feature_yes=0, odd_feature_no=0).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="no votes for question 'odd_feature'"):
+        read_vote_catalogue(path, required=QUESTIONS)
+    with pytest.raises(ValueError, match=r"\['ring'\] are not questions of the tree"):
+        read_vote_catalogue(path, required=["smooth_or_featured", "ring"])
 
 
 def test_vote_loss_by_hand():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -165,12 +166,15 @@ def simulate_votes(manifest: pd.DataFrame, objects: pd.DataFrame, spec: VoteSpec
     return pd.DataFrame(out)[["subject_id"] + vote_columns()]
 
 
-def read_vote_catalogue(path: str | Path) -> tuple[pd.DataFrame, dict[str, tuple[tuple[str, ...], Any]]]:
+def read_vote_catalogue(path: str | Path, required: Iterable[str] | None = None,
+                        ) -> tuple[pd.DataFrame, dict[str, tuple[tuple[str, ...], Any]]]:
     """A vote-count catalogue (CSV: ``subject_id`` and ``<question>_<answer>`` counts, as
     :func:`simulate_votes` writes and as a real Galaxy Zoo table can be renamed to). Questions
     whose columns are all absent are left out; a partly present question, a missing or repeated
     ``subject_id`` or a negative or non-numeric count is an error naming the file, column and row.
-    Returns the table and the questions it answers."""
+    With ``required`` (the configuration's ``pretrain.questions``) the table is cut to those
+    questions, and one the table has no vote for (no columns, or no galaxy with a vote) is an
+    error naming the question and the file. Returns the table and the questions it answers."""
     path = Path(path)
     try:
         df = pd.read_csv(path)
@@ -201,4 +205,16 @@ def read_vote_catalogue(path: str | Path) -> tuple[pd.DataFrame, dict[str, tuple
             df[c] = values
     if not questions:
         raise ValueError(f"vote catalogue {path}: none of the columns {vote_columns()} is present")
+    if required is not None:
+        required = list(required)
+        unknown = [q for q in required if q not in QUESTIONS]
+        if unknown:
+            raise ValueError(f"pretrain.questions: {unknown} are not questions of the tree ({list(QUESTIONS)})")
+        for q in required:
+            cols = vote_columns({q: QUESTIONS[q]})
+            if q not in questions or not df[cols].to_numpy().sum() > 0:
+                raise ValueError(f"vote catalogue {path}: no votes for question {q!r} (columns {cols}), which "
+                                 "pretrain.questions asks for: give the votes or leave the question out of the list")
+        questions = {q: (answers, parent if parent is None or parent[0] in required else None)
+                     for q, (answers, parent) in questions.items() if q in required}
     return df[["subject_id"] + vote_columns(questions)], questions

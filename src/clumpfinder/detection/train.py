@@ -170,7 +170,6 @@ def survey_look(img: torch.Tensor, seed: int) -> torch.Tensor:
     """A uint8 (3, H, W) image as another survey or renderer might show it, drawn from ``seed``:
     per-channel gain, a power-law change of stretch, a sky pedestal (255 stays 255), blur, noise,
     and for half the images a JPEG round trip. Positions do not move, so boxes stay as they are."""
-    from torchvision.io import decode_jpeg, encode_jpeg
     from torchvision.transforms.functional import gaussian_blur
 
     rng = np.random.default_rng(seed)
@@ -185,8 +184,22 @@ def survey_look(img: torch.Tensor, seed: int) -> torch.Tensor:
     x = x + float(rng.uniform(*LOOK_NOISE)) * torch.randn(x.shape, generator=gen)
     out = x.round().clamp(0, 255).to(torch.uint8)
     if rng.random() < LOOK_JPEG_P:
-        out = decode_jpeg(encode_jpeg(out, quality=int(rng.integers(LOOK_JPEG_QUALITY[0], LOOK_JPEG_QUALITY[1] + 1))))
+        out = jpeg_round_trip(out, int(rng.integers(LOOK_JPEG_QUALITY[0], LOOK_JPEG_QUALITY[1] + 1)))
     return out
+
+
+def jpeg_round_trip(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """A uint8 (3, H, W) image saved as a JPEG of ``quality`` (Pillow, as a survey's cutout server
+    would) and read back."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
 
 
 def look_seed(seed: int, step: int, index: int, p: float) -> int:

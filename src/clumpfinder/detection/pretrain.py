@@ -277,7 +277,7 @@ def pretrain_encoder(
     step, history, seconds = run["steps"], run["history"], run["seconds"]
     metrics: dict[str, Any] = {
         "arch": backbone.arch, "init": backbone.init, "n_pool": len(images), "n_train": len(train_idx),
-        "n_val": n_val, "image_size": int(images[0].shape[-1]),
+        "n_val": n_val, "val_pool_indices": [int(i) for i in val_idx], "image_size": int(images[0].shape[-1]),
         "questions": {q: list(a) for q, (a, _) in questions.items()}, "steps": step,
         "seconds": round(seconds, 2), "galaxies_per_s": round(step * bs / seconds, 2) if seconds > 0 else None,
         "device": str(device), "precision": str(dtype).replace("torch.", "") if dtype else "fp32",

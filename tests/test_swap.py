@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clumpfinder.crowd.consensus import read_gold
+from clumpfinder.tables import read_gold
 from clumpfinder.crowd.swap import SwapSpec, run_swap
 from clumpfinder.data.zooniverse import Question
 

@@ -10,7 +10,8 @@ import torch
 
 from clumpfinder.compute import ComputeSpec
 from clumpfinder.detection.detector import BackboneSpec, DetectorSpec, build_detector
-from clumpfinder.detection.detector import dihedral, load_images, load_model, pick_device, predict, save_model
+from clumpfinder.compute import pick_device
+from clumpfinder.detection.detector import dihedral, load_images, load_model, predict, save_model
 from clumpfinder.detection.loop import lr_at
 from clumpfinder.detection.train import TrainSpec, train_detector
 

@@ -1,5 +1,5 @@
 """From a galaxy's detections to its clumps: post-processing and photometry (after Popp et al.
-2024's pipeline, ``../shared/reference/catalogue.md``; photutils and astropy do the work).
+2024's pipeline, ``docs/catalogue.md``; photutils and astropy do the work).
 
 Post-processing, in order: the score threshold; detections on the galaxy's centre (its bulge)
 dropped; a photutils segmentation of one band gives the galaxy's footprint and detections outside
@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from clumpfinder.clumps.sources import Galaxy
 from clumpfinder.data.cutouts import BAND_ORDER
-from clumpfinder.imaging import fits_pixel_to_png, png_to_fits_pixel
+from clumpfinder.imaging import png_to_fits_pixel
 from clumpfinder.io import known_fields
 
 LN10 = np.log(10.0)
@@ -293,8 +293,3 @@ def world(g: Galaxy, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarr
     ra, dec = g.wcs.wcs_pix2world(px, py, 0)
     return np.asarray(ra, float), np.asarray(dec, float)
 
-
-def image_pixel(g: Galaxy, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image pixels (corner origin, y down) of sky positions: the inverse of :func:`world`."""
-    px, py = g.wcs.wcs_world2pix(np.asarray(ra), np.asarray(dec), 0)
-    return fits_pixel_to_png(px, py, g.shape[0])

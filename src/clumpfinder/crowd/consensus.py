@@ -36,7 +36,6 @@ from clumpfinder.io import known_fields
 from clumpfinder.crowd.boxem import EMSpec, aggregate
 from clumpfinder.data.subjects import injected_subjects
 from clumpfinder.crowd.swap import SwapSpec, run_swap
-from clumpfinder.tables import read_gold  # noqa: F401  (gold lists are read here by the consensus script)
 from clumpfinder.data.zooniverse import ParsedExport, read_export
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Zooniverse classification exports: write (for simulated volunteers) and read (sim or real).
 
 The format is the one the Zooniverse project builder exports (one CSV row per classification,
-JSON in the ``metadata``, ``annotations`` and ``subject_data`` columns); see
-``shared/reference/zooniverse-export.md``. The reader never crashes on a bad row: it skips the row
+JSON in the ``metadata``, ``annotations`` and ``subject_data`` columns; ``docs/real-data.md``
+says which fields are read). The reader never crashes on a bad row: it skips the row
 (or the click) and counts the reason, so a report says exactly what was dropped and where.
 
 What is read: the image size (``metadata.subject_dimensions``), the PSF FWHM (``subject_data``),

@@ -35,7 +35,7 @@ from torchvision.ops.poolers import initLevelMapper
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from clumpfinder.compute import autocast, pick_device  # noqa: F401  (pick_device: callers import it from here)
+from clumpfinder.compute import autocast
 from clumpfinder.imaging import read_image
 from clumpfinder.io import atomic_path, known_fields
 from clumpfinder.labels.cache import ImageCache

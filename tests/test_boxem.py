@@ -157,6 +157,24 @@ def test_a_clump_needs_min_votes_volunteers(default_config, min_votes, n_boxes):
     assert len(run_consensus(many(images), spec_for(cfg, method="em")).boxes) == n_boxes
 
 
+@pytest.mark.parametrize("area_fraction, joined", [(1e-3, False), (1.0, True)])
+def test_where_false_boxes_fall_decides_whether_a_stray_box_joins(default_config, area_fraction, joined):
+    """Nine volunteers mark each of 30 clumps tightly; a tenth puts its box 4.5 px (0.56 box
+    sides) off. Whether that box is the tenth vote or a false positive depends on how likely a
+    false box is to land on a clump at all (the E step's overlap term): false boxes spread over the
+    whole image rarely do, so it joins; crowded into 0.1 % of the image they would, so it does not."""
+    cfg = copy.deepcopy(default_config)
+    cfg["consensus"]["em"]["false_box_area_fraction"] = area_fraction
+    rng = np.random.default_rng(3)
+    images = []
+    for _ in range(30):
+        x, y = off_centre(rng)
+        images.append((10, [(v, x + rng.normal(0, 0.3), y + rng.normal(0, 0.3), 0) for v in range(9)]
+                       + [(9, x + 4.5, y, 0)]))
+    boxes = run_consensus(many(images), spec_for(cfg, method="em")).boxes
+    assert len(boxes) == 30 and set(boxes["n_votes"]) == ({10} if joined else {9})
+
+
 def test_all_empty_subject_has_no_boxes_and_falling_swap(EM, default_config):
     # volunteers train on gold subjects (each with a clump), then all say "no" to subject 99
     images = [(6, [(v, 40.0, 40.0, 0) for v in range(6)]) for _ in range(10)] + [(6, [])] * 10

@@ -8,6 +8,7 @@ the same directory and is renamed into place (``os.replace`` is atomic on POSIX)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import MISSING
 import json
 import logging
@@ -19,6 +20,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+
+def json_digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as sorted-key JSON (values JSON cannot hold as their ``str``): the
+    same settings, the same digest, whatever the order of their keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @contextlib.contextmanager

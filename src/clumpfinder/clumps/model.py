@@ -9,8 +9,6 @@ default, the one with the highest F1 on the validation split (``best_cell``): ne
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import torch
 
 from clumpfinder.detection.detector import DetectorSpec, load_model
-from clumpfinder.io import atomic_path
+from clumpfinder.io import atomic_path, json_digest
 
 #: what a catalogue needs from training besides the weights (and, since detectors record it, the
 #: field of the training images: ``field``, :class:`clumpfinder.clumps.field.Field`)
@@ -27,7 +25,7 @@ PREPROCESSING_KEYS = ("crop", "png")
 
 def config_hash(cfg: Any) -> str:
     """Short SHA-256 of a configuration (sorted-key JSON): the same settings, the same hash."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(cfg)[:16]
 
 
 def git_commit(path: str | Path) -> str:

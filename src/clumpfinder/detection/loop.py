@@ -22,8 +22,6 @@ the same step) and writes the checkpoint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -35,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from clumpfinder.compute import gpu_utilisation
-from clumpfinder.io import atomic_path
+from clumpfinder.io import atomic_path, json_digest
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class Loop:
 
 def fingerprint(key: dict[str, Any]) -> str:
     """What a checkpoint must match to be resumed, as one hash of the job's settings and data."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(key)
 
 
 def load_checkpoint(path: str | Path, fingerprint: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from clumpfinder.compute import PROCESS_GROUP_TIMEOUT
 from clumpfinder.detection.detector import save_model
-from clumpfinder.detection.train import train_detector
+from clumpfinder.detection.train import check_processes, train_detector
 from clumpfinder.io import setup_logging, write_json
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def train_job(devices: list[torch.device], model_path: str | Path, metrics_path:
     kinds = {d.type for d in devices}
     if len(kinds) != 1 or kinds - {"cpu", "cuda"}:
         raise ValueError(f"data-parallel training needs devices of one kind, cpu or cuda; got {devices}")
-    parts = kwargs["spec"].micro_batches
-    if parts % len(devices):
-        raise ValueError(f"training.micro_batches ({parts}) must be a multiple of the {len(devices)} processes of the "
-                         "job (resources.train.gpu): each process computes micro_batches / processes parts of a batch")
+    check_processes(kwargs["spec"].micro_batches, len(devices))  # before any process starts
     with tempfile.TemporaryDirectory(prefix="clumpfinder-ddp-") as tmp:
         job = Path(tmp) / "job.pkl"
         with open(job, "wb") as f:

@@ -278,6 +278,14 @@ def validation_score(model: torch.nn.Module, val: dict[str, Any], images: list[t
             "val_purity": _round(c["purity"]), "val_score": best}
 
 
+def check_processes(micro_batches: int, processes: int) -> None:
+    """Each of a job's processes computes an equal share of every batch's micro-batches."""
+    if micro_batches % processes:
+        raise ValueError(f"training.micro_batches ({micro_batches}) must be a multiple of the {processes} processes "
+                         "of the job (resources.train.gpu): each process computes micro_batches / processes parts "
+                         "of a batch")
+
+
 def _round(v: float) -> float | None:
     return None if v is None or math.isnan(v) else round(float(v), 4)
 
@@ -327,9 +335,7 @@ def train_detector(
     scaler = grad_scaler(device, dtype)
     bs = min(spec.batch_size, n)
     parts = spec.micro_batches  # of every batch, shared by the processes
-    if parts % size:
-        raise ValueError(f"training.micro_batches ({parts}) must be a multiple of the {size} processes of the job "
-                         "(resources.train.gpu): each process computes micro_batches / processes parts of a batch")
+    check_processes(parts, size)
     if bs < parts:
         raise ValueError(f"a batch of {bs} images cannot be cut into {parts} micro-batches")
     total = spec.steps

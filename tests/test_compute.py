@@ -322,3 +322,12 @@ def test_a_failing_worker_fails_the_job(tiny_survey, tmp_path):
     assert not (tmp_path / "m.pt").exists()
     with pytest.raises(ValueError, match="one kind"):
         train_job([CPU, torch.device("cuda", 0)], tmp_path / "m.pt", tmp_path / "m.json", spec=spec)
+
+
+def test_each_process_gets_an_equal_share_of_the_micro_batches():
+    from clumpfinder.detection.train import check_processes
+
+    check_processes(4, 2)
+    check_processes(3, 1)
+    with pytest.raises(ValueError, match=r"micro_batches \(3\) must be a multiple of the 2 processes"):
+        check_processes(3, 2)

@@ -342,6 +342,10 @@ class _Problem:
     tool: np.ndarray
     box_start: np.ndarray
 
+    def on_bulge(self, x: np.ndarray, y: np.ndarray, img: np.ndarray) -> np.ndarray:
+        """Which positions (x, y) in images ``img`` lie within the image's bulge radius of its centre."""
+        return np.hypot(x - self.width[img] / 2, y - self.height[img] / 2) < self.centre_radius[img]
+
 
 def _problem(subjects: pd.DataFrame, classifications: pd.DataFrame, clicks: pd.DataFrame) -> _Problem:
     subjects = subjects.sort_values("subject_id")
@@ -458,7 +462,6 @@ def aggregate(
     p_fn = np.full(n_vol, pr["false_neg"])
     var_vol = np.full(n_vol, pr["variance"])
     var_img = np.full(n_img, pr["image_variance"])
-    r_centre = pb.centre_radius
     # a false box lands anywhere on the part of the image where false boxes fall: it overlaps a
     # given clump's box (distance d < 1) with probability ~ (2 side)^2 / (area fraction x width x height)
     area = spec.false_box_area_fraction * pb.width * pb.height
@@ -471,7 +474,7 @@ def aggregate(
         # M step: skills from the current association
         var_box = 0.5 * (var_vol[pb.box_vol] + var_img[pb.box_img])
         fid, f_img, fx, fy = _centres(pb, fac, var_box)
-        centre = np.hypot(fx - pb.width[f_img] / 2, fy - pb.height[f_img] / 2) < r_centre[f_img]
+        centre = pb.on_bulge(fx, fy, f_img)
         real = fid >= 0
         real[real] = ~centre[fid[real]]
         d = _distance_to(pb, fid, f_img, fx, fy)
@@ -511,7 +514,7 @@ def aggregate(
             break
     if reason != "fixed_point" and best is not None:
         kept, fac, p_fp, p_fn, var_vol, var_img = best
-    clumps, images, sites = _summaries(pb, fac, p_fp, p_fn, var_vol, var_img, spec, r_centre)
+    clumps, images, sites = _summaries(pb, fac, p_fp, p_fn, var_vol, var_img, spec)
     vol = pd.DataFrame({
         "user": pb.users, "n_subjects": np.bincount(pb.view_vol, minlength=n_vol),
         "n_boxes": np.bincount(pb.box_vol, minlength=n_vol), "p_fp": p_fp, "p_fn": p_fn, "variance": var_vol,
@@ -525,7 +528,7 @@ def aggregate(
     return clumps, images, vol, info
 
 
-def _summaries(pb: _Problem, fac, p_fp, p_fn, var_vol, var_img, spec: EMSpec, r_centre):
+def _summaries(pb: _Problem, fac, p_fp, p_fn, var_vol, var_img, spec: EMSpec):
     n_img = len(pb.subject_ids)
     var_box = 0.5 * (var_vol[pb.box_vol] + var_img[pb.box_img])
     fid, f_img, fx, fy = _centres(pb, fac, var_box)
@@ -549,10 +552,9 @@ def _summaries(pb: _Problem, fac, p_fp, p_fn, var_vol, var_img, spec: EMSpec, r_
     p_inacc = erfc(spec.accuracy * np.sqrt(0.5 * inv_var))
     mult = np.bincount(fid[member], minlength=n_fac)
     odd = np.bincount(fid[member], pb.tool[member].astype(float), n_fac) / np.maximum(mult, 1)
-    centre = np.hypot(fx - pb.width[f_img] / 2, fy - pb.height[f_img] / 2) < r_centre[f_img]
+    centre = pb.on_bulge(fx, fy, f_img)
     # an unassociated box is a missed clump with the probability that a one-volunteer clump is real
-    lone = ~member & (np.hypot(pb.cx - pb.width[pb.box_img] / 2, pb.cy - pb.height[pb.box_img] / 2)
-                      >= r_centre[pb.box_img])
+    lone = ~member & ~pb.on_bulge(pb.cx, pb.cy, pb.box_img)
     vb = pb.box_vol[lone]
     ib = pb.box_img[lone]
     a1 = ln_fp[vb] + img_hit[ib] - ln_hit[vb]

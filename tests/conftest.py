@@ -126,25 +126,32 @@ def tiny_report(tiny_run) -> Path:
     return tiny_run["dir"] / "results" / "report.html"
 
 
-#: fixtures of the whole DAG's run on the tiny configuration: the tests that use them (and the SLURM
-#: module, which compares its run with it) are the longest share of the suite
-DAG_FIXTURES = {"tiny_run", "tiny_report"}
+#: the test modules that read the whole DAG's run on the tiny configuration (tiny_run): with the
+#: SLURM run, which they compare with it, the longest chain of the suite
+DAG_MODULES = ("test_report_browser.py", "test_slurm.py", "test_workflow.py")
 
 
-def _on_the_dag(item) -> bool:
-    return bool(DAG_FIXTURES & set(getattr(item, "fixturenames", ()))) or "slurm" in item.keywords
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (``-n``, as pyproject's addopts ask) each module's tests run on one worker,
+    so a module's fixtures (a snakemake run, a SLURM cluster) are made once, and the modules of the
+    tiny DAG's run share one worker (its session fixture is made once): that run and the SLURM run
+    are the suite's critical path, and the other worker takes everything else meanwhile."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DagTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tiny_run" if module.rsplit("/", 1)[-1] in DAG_MODULES else module
+
+    return DagTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Two things. With pytest-xdist (``-n``, as pyproject's addopts ask) the tests of the tiny DAG's
-    run share one worker and come first (that run and the SLURM run are the suite's critical path;
-    the other worker takes everything else meanwhile), and every other module's tests stay on one
-    worker, so a module's fixtures (a snakemake run of another route) are made once. The SLURM test
-    installs packages with apt-get and starts daemons: it runs only when asked (CLUMPFINDER_SLURM=1,
-    or CLUMPFINDER_REQUIRE_SLURM=1 as .ci/run sets, which also makes a failed install an error)."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("tiny_run" if _on_the_dag(item) else item.path.name))
-    items.sort(key=lambda item: not _on_the_dag(item))  # stable: the order within each module is kept
+    """The tiny DAG's modules first (the scheduler hands out modules in this order, so their worker
+    starts on the longest chain at once). The SLURM test installs packages with apt-get and starts
+    daemons: it runs only when asked (CLUMPFINDER_SLURM=1, or CLUMPFINDER_REQUIRE_SLURM=1 as
+    .ci/run sets, which also makes a failed install an error)."""
+    items.sort(key=lambda item: item.path.name not in DAG_MODULES)  # stable: each module's order kept
     if os.environ.get("CLUMPFINDER_SLURM") == "1" or os.environ.get("CLUMPFINDER_REQUIRE_SLURM") == "1":
         return
     skip = pytest.mark.skip(reason="SLURM test not asked for: set CLUMPFINDER_SLURM=1 (installs slurm-wlm, as root)")

@@ -412,3 +412,32 @@ def test_a_catalogue_with_empty_galaxies_keeps_its_numbers(known_folder, tmp_pat
     for col in ("x", "score", "flux_g", "clump_ra", "dist_centre_arcsec"):
         assert t[col].dtype.kind == "f", col
     assert t["x"].unit == u.pix
+
+
+def test_the_annulus_leaves_out_the_other_clumps_apertures(tmp_path):
+    """Four bright clumps (flat discs of 3 nanomaggy per pixel, each exactly its aperture) sit
+    around a fifth in the middle of its background annulus, covering most of it: the fifth's
+    background is the galaxy's light in the annulus (as without the discs), not the discs'."""
+    from clumpfinder.imaging import png_to_fits_pixel
+
+    spec = MeasureSpec()
+    fwhm = FWHM / SCALE
+    r_ap, r_mid = spec.aperture_fwhm * fwhm, np.mean(spec.annulus_fwhm) * fwhm
+    ax, ay = SIZE / 2 + 4.0 / SCALE, SIZE / 2  # image pixels (y down), off the bulge
+    around = [(ax + r_mid * np.cos(t), ay + r_mid * np.sin(t)) for t in np.deg2rad([0, 90, 180, 270])]
+    smooth = _galaxy_planes([], 0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+
+    def within(x, y, r):  # pixels of the FITS planes within r of an image position
+        px, py = png_to_fits_pixel(np.array([x]), np.array([y]), SIZE)
+        return (xx - px[0]) ** 2 + (yy - py[0]) ** 2 < r**2
+
+    discs = np.any([within(x, y, r_ap) for x, y in around], axis=0)
+    _write_fits(tmp_path / "g.fits", {b: p + 3.0 * discs for b, p in smooth.items()}, 150.0, 2.0)
+    (g,) = fits_folder(tmp_path, FitsOptions(png=PNG))
+    xs, ys = np.array([ax] + [x for x, _ in around]), np.array([ay] + [y for _, y in around])
+    rows, _ = measure_galaxy(g, _boxes_at(xs, ys), (0, 0, SIZE, SIZE), spec, score=0.5)
+    centre = rows.iloc[(rows["x"] - ax).abs().add((rows["y"] - ay).abs()).argmin()]
+    annulus = within(ax, ay, spec.annulus_fwhm[1] * fwhm) & ~within(ax, ay, spec.annulus_fwhm[0] * fwhm)
+    assert discs[annulus].mean() > 0.5  # without the mask the discs would set the median
+    assert centre["background_g"] == pytest.approx(np.median(smooth["g"][annulus]), abs=0.05)

@@ -143,18 +143,33 @@ def test_clump_marked_by_few_of_many_reliable_volunteers_is_probably_false(EM, n
     assert len(r.boxes[r.boxes["x"] >= 20]) == 30  # the real clumps are all found either way
 
 
+def _em_with(default_config, **em) -> ConsensusSpec:
+    """The EM consensus of the default configuration with some ``consensus.em`` settings changed."""
+    cfg = copy.deepcopy(default_config)
+    cfg["consensus"]["em"].update(em)
+    return spec_for(cfg, method="em")
+
+
+def _agreeing(seed: int, n_subjects: int, n_volunteers: int, stray: float | None = None):
+    """Subjects with one off-centre clump each that ``n_volunteers`` mark within ~0.3 px; with
+    ``stray`` one more volunteer marks it ``stray`` px to the right."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n_subjects):
+        x, y = off_centre(rng)
+        clicks = [(v, x + rng.normal(0, 0.3), y + rng.normal(0, 0.3), 0) for v in range(n_volunteers)]
+        clicks += [(n_volunteers, x + stray, y, 0)] if stray is not None else []
+        images.append((n_volunteers + (stray is not None), clicks))
+    return many(images)
+
+
 @pytest.mark.parametrize("min_votes, n_boxes", [(3, 0), (2, 20)])
 def test_a_clump_needs_min_votes_volunteers(default_config, min_votes, n_boxes):
     """Two volunteers per subject agree on one clump in each of 20 subjects: below
     ``em.min_votes`` = 3 no box is made, at 2 every subject gets its box."""
-    cfg = copy.deepcopy(default_config)
-    cfg["consensus"]["em"]["min_votes"] = min_votes
-    rng = np.random.default_rng(2)
-    images = []
-    for _ in range(20):
-        x, y = off_centre(rng)
-        images.append((2, [(v, x + rng.normal(0, 0.3), y + rng.normal(0, 0.3), 0) for v in range(2)]))
-    assert len(run_consensus(many(images), spec_for(cfg, method="em")).boxes) == n_boxes
+    boxes = run_consensus(_agreeing(2, n_subjects=20, n_volunteers=2),
+                          _em_with(default_config, min_votes=min_votes)).boxes
+    assert len(boxes) == n_boxes
 
 
 @pytest.mark.parametrize("area_fraction, joined", [(1e-3, False), (1.0, True)])
@@ -163,15 +178,8 @@ def test_where_false_boxes_fall_decides_whether_a_stray_box_joins(default_config
     sides) off. Whether that box is the tenth vote or a false positive depends on how likely a
     false box is to land on a clump at all (the E step's overlap term): false boxes spread over the
     whole image rarely do, so it joins; crowded into 0.1 % of the image they would, so it does not."""
-    cfg = copy.deepcopy(default_config)
-    cfg["consensus"]["em"]["false_box_area_fraction"] = area_fraction
-    rng = np.random.default_rng(3)
-    images = []
-    for _ in range(30):
-        x, y = off_centre(rng)
-        images.append((10, [(v, x + rng.normal(0, 0.3), y + rng.normal(0, 0.3), 0) for v in range(9)]
-                       + [(9, x + 4.5, y, 0)]))
-    boxes = run_consensus(many(images), spec_for(cfg, method="em")).boxes
+    boxes = run_consensus(_agreeing(3, n_subjects=30, n_volunteers=9, stray=4.5),
+                          _em_with(default_config, false_box_area_fraction=area_fraction)).boxes
     assert len(boxes) == 30 and set(boxes["n_votes"]) == ({10} if joined else {9})
 
 
